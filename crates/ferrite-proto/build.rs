@@ -1,0 +1,32 @@
+//! Generates Rust code and a descriptor set from `proto/` with protox: no system protoc.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "ferrite/v1/common.proto",
+    "ferrite/v1/features.proto",
+    "ferrite/v1/scoring.proto",
+    "ferrite/v1/search.proto",
+    "ferrite/v1/experiments.proto",
+    "ferrite/v1/admin.proto",
+    "inference/grpc_service.proto",
+    "inference/model_config.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let fds = protox::compile(PROTOS, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("ferrite_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .skip_protoc_run()
+        // Methods a service does not implement answer UNIMPLEMENTED.
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The one TOML configuration file. Every field has a default, unknown keys are refused,
+//! and every key is documented in the README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub models: ModelsConfig,
+    pub features: FeaturesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the gRPC API listens. Port 0 picks a free port; the log says which.
+    pub grpc_addr: SocketAddr,
+    /// Where the Prometheus `/metrics` endpoint listens. Port 0 picks a free port.
+    pub metrics_addr: SocketAddr,
+    /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the server exits.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `ferrite_server=debug,info`, ... `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The model repository: `<repository>/<name>/config.toml` and `<name>/<version>/`.
+    pub repository: PathBuf,
+    /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the project's `.venv`.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            repository: PathBuf::from("models"),
+            onnxruntime_library: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// The directory of feature definitions (`*.toml`) and their sample data.
+    pub repository: PathBuf,
+}
+
+impl Default for FeaturesConfig {
+    fn default() -> Self {
+        FeaturesConfig {
+            repository: PathBuf::from("features"),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads a TOML file. Relative repository paths are taken relative to the file's directory.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.models.repository = base.join(&config.models.repository);
+        config.features.repository = base.join(&config.features.repository);
+        if let Some(lib) = &config.models.onnxruntime_library {
+            config.models.onnxruntime_library = Some(base.join(lib));
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text; the message names the offending key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.server.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.server.shutdown_grace_s, 10);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.models.repository, PathBuf::from("models"));
+        assert_eq!(c.models.onnxruntime_library, None);
+        assert_eq!(c.features.repository, PathBuf::from("features"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::from_toml("[server]\ngrpc_adr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("grpc_adr"), "{err}");
+        let err = Config::from_toml("[sever]\n").unwrap_err();
+        assert!(err.contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_line() {
+        let err = Config::from_toml("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(err.contains("xml") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_parses_and_repositories_resolve_next_to_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ferrite.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert!(c.models.repository.ends_with("models"));
+        assert!(c.models.repository.starts_with(path.parent().unwrap()));
+    }
+}

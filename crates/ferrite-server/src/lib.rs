@@ -1,0 +1,171 @@
+//! The Ferrite gRPC server: configuration, the tonic services, health, reflection, metrics
+//! and graceful shutdown.
+//!
+//! Owns the transport edge: services translate wire types and delegate to the domain crates
+//! (`ferrite-models`, `ferrite-features`, `ferrite-search`); domain errors become gRPC
+//! statuses in `status.rs` alone. It owns no model, feature or index logic.
+
+pub mod config;
+mod services;
+pub mod status;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferrite_models::OnnxRuntime;
+use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
+use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+
+/// The server's version, as reported by ServerMetadata and GetServerInfo.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// State shared by every service.
+pub struct AppState {
+    pub config: Config,
+    pub started: Instant,
+    pub onnx_runtime: OnnxRuntime,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// A started server. Dropping it does not stop it: call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    metrics: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address the gRPC API really listens on.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The address `/metrics` really listens on.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting calls, lets in-flight calls finish (up to `server.shutdown_grace_s`),
+    /// then returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.ready.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        let grace = Duration::from_secs(self.state.config.server.shutdown_grace_s);
+        let drained = tokio::time::timeout(grace, async {
+            let grpc = self.grpc.await;
+            let metrics = self.metrics.await;
+            (grpc, metrics)
+        })
+        .await;
+        match drained {
+            Ok((grpc, metrics)) => {
+                grpc.context("gRPC server task")?.context("gRPC server")?;
+                metrics
+                    .context("metrics server task")?
+                    .context("metrics server")?;
+                tracing::info!("server stopped");
+            }
+            Err(_) => tracing::warn!(
+                grace_s = grace.as_secs(),
+                "in-flight calls still running after the grace period"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Checks the configuration, loads what the server needs, binds both listeners and starts
+/// serving. Returns once the server accepts calls.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    for (key, dir) in [
+        ("models.repository", &config.models.repository),
+        ("features.repository", &config.features.repository),
+    ] {
+        anyhow::ensure!(dir.is_dir(), "{key} = {} is not a directory", dir.display());
+    }
+    let onnx_runtime = OnnxRuntime::get(config.models.onnxruntime_library.as_deref())?;
+    telemetry::prometheus();
+
+    let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
+    let (metrics_listener, metrics_addr) =
+        telemetry::bind(config.server.metrics_addr, "metrics").await?;
+
+    let state = Arc::new(AppState {
+        config,
+        started: Instant::now(),
+        onnx_runtime,
+        ready: AtomicBool::new(false),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<GrpcInferenceServiceServer<services::kserve::KServe>>()
+        .await;
+    health
+        .set_serving::<AdminServiceServer<services::admin::Admin>>()
+        .await;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let router = tonic::transport::Server::builder()
+        .layer(telemetry::GrpcMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(GrpcInferenceServiceServer::new(
+            services::kserve::KServe::new(state.clone()),
+        ))
+        .add_service(AdminServiceServer::new(services::admin::Admin::new(
+            state.clone(),
+        )));
+    let grpc = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped()),
+    );
+    let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, version = VERSION, "ferrite listening");
+    Ok(RunningServer {
+        grpc_addr,
+        metrics_addr,
+        state,
+        stop,
+        grpc,
+        metrics,
+    })
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrite_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}

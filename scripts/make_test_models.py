@@ -1,0 +1,55 @@
+"""Builds the small ONNX models that the ferrite-models tests run, and their expected outputs.
+
+Deterministic: fixed seed, fixed opset. Writes crates/ferrite-models/tests/data/.
+Run with the project virtualenv: .venv/bin/python scripts/make_test_models.py
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+OUT = Path(__file__).resolve().parent.parent / "crates/ferrite-models/tests/data"
+
+
+def affine_sigmoid(rng: np.random.Generator) -> onnx.ModelProto:
+    """y = sigmoid(x @ W + b) for x of shape [batch, 4] and W of shape [4, 2]."""
+    w = rng.normal(size=(4, 2)).astype(np.float32)
+    b = rng.normal(size=(2,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Sigmoid", ["logits"], ["y"]),
+        ],
+        "affine_sigmoid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20261126)
+    model = affine_sigmoid(rng)
+    path = OUT / "affine_sigmoid.onnx"
+    onnx.save(model, path)
+
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(["y"], {"x": x})
+    expected = {"x": x.tolist(), "y": y.tolist(), "onnxruntime": ort.__version__}
+    (OUT / "affine_sigmoid.expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    print(f"wrote {path} and its expected outputs (onnxruntime {ort.__version__})")
+
+
+if __name__ == "__main__":
+    main()
