@@ -32,12 +32,7 @@ fn parquet_round_trip_keeps_values_and_types() {
         .collect()
         .unwrap();
     assert_eq!(back.height(), 2);
-    let amounts = back
-        .column("avg_amount_30d")
-        .unwrap()
-        .f64()
-        .unwrap()
-        .clone();
+    let amounts = back.column("avg_amount_30d").unwrap().f64().unwrap().clone();
     let amounts: Vec<Option<f64>> = (0..amounts.len()).map(|i| amounts.get(i)).collect();
     assert_eq!(amounts, vec![Some(80.0), Some(3.25)]);
 }
@@ -68,8 +63,6 @@ fn a_missing_column_is_named_with_the_columns_that_exist() {
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
-    let err = ParquetSource::new("/nonexistent/x.parquet")
-        .schema()
-        .unwrap_err();
+    let err = ParquetSource::new("/nonexistent/x.parquet").schema().unwrap_err();
     assert!(err.to_string().contains("/nonexistent/x.parquet"), "{err}");
 }

@@ -31,11 +31,10 @@ impl Mlp {
     /// Loads weights from a safetensors file onto the CPU.
     pub fn from_safetensors(path: &std::path::Path, dims: &[usize]) -> Result<Self, ModelError> {
         let device = Device::Cpu;
-        let tensors =
-            candle_core::safetensors::load(path, &device).map_err(|e| ModelError::Load {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| ModelError::Load {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
         Self::new(vb, dims)
     }
@@ -78,16 +77,9 @@ mod tests {
                 "layers.1.weight".to_string(),
                 Tensor::new(&[[1f32, 2.]], &dev).unwrap(),
             ),
-            (
-                "layers.1.bias".to_string(),
-                Tensor::new(&[0.5f32], &dev).unwrap(),
-            ),
+            ("layers.1.bias".to_string(), Tensor::new(&[0.5f32], &dev).unwrap()),
         ]);
-        let mlp = Mlp::new(
-            VarBuilder::from_tensors(tensors, DType::F32, &dev),
-            &[2, 2, 1],
-        )
-        .unwrap();
+        let mlp = Mlp::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &[2, 2, 1]).unwrap();
         let x = Tensor::new(&[[1f32, 3.], [2., -2.]], &dev).unwrap();
         let y: Vec<Vec<f32>> = mlp.forward(&x).unwrap().to_vec2().unwrap();
         // Row 0: h = relu([1-3, 2+1.5-1]) = [0, 2.5]; y = 0 + 5 + 0.5 = 5.5.

@@ -31,16 +31,8 @@ impl OnnxModel {
                 .map_err(|e| fail(e.into()))?;
         }
         let session = builder.commit_from_file(path).map_err(fail)?;
-        let input_names = session
-            .inputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
-        let output_names = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
         Ok(OnnxModel {
             session: Mutex::new(session),
             input_names,
@@ -82,9 +74,7 @@ impl OnnxModel {
         self.output_names
             .iter()
             .map(|name| {
-                let array = outputs[name.as_str()]
-                    .try_extract_array::<f32>()?
-                    .to_owned();
+                let array = outputs[name.as_str()].try_extract_array::<f32>()?.to_owned();
                 Ok((name.clone(), array))
             })
             .collect()

@@ -25,11 +25,8 @@ fn affine_sigmoid_matches_python_onnxruntime() {
     assert_eq!(model.output_names(), ["y"]);
 
     let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("affine_sigmoid.expected.json")).unwrap())
-            .unwrap();
-    let outputs = model
-        .run_f32(vec![("x".into(), matrix(&expected["x"]))])
-        .unwrap();
+        serde_json::from_slice(&std::fs::read(data("affine_sigmoid.expected.json")).unwrap()).unwrap();
+    let outputs = model.run_f32(vec![("x".into(), matrix(&expected["x"]))]).unwrap();
     let want = matrix(&expected["y"]);
     assert_eq!(outputs[0].1.shape(), want.shape());
     for (got, want) in outputs[0].1.iter().zip(want.iter()) {
@@ -48,10 +45,7 @@ fn an_unknown_input_name_is_rejected_with_the_expected_names() {
         .run_f32(vec![("features".into(), ArrayD::zeros(IxDyn(&[1, 4])))])
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("\"features\"") && err.contains("\"x\""),
-        "{err}"
-    );
+    assert!(err.contains("\"features\"") && err.contains("\"x\""), "{err}");
 }
 
 #[test]

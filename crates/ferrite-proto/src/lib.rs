@@ -17,8 +17,7 @@ pub mod inference {
 }
 
 /// The encoded `FileDescriptorSet` of every file in `proto/` and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/ferrite_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ferrite_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -32,9 +31,7 @@ mod tests {
             .iter()
             .flat_map(|f| {
                 let package = f.package().to_string();
-                f.service
-                    .iter()
-                    .map(move |s| format!("{package}.{}", s.name()))
+                f.service.iter().map(move |s| format!("{package}.{}", s.name()))
             })
             .collect();
         for expected in [

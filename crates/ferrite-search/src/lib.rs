@@ -49,13 +49,19 @@ pub struct FaissFlatIndex {
 
 impl FaissFlatIndex {
     pub fn new(dim: usize) -> Result<Self, SearchError> {
+        if dim == 0 || dim > u32::MAX as usize {
+            return Err(SearchError::Dimension {
+                expected: 1,
+                got: dim,
+            });
+        }
         let index = IdMap::new(FlatIndex::new_ip(dim as u32)?)?;
         Ok(FaissFlatIndex { index, dim })
     }
 
     /// Adds `ids.len()` vectors laid end to end in `vectors`.
     pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), SearchError> {
-        if vectors.len() % self.dim != 0 {
+        if !vectors.len().is_multiple_of(self.dim) {
             return Err(SearchError::Dimension {
                 expected: self.dim,
                 got: vectors.len() % self.dim,

@@ -38,13 +38,11 @@ fn k_larger_than_the_index_returns_what_there_is() {
 
 #[test]
 fn bad_dimensions_and_counts_are_errors() {
+    assert!(FaissFlatIndex::new(0).is_err());
     let mut index = FaissFlatIndex::new(3).unwrap();
     assert!(matches!(
         index.search(&[1.0, 0.0], 1),
-        Err(SearchError::Dimension {
-            expected: 3,
-            got: 2
-        })
+        Err(SearchError::Dimension { expected: 3, got: 2 })
     ));
     assert!(matches!(
         index.add(&[1, 2], &[0.0; 3]),
@@ -62,8 +60,5 @@ fn bad_dimensions_and_counts_are_errors() {
         index.add(&[u64::MAX], &[0.0; 3]),
         Err(SearchError::IdRange(u64::MAX))
     ));
-    assert!(
-        index.is_empty(),
-        "a rejected add must not leave vectors behind"
-    );
+    assert!(index.is_empty(), "a rejected add must not leave vectors behind");
 }

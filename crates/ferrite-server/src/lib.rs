@@ -109,8 +109,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     telemetry::prometheus();
 
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
-    let (metrics_listener, metrics_addr) =
-        telemetry::bind(config.server.metrics_addr, "metrics").await?;
+    let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
 
     let state = Arc::new(AppState {
         config,
@@ -141,9 +140,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GrpcInferenceServiceServer::new(
-            services::kserve::KServe::new(state.clone()),
-        ))
+        .add_service(GrpcInferenceServiceServer::new(services::kserve::KServe::new(
+            state.clone(),
+        )))
         .add_service(AdminServiceServer::new(services::admin::Admin::new(
             state.clone(),
         )));

@@ -21,15 +21,13 @@ impl From<ApiError> for Status {
         let message = e.to_string();
         match e {
             ApiError::Model(ModelError::InvalidInput(_)) => Status::invalid_argument(message),
-            ApiError::Model(
-                ModelError::RuntimeNotFound { .. } | ModelError::RuntimeLoad { .. },
-            ) => Status::unavailable(message),
-            ApiError::Model(ModelError::Load { .. } | ModelError::Inference(_)) => {
-                Status::internal(message)
+            ApiError::Model(ModelError::RuntimeNotFound { .. } | ModelError::RuntimeLoad { .. }) => {
+                Status::unavailable(message)
             }
-            ApiError::Feature(
-                FeatureError::MissingColumn { .. } | FeatureError::Offline { .. },
-            ) => Status::failed_precondition(message),
+            ApiError::Model(ModelError::Load { .. } | ModelError::Inference(_)) => Status::internal(message),
+            ApiError::Feature(FeatureError::MissingColumn { .. } | FeatureError::Offline { .. }) => {
+                Status::failed_precondition(message)
+            }
             ApiError::Feature(FeatureError::Unavailable(_)) => Status::unavailable(message),
             ApiError::Search(SearchError::Faiss(_)) => Status::internal(message),
             ApiError::Search(_) => Status::invalid_argument(message),
@@ -44,22 +42,14 @@ mod tests {
 
     #[test]
     fn caller_mistakes_are_invalid_argument_and_outages_unavailable() {
-        let s: Status =
-            ApiError::from(ModelError::InvalidInput("no input named \"z\"".into())).into();
+        let s: Status = ApiError::from(ModelError::InvalidInput("no input named \"z\"".into())).into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("no input named \"z\""));
-        let s: Status = ApiError::from(SearchError::Dimension {
-            expected: 3,
-            got: 2,
-        })
-        .into();
+        let s: Status = ApiError::from(SearchError::Dimension { expected: 3, got: 2 }).into();
         assert_eq!(s.code(), Code::InvalidArgument);
         let s: Status = ApiError::from(FeatureError::Unavailable("down".into())).into();
         assert_eq!(s.code(), Code::Unavailable);
-        let s: Status = ApiError::from(ModelError::RuntimeNotFound {
-            searched: "x".into(),
-        })
-        .into();
+        let s: Status = ApiError::from(ModelError::RuntimeNotFound { searched: "x".into() }).into();
         assert_eq!(s.code(), Code::Unavailable);
     }
 }

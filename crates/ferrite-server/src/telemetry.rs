@@ -17,7 +17,8 @@ pub fn init_logging(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -61,9 +62,7 @@ pub async fn serve_metrics(
             )
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// A tower layer that counts every gRPC call and records its latency by method and status.
@@ -136,13 +135,10 @@ fn grpc_code(headers: &http::HeaderMap) -> tonic::Code {
 }
 
 /// Binds a TCP listener and says which address it really got (port 0 picks one).
-pub async fn bind(
-    addr: SocketAddr,
-    what: &str,
-) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
-    })?;
+pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}")))?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }

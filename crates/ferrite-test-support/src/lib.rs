@@ -127,6 +127,25 @@ fn ping(addr: SocketAddr) -> bool {
     BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("+PONG")
 }
 
+/// A child process that is killed when the guard is dropped, so that a failing test never
+/// leaves a server running (which would also hold the test runner's output pipe open).
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

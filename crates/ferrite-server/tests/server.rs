@@ -1,0 +1,274 @@
+//! The server as a client sees it: health, reflection, KServe server endpoints, admin,
+//! Prometheus metrics, and a shutdown that lets in-flight calls finish.
+
+use std::process::Command;
+
+use ferrite_proto::ferrite::v1::GetServerInfoRequest;
+use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
+use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ferrite_proto::inference::{
+    ModelInferRequest, ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
+};
+use ferrite_server::{Config, RunningServer};
+use ferrite_test_support::{repo_root, venv_python};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    config.models.repository = repo_root().join("models");
+    config.features.repository = repo_root().join("features");
+    config
+}
+
+async fn start() -> (RunningServer, Channel) {
+    let server = ferrite_server::start(test_config()).await.expect("server starts");
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (server, channel)
+}
+
+async fn scrape(server: &RunningServer) -> String {
+    // A plain HTTP/1.0 GET: the endpoint is for Prometheus, which needs nothing more.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.metrics_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn health_kserve_server_endpoints_and_admin_answer() {
+    let (server, channel) = start().await;
+    assert_ne!(server.grpc_addr().port(), 0, "the real port is reported, not 0");
+
+    for service in ["", "inference.GRPCInferenceService", "ferrite.v1.AdminService"] {
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            health.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
+    }
+    let err = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+    assert!(
+        kserve
+            .server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        kserve
+            .server_ready(ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let meta = kserve
+        .server_metadata(ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.name, "ferrite");
+    assert_eq!(meta.version, env!("CARGO_PKG_VERSION"));
+
+    let info = AdminServiceClient::new(channel.clone())
+        .get_server_info(GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.model_repository.ends_with("models"),
+        "{}",
+        info.model_repository
+    );
+    assert!(
+        info.feature_repository.ends_with("features"),
+        "{}",
+        info.feature_repository
+    );
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_status() {
+    let (server, channel) = start().await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+    for _ in 0..3 {
+        kserve.server_live(ServerLiveRequest {}).await.unwrap();
+    }
+    // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
+    let err = kserve
+        .model_infer(ModelInferRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    let text = scrape(&server).await;
+    let live = text
+        .lines()
+        .find(|l| {
+            l.starts_with("ferrite_grpc_requests_total")
+                && l.contains("method=\"/inference.GRPCInferenceService/ServerLive\"")
+                && l.contains("status=\"Ok\"")
+        })
+        .unwrap_or_else(|| panic!("no ServerLive counter in:\n{text}"));
+    // Tests share the process-wide recorder, so other tests' calls may add to the count.
+    let count: f64 = live.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{live}");
+    assert!(
+        text.lines().any(|l| l.starts_with("ferrite_grpc_requests_total")
+            && l.contains("method=\"unknown\"")
+            && l.contains("status=\"Unimplemented\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferrite_grpc_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_python_client_discovers_and_calls_services_through_reflection_alone() {
+    let (server, _channel) = start().await;
+    let addr = server.grpc_addr().to_string();
+    let python = venv_python();
+    let script = repo_root().join("scripts/grpc_probe.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(["--addr", &addr])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    assert_eq!(probe["health"], "SERVING");
+    assert_eq!(probe["server_live"], true);
+    let services = probe["services"].as_object().unwrap();
+    for service in [
+        "grpc.health.v1.Health",
+        "inference.GRPCInferenceService",
+        "ferrite.v1.FeatureService",
+        "ferrite.v1.ScoringService",
+        "ferrite.v1.SearchService",
+        "ferrite.v1.ExperimentService",
+        "ferrite.v1.AdminService",
+    ] {
+        assert!(
+            services.contains_key(service),
+            "{service} not listed: {services:?}"
+        );
+    }
+    let kserve: Vec<&str> = services["inference.GRPCInferenceService"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for method in [
+        "ServerLive",
+        "ModelInfer",
+        "ModelStreamInfer",
+        "ModelConfig",
+        "RepositoryIndex",
+    ] {
+        assert!(kserve.contains(&method), "{method} not in {kserve:?}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let (server, channel) = start().await;
+    let addr = server.grpc_addr();
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+
+    // An in-flight bidirectional stream: one exchange before the shutdown starts...
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(list()).await.unwrap();
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(responses.message().await.unwrap().is_some());
+
+    let shutdown = tokio::spawn(server.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "the server exited with a stream still open"
+    );
+
+    // ...and one after: the stream is still served while the server drains.
+    tx.send(list()).await.unwrap();
+    let answer = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("an answer during the drain");
+    assert!(matches!(
+        answer.message_response,
+        Some(MessageResponse::ListServicesResponse(_))
+    ));
+
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+    shutdown.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

@@ -1,0 +1,392 @@
+//! `ferrite bench`: the load generator every benchmark of this project uses.
+//!
+//! Closed loop: `--concurrency` callers, each sending its next call when the last one
+//! answered. Open loop: calls start on a fixed schedule (`--rate` per second) whatever the
+//! server does, and each latency is measured from the call's *scheduled* start, so a server
+//! that stalls is charged for the calls queued behind the stall (no coordinated omission).
+//! Both stop at `--requests` calls or `--duration-s` seconds, whichever comes first.
+
+mod rpc;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Zipf};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
+
+pub use rpc::Rpc;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server address, host:port. Only loopback addresses are sensible on a shared machine.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// The RPC to drive.
+    #[arg(long, value_enum, default_value_t = Rpc::Health)]
+    pub rpc: Rpc,
+    /// Open loop at this many calls per second. Without it: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: callers in parallel. Open loop: the most calls in flight at once
+    /// (calls beyond it are counted as `skipped`, never silently dropped).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Stop after this many measured calls.
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// Stop after this many seconds of measurement, whatever the count.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration_s: f64,
+    /// Unmeasured calls sent first (closed loop, one caller) to warm connections and caches.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
+    /// HTTP/2 connections to spread the calls over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Entity ids are drawn from 1..=keys with a Zipf distribution (for RPCs that take ids).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Zipf exponent; 0 is uniform.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Seed for the key sequence.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also measure the empty-RPC floor (the health check) first, with the same settings.
+    #[arg(long)]
+    pub with_floor: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub rpc: String,
+    /// "closed" or "open".
+    pub mode: String,
+    pub target_rate: Option<f64>,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    /// Answers that said they were a fallback, not a model output.
+    pub fallbacks: u64,
+    /// Open loop: calls not started because `concurrency` calls were already in flight.
+    pub skipped: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub duration_s: f64,
+    pub rps: f64,
+    pub latency_us: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Everything one `ferrite bench` invocation measured: the floor (if asked) and the RPC.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub addr: String,
+    pub floor: Option<RunReport>,
+    pub run: RunReport,
+}
+
+impl Report {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let line = |r: &RunReport| {
+            let rate = r.target_rate.map(|x| format!(" at {x}/s")).unwrap_or_default();
+            format!(
+                "{:<14} {:<6}{} c={} conns={}  sent={} ok={} err={} fallback={} skipped={}  {:.0} rps  \
+                 p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs\n",
+                r.rpc,
+                r.mode,
+                rate,
+                r.concurrency,
+                r.connections,
+                r.sent,
+                r.ok,
+                r.errors,
+                r.fallbacks,
+                r.skipped,
+                r.rps,
+                r.latency_us.p50,
+                r.latency_us.p90,
+                r.latency_us.p99,
+                r.latency_us.p999,
+                r.latency_us.max
+            )
+        };
+        out.push_str(&format!("ferrite bench against {}\n", self.addr));
+        if let Some(floor) = &self.floor {
+            out.push_str(&format!("floor  {}", line(floor)));
+        }
+        out.push_str(&format!("run    {}", line(&self.run)));
+        for (code, n) in &self.run.errors_by_code {
+            out.push_str(&format!("  error {code}: {n}\n"));
+        }
+        out
+    }
+}
+
+/// Runs the benchmark `args` describes.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(args.duration_s > 0.0, "--duration-s must be positive");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
+    }
+    let channels = connect(args).await?;
+    let floor = if args.with_floor {
+        Some(measure(args, Rpc::Health, &channels).await?)
+    } else {
+        None
+    };
+    let run = measure(args, args.rpc, &channels).await?;
+    Ok(Report {
+        addr: args.addr.to_string(),
+        floor,
+        run,
+    })
+}
+
+async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let channel = Endpoint::from_shared(format!("http://{}", args.addr))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// What one caller saw.
+struct Tally {
+    histogram: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    fallbacks: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        // 1 µs to 60 s at 3 significant figures.
+        let histogram = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        Tally {
+            histogram,
+            ok: 0,
+            errors: BTreeMap::new(),
+            fallbacks: 0,
+        }
+    }
+
+    fn record(&mut self, latency: Duration, outcome: Result<rpc::Outcome, tonic::Status>) {
+        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        self.histogram.saturating_record(us);
+        match outcome {
+            Ok(o) => {
+                self.ok += 1;
+                self.fallbacks += u64::from(o.fallback);
+            }
+            Err(status) => *self.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.histogram
+            .add(&other.histogram)
+            .expect("histograms share bounds");
+        self.ok += other.ok;
+        self.fallbacks += other.fallbacks;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+/// A deterministic Zipf-distributed sequence of entity ids in 1..=keys.
+struct Keys {
+    rng: StdRng,
+    zipf: Zipf<f64>,
+}
+
+impl Keys {
+    fn new(args: &BenchArgs, stream: u64) -> anyhow::Result<Self> {
+        let zipf = Zipf::new(args.keys.max(1) as f64, args.zipf_s).context("--keys and --zipf-s")?;
+        Ok(Keys {
+            rng: StdRng::seed_from_u64(args.seed.wrapping_add(stream)),
+            zipf,
+        })
+    }
+
+    fn next(&mut self) -> u64 {
+        self.zipf.sample(&mut self.rng) as u64
+    }
+}
+
+async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Channel]) -> anyhow::Result<RunReport> {
+    // Warm-up: one caller, not measured, stops at the first error (which the run will report).
+    let mut keys = Keys::new(args, u64::MAX)?;
+    for _ in 0..args.warmup {
+        if rpc.call(channels[0].clone(), keys.next()).await.is_err() {
+            break;
+        }
+    }
+    let budget = Duration::from_secs_f64(args.duration_s);
+    let start = Instant::now();
+    let (tally, sent, skipped) = match args.rate {
+        None => closed_loop(args, rpc, channels, budget).await?,
+        Some(rate) => open_loop(args, rpc, channels, rate, budget).await?,
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let h = &tally.histogram;
+    let errors = tally.errors.values().sum();
+    Ok(RunReport {
+        rpc: rpc.name().to_string(),
+        mode: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
+        target_rate: args.rate,
+        concurrency: args.concurrency,
+        connections: channels.len(),
+        sent,
+        ok: tally.ok,
+        errors,
+        fallbacks: tally.fallbacks,
+        skipped,
+        errors_by_code: tally.errors,
+        duration_s: elapsed,
+        rps: (tally.ok + errors) as f64 / elapsed,
+        latency_us: Percentiles {
+            p50: h.value_at_quantile(0.5) as f64,
+            p90: h.value_at_quantile(0.9) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            p999: h.value_at_quantile(0.999) as f64,
+            max: h.max() as f64,
+            mean: h.mean(),
+        },
+    })
+}
+
+async fn closed_loop(
+    args: &BenchArgs,
+    rpc: Rpc,
+    channels: &[Channel],
+    budget: Duration,
+) -> anyhow::Result<(Tally, u64, u64)> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::with_capacity(args.concurrency);
+    for w in 0..args.concurrency {
+        let channel = channels[w % channels.len()].clone();
+        let issued = issued.clone();
+        let limit = args.requests;
+        let mut keys = Keys::new(args, w as u64)?;
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::new();
+            while tokio::time::Instant::now() < deadline
+                && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < limit
+            {
+                let key = keys.next();
+                let t0 = Instant::now();
+                // A call that outlives the run's deadline is cut off and counted as such.
+                let outcome = match tokio::time::timeout_at(deadline, rpc.call(channel.clone(), key)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(
+                        "benchmark ended before the answer",
+                    )),
+                };
+                tally.record(t0.elapsed(), outcome);
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::new();
+    for w in workers {
+        total.merge(w.await?);
+    }
+    let sent = total.ok + total.errors.values().sum::<u64>();
+    Ok((total, sent, 0))
+}
+
+async fn open_loop(
+    args: &BenchArgs,
+    rpc: Rpc,
+    channels: &[Channel],
+    rate: f64,
+    budget: Duration,
+) -> anyhow::Result<(Tally, u64, u64)> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let in_flight = Arc::new(Semaphore::new(args.concurrency));
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Duration, Result<rpc::Outcome, tonic::Status>)>();
+    let mut keys = Keys::new(args, 0)?;
+    let channels = channels.to_vec();
+    let requests = args.requests;
+    let runtime = tokio::runtime::Handle::current();
+    // Pacing runs on its own thread: an OS sleep wakes within tens of microseconds, where
+    // tokio's timer wheel rounds to whole milliseconds and would bias every latency.
+    let pacer = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let end = start + budget;
+        let (mut sent, mut skipped) = (0u64, 0u64);
+        for i in 0..requests {
+            let scheduled = start + interval.mul_f64(i as f64);
+            if scheduled >= end {
+                break;
+            }
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                skipped += 1;
+                continue;
+            };
+            sent += 1;
+            let channel = channels[i as usize % channels.len()].clone();
+            let key = keys.next();
+            let tx = tx.clone();
+            let give_up = tokio::time::Instant::from_std(end + Duration::from_secs(5));
+            runtime.spawn(async move {
+                let outcome = match tokio::time::timeout_at(give_up, rpc.call(channel, key)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(
+                        "no answer 5 s after the run ended",
+                    )),
+                };
+                // Measured from the scheduled start, not from when the call was actually sent.
+                let _ = tx.send((scheduled.elapsed(), outcome));
+                drop(permit);
+            });
+        }
+        (sent, skipped)
+    });
+    let mut tally = Tally::new();
+    while let Some((latency, outcome)) = rx.recv().await {
+        tally.record(latency, outcome);
+    }
+    let (sent, skipped) = pacer.await?;
+    Ok((tally, sent, skipped))
+}

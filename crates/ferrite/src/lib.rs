@@ -1,0 +1,3 @@
+//! The `ferrite` command's library side: what the subcommands do, so tests can call it.
+
+pub mod bench;

@@ -1,0 +1,172 @@
+//! The `ferrite` binary and the load generator, against real servers on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferrite::bench::{self, BenchArgs, Rpc};
+use ferrite_server::Config;
+use ferrite_test_support::{ChildGuard, repo_root};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn args(addr: std::net::SocketAddr) -> BenchArgs {
+    BenchArgs {
+        addr,
+        rpc: Rpc::Health,
+        rate: None,
+        concurrency: 4,
+        requests: 300,
+        duration_s: 60.0,
+        warmup: 10,
+        connections: 2,
+        keys: 1000,
+        zipf_s: 1.0,
+        seed: 7,
+        with_floor: false,
+        json: None,
+    }
+}
+
+async fn start_server() -> ferrite_server::RunningServer {
+    let mut config = Config::from_file(&repo_root().join("ferrite.toml")).unwrap();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    ferrite_server::start(config).await.unwrap()
+}
+
+#[test]
+fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["serve", "--config"])
+            .arg(repo_root().join("ferrite.toml"))
+            .args(["--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("ferrite listening"))
+        .expect("a 'ferrite listening' log line");
+    let grpc_addr: std::net::SocketAddr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap_or_else(|| panic!("no grpc= in {listening:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(grpc_addr.port(), 0);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}")).unwrap();
+        let mut health = HealthClient::new(channel.connect().await.unwrap());
+        health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("server stopped")), "{rest:?}");
+}
+
+#[test]
+fn serve_refuses_a_config_with_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nport = 1\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown field") && stderr.contains("port"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_sends_exactly_the_requested_calls() {
+    let server = start_server().await;
+    let report = bench::run(&args(server.grpc_addr())).await.unwrap();
+    let run = &report.run;
+    assert_eq!((run.sent, run.ok, run.errors, run.skipped), (300, 300, 0, 0));
+    assert_eq!(run.mode, "closed");
+    assert!(report.floor.is_none());
+    let l = &run.latency_us;
+    assert!(
+        0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+        "{l:?}"
+    );
+    assert!(
+        report.to_text().contains("sent=300 ok=300 err=0"),
+        "{}",
+        report.to_text()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_accounts_for_every_scheduled_call_and_measures_the_floor() {
+    let server = start_server().await;
+    let mut a = args(server.grpc_addr());
+    a.rate = Some(2000.0);
+    a.requests = 200;
+    a.concurrency = 64;
+    a.rpc = Rpc::ServerLive;
+    a.with_floor = true;
+    let report = bench::run(&a).await.unwrap();
+    for run in [report.floor.as_ref().expect("floor measured"), &report.run] {
+        assert_eq!(run.mode, "open");
+        assert_eq!(run.sent + run.skipped, 200, "{run:?}");
+        assert_eq!(run.ok + run.errors, run.sent, "{run:?}");
+        assert_eq!(run.errors, 0, "{run:?}");
+    }
+    assert_eq!(report.floor.as_ref().unwrap().rpc, "health");
+    assert_eq!(report.run.rpc, "server-live");
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["run"]["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_duration_bound_stops_a_run_before_its_count() {
+    let server = start_server().await;
+    let mut a = args(server.grpc_addr());
+    a.rate = Some(100.0);
+    a.requests = 1_000_000;
+    a.duration_s = 0.5;
+    let report = bench::run(&a).await.unwrap();
+    // 100 calls/s for 0.5 s schedules 50 calls.
+    assert_eq!(report.run.sent + report.run.skipped, 50, "{:?}", report.run);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_clear_error() {
+    let port = ferrite_test_support::free_port();
+    let a = args(format!("127.0.0.1:{port}").parse().unwrap());
+    let err = tokio::time::timeout(Duration::from_secs(10), bench::run(&a))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
+}
