@@ -10,8 +10,12 @@ pub enum ModelError {
     RuntimeNotFound { searched: String },
     #[error("cannot load ONNX Runtime from {path}: {message}")]
     RuntimeLoad { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
     #[error("cannot load model {path}: {message}")]
     Load { path: PathBuf, message: String },
+    #[error("{0}")]
+    NotFound(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
     #[error("inference failed: {0}")]

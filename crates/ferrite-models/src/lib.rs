@@ -1,14 +1,23 @@
 //! Model backends: ONNX models through ONNX Runtime (`ort`, loaded at run time) and
-//! native architectures written with candle.
+//! native architectures written with candle, behind one `ModelBackend` trait.
 //!
-//! Owns loading and running a model. It does not own the wire protocol (that is
-//! `ferrite-server`) nor which version takes traffic (that is the repository, later).
+//! Owns model configs, loading and running a model, and typed tensors. It does not own the
+//! wire protocol (that is `ferrite-server`).
 
+mod backend;
+pub mod config;
 mod error;
 pub mod mlp;
 pub mod onnx;
+pub mod repository;
 pub mod runtime;
+mod tensor;
+pub mod validate;
 
+pub use backend::ModelBackend;
+pub use config::{BackendKind, ModelConfig, TensorSpec, VersionPolicy};
 pub use error::ModelError;
 pub use onnx::OnnxModel;
+pub use repository::{IndexEntry, LoadedModel, ModelRepository};
 pub use runtime::OnnxRuntime;
+pub use tensor::{DataType, Tensor, TensorData};

@@ -1,16 +1,15 @@
-//! Running an ONNX model through ONNX Runtime.
+//! The ONNX backend: a model file run by ONNX Runtime.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use ndarray::ArrayD;
-use ort::session::Session;
-use ort::value::Tensor;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 
-use crate::{ModelError, OnnxRuntime};
+use crate::{DataType, ModelBackend, ModelError, Tensor, TensorData};
 
-/// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so calls are serialised
-/// on a mutex; the batching queue in front of it is what makes that cheap.
+/// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so runs are serialised on a
+/// mutex; the batching queue in front of it is what keeps that cheap.
 pub struct OnnxModel {
     session: Mutex<Session>,
     input_names: Vec<String>,
@@ -19,7 +18,7 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     /// Loads `path` with `intra_threads` threads for each run (0 lets ONNX Runtime choose).
-    pub fn load(rt: &OnnxRuntime, path: &Path, intra_threads: usize) -> Result<Self, ModelError> {
+    pub fn load(rt: &crate::OnnxRuntime, path: &Path, intra_threads: usize) -> Result<Self, ModelError> {
         let fail = |e: ort::Error| ModelError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -47,25 +46,20 @@ impl OnnxModel {
     pub fn output_names(&self) -> &[String] {
         &self.output_names
     }
+}
 
-    /// Runs the model on float32 inputs given by name and returns every output, in the
-    /// model's output order.
-    pub fn run_f32(
-        &self,
-        inputs: Vec<(String, ArrayD<f32>)>,
-    ) -> Result<Vec<(String, ArrayD<f32>)>, ModelError> {
-        for (name, _) in &inputs {
-            if !self.input_names.contains(name) {
+impl ModelBackend for OnnxModel {
+    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            if !self.input_names.contains(&t.name) {
                 return Err(ModelError::InvalidInput(format!(
-                    "no input named {name:?}; the model takes {:?}",
-                    self.input_names
+                    "no input named {:?}; the model takes {:?}",
+                    t.name, self.input_names
                 )));
             }
+            values.push((t.name.clone(), to_ort(t)?));
         }
-        let values = inputs
-            .into_iter()
-            .map(|(name, array)| Ok((name, Tensor::from_array(array)?)))
-            .collect::<Result<Vec<_>, ort::Error>>()?;
         let mut session = self
             .session
             .lock()
@@ -73,10 +67,84 @@ impl OnnxModel {
         let outputs = session.run(values)?;
         self.output_names
             .iter()
-            .map(|name| {
-                let array = outputs[name.as_str()].try_extract_array::<f32>()?.to_owned();
-                Ok((name.clone(), array))
-            })
+            .map(|name| from_ort(name, &outputs[name.as_str()]))
             .collect()
     }
+}
+
+/// A view of the tensor's data for ONNX Runtime; strings are copied, numbers are not.
+fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, ModelError> {
+    let shape = t.shape.clone();
+    let value: SessionInputValue<'_> = match &t.data {
+        TensorData::Fp32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Fp64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Bytes(v) => {
+            let strings = v
+                .iter()
+                .map(|b| String::from_utf8(b.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    ModelError::InvalidInput(format!(
+                        "{}: BYTES elements must be UTF-8 for ONNX strings",
+                        t.name
+                    ))
+                })?;
+            ort::value::Tensor::from_string_array((shape, strings.as_slice()))?.into()
+        }
+    };
+    Ok(value)
+}
+
+fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, ModelError> {
+    let unsupported = |what: String| {
+        ModelError::Inference(format!(
+            "output {name:?} is {what}, which Ferrite does not serve; export the model with plain \
+             tensor outputs (for scikit-learn/LightGBM/XGBoost classifiers: without ZipMap)"
+        ))
+    };
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(unsupported(format!("{:?}", value.dtype())));
+    };
+    macro_rules! numeric {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>()?;
+            (
+                shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                TensorData::$variant(data.to_vec()),
+            )
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Float32 => numeric!(f32, Fp32),
+        TensorElementType::Float64 => numeric!(f64, Fp64),
+        TensorElementType::Int32 => numeric!(i32, Int32),
+        TensorElementType::Int64 => numeric!(i64, Int64),
+        TensorElementType::Bool => numeric!(bool, Bool),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings()?;
+            let shape = shape.iter().map(|&d| d as usize).collect::<Vec<_>>();
+            (
+                shape,
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
+        }
+        other => return Err(unsupported(format!("a {other:?} tensor"))),
+    };
+    Tensor::new(name, shape, data)
+}
+
+/// The protocol type that an ONNX tensor element type is served as, if any.
+pub fn data_type_of(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
 }

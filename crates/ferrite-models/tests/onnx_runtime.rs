@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use ferrite_models::{OnnxModel, OnnxRuntime};
-use ndarray::{ArrayD, IxDyn};
+use ferrite_models::{ModelBackend, OnnxModel, OnnxRuntime, Tensor, TensorData};
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -11,10 +10,20 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn matrix(v: &serde_json::Value) -> ArrayD<f32> {
+fn matrix(name: &str, v: &serde_json::Value) -> Tensor {
     let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone()).unwrap();
-    let (r, c) = (rows.len(), rows[0].len());
-    ArrayD::from_shape_vec(IxDyn(&[r, c]), rows.into_iter().flatten().collect()).unwrap()
+    let shape = vec![rows.len(), rows[0].len()];
+    Tensor::new(
+        name,
+        shape,
+        TensorData::Fp32(rows.into_iter().flatten().collect()),
+    )
+    .unwrap()
+}
+
+fn zeros(name: &str, shape: Vec<usize>) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(name, shape, TensorData::Fp32(vec![0.0; n])).unwrap()
 }
 
 #[test]
@@ -26,10 +35,15 @@ fn affine_sigmoid_matches_python_onnxruntime() {
 
     let expected: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data("affine_sigmoid.expected.json")).unwrap()).unwrap();
-    let outputs = model.run_f32(vec![("x".into(), matrix(&expected["x"]))]).unwrap();
-    let want = matrix(&expected["y"]);
-    assert_eq!(outputs[0].1.shape(), want.shape());
-    for (got, want) in outputs[0].1.iter().zip(want.iter()) {
+    let outputs = model.infer(&[matrix("x", &expected["x"])]).unwrap();
+    let want = matrix("y", &expected["y"]);
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].name, "y");
+    assert_eq!(outputs[0].shape, want.shape);
+    let (TensorData::Fp32(got), TensorData::Fp32(want)) = (&outputs[0].data, &want.data) else {
+        panic!("expected FP32 output, got {:?}", outputs[0].dtype());
+    };
+    for (got, want) in got.iter().zip(want) {
         assert!(
             (got - want).abs() <= 1e-6,
             "got {got}, Python onnxruntime gave {want}"
@@ -42,21 +56,19 @@ fn an_unknown_input_name_is_rejected_with_the_expected_names() {
     let rt = OnnxRuntime::get(None).unwrap();
     let model = OnnxModel::load(&rt, &data("affine_sigmoid.onnx"), 1).unwrap();
     let err = model
-        .run_f32(vec![("features".into(), ArrayD::zeros(IxDyn(&[1, 4])))])
+        .infer(&[zeros("features", vec![1, 4])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"features\"") && err.contains("\"x\""), "{err}");
 }
 
 #[test]
-fn a_wrong_shape_is_an_error_not_a_panic() {
+fn a_wrong_shape_or_type_is_an_error_not_a_panic() {
     let rt = OnnxRuntime::get(None).unwrap();
     let model = OnnxModel::load(&rt, &data("affine_sigmoid.onnx"), 1).unwrap();
-    assert!(
-        model
-            .run_f32(vec![("x".into(), ArrayD::zeros(IxDyn(&[1, 5])))])
-            .is_err()
-    );
+    assert!(model.infer(&[zeros("x", vec![1, 5])]).is_err());
+    let ints = Tensor::new("x", vec![1, 4], TensorData::Int64(vec![0; 4])).unwrap();
+    assert!(model.infer(&[ints]).is_err());
 }
 
 #[test]

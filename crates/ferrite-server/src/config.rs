@@ -70,6 +70,9 @@ pub struct ModelsConfig {
     pub repository: PathBuf,
     /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the project's `.venv`.
     pub onnxruntime_library: Option<PathBuf>,
+    /// How often the repository is checked for new, changed or removed models (hot reload).
+    /// 0 turns hot reload off.
+    pub poll_interval_s: f64,
 }
 
 impl Default for ModelsConfig {
@@ -77,6 +80,7 @@ impl Default for ModelsConfig {
         ModelsConfig {
             repository: PathBuf::from("models"),
             onnxruntime_library: None,
+            poll_interval_s: 2.0,
         }
     }
 }
@@ -145,6 +149,7 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.models.repository, PathBuf::from("models"));
         assert_eq!(c.models.onnxruntime_library, None);
+        assert_eq!(c.models.poll_interval_s, 2.0);
         assert_eq!(c.features.repository, PathBuf::from("features"));
     }
 

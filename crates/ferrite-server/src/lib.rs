@@ -6,6 +6,7 @@
 //! statuses in `status.rs` alone. It owns no model, feature or index logic.
 
 pub mod config;
+mod kserve_convert;
 mod services;
 pub mod status;
 pub mod telemetry;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferrite_models::OnnxRuntime;
+use ferrite_models::{ModelRepository, OnnxRuntime};
 use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub config: Config,
     pub started: Instant,
     pub onnx_runtime: OnnxRuntime,
+    pub models: Arc<ModelRepository>,
     ready: AtomicBool,
 }
 
@@ -107,6 +109,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }
     let onnx_runtime = OnnxRuntime::get(config.models.onnxruntime_library.as_deref())?;
     telemetry::prometheus();
+    let models = Arc::new(ModelRepository::new(
+        config.models.repository.clone(),
+        onnx_runtime.clone(),
+    ));
+    let loader = models.clone();
+    for (name, result) in tokio::task::spawn_blocking(move || loader.load_all()).await?? {
+        if let Err(e) = result {
+            tracing::warn!(model = %name, error = %e, "model not served");
+        }
+    }
 
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
@@ -115,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         config,
         started: Instant::now(),
         onnx_runtime,
+        models,
         ready: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
@@ -150,6 +163,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped()),
     );
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
+    let poll = state.config.models.poll_interval_s;
+    anyhow::ensure!(
+        poll >= 0.0 && poll.is_finite(),
+        "models.poll_interval_s = {poll} must be 0 or more"
+    );
+    if poll > 0.0 {
+        tokio::spawn(watch_models(
+            state.models.clone(),
+            std::time::Duration::from_secs_f64(poll),
+            until_stopped(),
+        ));
+    }
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, version = VERSION, "ferrite listening");
@@ -161,6 +186,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         grpc,
         metrics,
     })
+}
+
+/// Hot reload: checks the model repository every `every` until `stop` resolves.
+async fn watch_models(
+    models: Arc<ModelRepository>,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticks.tick() => {
+                let models = models.clone();
+                // Results are logged by the repository; a failed reload keeps what serves.
+                let _ = tokio::task::spawn_blocking(move || models.reload_changed()).await;
+            }
+        }
+    }
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

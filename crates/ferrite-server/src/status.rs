@@ -21,10 +21,13 @@ impl From<ApiError> for Status {
         let message = e.to_string();
         match e {
             ApiError::Model(ModelError::InvalidInput(_)) => Status::invalid_argument(message),
+            ApiError::Model(ModelError::NotFound(_)) => Status::not_found(message),
             ApiError::Model(ModelError::RuntimeNotFound { .. } | ModelError::RuntimeLoad { .. }) => {
                 Status::unavailable(message)
             }
-            ApiError::Model(ModelError::Load { .. } | ModelError::Inference(_)) => Status::internal(message),
+            ApiError::Model(
+                ModelError::Config { .. } | ModelError::Load { .. } | ModelError::Inference(_),
+            ) => Status::internal(message),
             ApiError::Feature(FeatureError::MissingColumn { .. } | FeatureError::Offline { .. }) => {
                 Status::failed_precondition(message)
             }

@@ -1,39 +1,18 @@
 //! The server as a client sees it: health, reflection, KServe server endpoints, admin,
 //! Prometheus metrics, and a shutdown that lets in-flight calls finish.
 
-use std::process::Command;
+mod common;
 
-use ferrite_proto::ferrite::v1::GetServerInfoRequest;
+use common::{python_json, start};
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
+use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
+use ferrite_proto::ferrite::v1::{GetOnlineFeaturesRequest, GetServerInfoRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ferrite_proto::inference::{
-    ModelInferRequest, ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
-};
-use ferrite_server::{Config, RunningServer};
-use ferrite_test_support::{repo_root, venv_python};
-use tonic::transport::Channel;
+use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
+use ferrite_server::RunningServer;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn test_config() -> Config {
-    let mut config = Config::default();
-    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    config.models.repository = repo_root().join("models");
-    config.features.repository = repo_root().join("features");
-    config
-}
-
-async fn start() -> (RunningServer, Channel) {
-    let server = ferrite_server::start(test_config()).await.expect("server starts");
-    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (server, channel)
-}
 
 async fn scrape(server: &RunningServer) -> String {
     // A plain HTTP/1.0 GET: the endpoint is for Prometheus, which needs nothing more.
@@ -133,8 +112,8 @@ async fn metrics_count_calls_by_method_and_status() {
         kserve.server_live(ServerLiveRequest {}).await.unwrap();
     }
     // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
-    let err = kserve
-        .model_infer(ModelInferRequest::default())
+    let err = FeatureServiceClient::new(channel.clone())
+        .get_online_features(GetOnlineFeaturesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
@@ -168,23 +147,7 @@ async fn metrics_count_calls_by_method_and_status() {
 async fn a_python_client_discovers_and_calls_services_through_reflection_alone() {
     let (server, _channel) = start().await;
     let addr = server.grpc_addr().to_string();
-    let python = venv_python();
-    let script = repo_root().join("scripts/grpc_probe.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(["--addr", &addr])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "probe failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let probe = python_json("grpc_probe.py", vec!["--addr".into(), addr]).await;
 
     assert_eq!(probe["health"], "SERVING");
     assert_eq!(probe["server_live"], true);

@@ -1,13 +1,20 @@
-//! `inference.GRPCInferenceService`, the KServe v2 Open Inference Protocol.
-//! Methods not written here answer UNIMPLEMENTED (tonic's generated default).
+//! `inference.GRPCInferenceService`, the KServe v2 Open Inference Protocol with Triton's
+//! model-config and repository extensions. Methods not written here answer UNIMPLEMENTED.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use ferrite_proto::inference::repository_index_response::ModelIndex;
 use ferrite_proto::inference::*;
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
+use crate::kserve_convert as convert;
+use crate::status::ApiError;
+
+type AnswerStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
 
 pub struct KServe {
     state: Arc<AppState>,
@@ -17,6 +24,22 @@ impl KServe {
     pub fn new(state: Arc<AppState>) -> Self {
         KServe { state }
     }
+}
+
+fn model_error(e: ferrite_models::ModelError) -> Status {
+    ApiError::from(e).into()
+}
+
+/// One inference, off the async workers: a model run is CPU work.
+async fn infer(state: Arc<AppState>, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let inputs = convert::request_tensors(&req)?;
+    let models = state.models.clone();
+    let (name, version) = (req.model_name.clone(), req.model_version.clone());
+    let (ran, outputs) = tokio::task::spawn_blocking(move || models.infer(&name, &version, &inputs))
+        .await
+        .map_err(|e| Status::internal(format!("inference task failed: {e}")))?
+        .map_err(model_error)?;
+    convert::response(&req, ran, outputs)
 }
 
 #[tonic::async_trait]
@@ -44,7 +67,154 @@ impl GrpcInferenceService for KServe {
         Ok(Response::new(ServerMetadataResponse {
             name: "ferrite".into(),
             version: crate::VERSION.into(),
-            extensions: Vec::new(),
+            extensions: vec!["model_repository".into(), "model_configuration".into()],
         }))
     }
+
+    async fn model_ready(
+        &self,
+        req: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let req = req.into_inner();
+        let ready = match self.state.models.get(&req.name) {
+            Ok(model) => model.version(&req.version).is_ok(),
+            Err(ferrite_models::ModelError::NotFound(_)) => false,
+            Err(e) => return Err(model_error(e)),
+        };
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let req = req.into_inner();
+        let model = self.state.models.get(&req.name).map_err(model_error)?;
+        model.version(&req.version).map_err(model_error)?;
+        let config = &model.config;
+        Ok(Response::new(ModelMetadataResponse {
+            name: model.name.clone(),
+            versions: model.versions.keys().map(|v| v.to_string()).collect(),
+            platform: convert::triton_config(&model.name, config).platform,
+            inputs: config
+                .inputs
+                .iter()
+                .map(|s| convert::tensor_metadata(config, s))
+                .collect(),
+            outputs: config
+                .outputs
+                .iter()
+                .map(|s| convert::tensor_metadata(config, s))
+                .collect(),
+        }))
+    }
+
+    async fn model_config(
+        &self,
+        req: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let req = req.into_inner();
+        let model = self.state.models.get(&req.name).map_err(model_error)?;
+        model.version(&req.version).map_err(model_error)?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(convert::triton_config(&model.name, &model.config)),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        infer(self.state.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<AnswerStream>, Status> {
+        Ok(Response::new(Box::pin(stream_answers(
+            self.state.clone(),
+            req.into_inner(),
+        ))))
+    }
+
+    async fn repository_index(
+        &self,
+        req: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let ready_only = req.into_inner().ready;
+        let models = self
+            .state
+            .models
+            .index()
+            .into_iter()
+            .filter(|e| !ready_only || e.state == "READY")
+            .map(|e| ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let name = req.into_inner().model_name;
+        let models = self.state.models.clone();
+        tokio::task::spawn_blocking(move || models.load(&name))
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+            .map_err(model_error)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.state
+            .models
+            .unload(&req.into_inner().model_name)
+            .map_err(model_error)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// Answers each streamed request in order; a failed request yields an `error_message`
+/// answer and the stream goes on, as Triton's streaming API does.
+fn stream_answers(
+    state: Arc<AppState>,
+    mut requests: Streaming<ModelInferRequest>,
+) -> impl Stream<Item = Result<ModelStreamInferResponse, Status>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(item) = requests.next().await {
+            let answer = match item {
+                Ok(req) => match infer(state.clone(), req).await {
+                    Ok(r) => ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(r),
+                    },
+                    Err(s) => ModelStreamInferResponse {
+                        error_message: s.message().to_string(),
+                        infer_response: None,
+                    },
+                },
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(answer)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -1,0 +1,371 @@
+//! The model repository: `<root>/<name>/config.toml` and `<root>/<name>/<version>/<file>`.
+//!
+//! Loaded models live in an `ArcSwap` snapshot: a request takes the snapshot once and keeps
+//! the version it started on even if a load or unload swaps the map meanwhile.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::{BackendKind, ModelBackend, ModelConfig, ModelError, OnnxModel, OnnxRuntime, Tensor};
+
+/// One loaded version of a model.
+pub struct LoadedVersion {
+    pub version: u64,
+    pub backend: Arc<dyn ModelBackend>,
+}
+
+/// A model with the versions its policy serves.
+pub struct LoadedModel {
+    pub name: String,
+    pub config: Arc<ModelConfig>,
+    /// Highest version last.
+    pub versions: BTreeMap<u64, Arc<LoadedVersion>>,
+}
+
+impl LoadedModel {
+    /// `""` is the highest version; a number or a label (`stable`, `canary`) picks one.
+    pub fn version(&self, requested: &str) -> Result<&Arc<LoadedVersion>, ModelError> {
+        let not_found = || {
+            ModelError::NotFound(format!(
+                "model {:?} has no ready version {requested:?}; ready: {:?}, labels: {:?}",
+                self.name,
+                self.versions.keys().collect::<Vec<_>>(),
+                self.config.labels
+            ))
+        };
+        if requested.is_empty() {
+            return self.versions.values().next_back().ok_or_else(not_found);
+        }
+        let number = match requested.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => *self.config.labels.get(requested).ok_or_else(not_found)?,
+        };
+        self.versions.get(&number).ok_or_else(not_found)
+    }
+}
+
+/// What the repository index reports for one model version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Empty when the model could not be read far enough to know its versions.
+    pub version: String,
+    /// `READY` or `UNAVAILABLE`.
+    pub state: &'static str,
+    pub reason: String,
+}
+
+pub struct ModelRepository {
+    root: PathBuf,
+    runtime: OnnxRuntime,
+    models: ArcSwap<BTreeMap<String, Arc<LoadedModel>>>,
+    /// Why models that are not loaded failed to load, by name.
+    failures: Mutex<BTreeMap<String, String>>,
+    /// Serialises loads and unloads, so two never race on the same snapshot.
+    writer: Mutex<()>,
+    /// What each model's files looked like when last loaded (or tried), for hot reload.
+    seen: Mutex<BTreeMap<String, Fingerprint>>,
+}
+
+/// The config file and every version's weights file, with their sizes and modification
+/// times: when this changes, the model is reloaded.
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+impl ModelRepository {
+    pub fn new(root: impl Into<PathBuf>, runtime: OnnxRuntime) -> Self {
+        ModelRepository {
+            root: root.into(),
+            runtime,
+            models: ArcSwap::from_pointee(BTreeMap::new()),
+            failures: Mutex::new(BTreeMap::new()),
+            writer: Mutex::new(()),
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every model directory under the root (those with a `config.toml`), by name.
+    pub fn available(&self) -> Result<Vec<String>, ModelError> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| ModelError::Config {
+            path: self.root.clone(),
+            message: format!("cannot list the model repository: {e}"),
+        })?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().join("config.toml").is_file())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| check_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Loads every model found; a model that fails is logged and reported by `index`, and
+    /// does not stop the others.
+    pub fn load_all(&self) -> Result<Vec<(String, Result<(), ModelError>)>, ModelError> {
+        Ok(self
+            .available()?
+            .into_iter()
+            .map(|name| {
+                let result = self.load(&name).map(|_| ());
+                (name, result)
+            })
+            .collect())
+    }
+
+    /// Loads (or reloads) a model: reads its config, loads the versions its policy selects,
+    /// and only then swaps it in. If anything fails, the versions already serving stay.
+    pub fn load(&self, name: &str) -> Result<Arc<LoadedModel>, ModelError> {
+        check_name(name)?;
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let fingerprint = self.fingerprint(name);
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), fingerprint);
+        match self.read_model(name) {
+            Ok(model) => {
+                let model = Arc::new(model);
+                let mut next = BTreeMap::clone(&self.models.load());
+                next.insert(name.to_string(), model.clone());
+                self.models.store(Arc::new(next));
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+                tracing::info!(model = name, versions = ?model.versions.keys().collect::<Vec<_>>(), "model ready");
+                Ok(model)
+            }
+            Err(e) => {
+                tracing::error!(model = name, error = %e, "model failed to load; versions already serving stay");
+                metrics::counter!("ferrite_model_load_failures_total", "model" => name.to_string())
+                    .increment(1);
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops serving a model. Requests already running finish on the version they hold.
+    pub fn unload(&self, name: &str) -> Result<(), ModelError> {
+        check_name(name)?;
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::clone(&self.models.load());
+        if next.remove(name).is_none() {
+            return Err(ModelError::NotFound(format!("model {name:?} is not loaded")));
+        }
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.models.store(Arc::new(next));
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// Hot reload: loads models whose files changed since they were last loaded (a new
+    /// version, new weights, a new config) and models that appeared; unloads models whose
+    /// directory is gone. A failed reload leaves the versions already serving in place.
+    pub fn reload_changed(&self) -> Vec<(String, Result<(), ModelError>)> {
+        let Ok(available) = self.available() else {
+            return Vec::new();
+        };
+        let mut results = Vec::new();
+        let gone: Vec<String> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.keys().filter(|n| !available.contains(n)).cloned().collect()
+        };
+        for name in gone {
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            if self.models.load().contains_key(&name) {
+                results.push((name.clone(), self.unload(&name)));
+            }
+        }
+        for name in available {
+            let changed = {
+                let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                seen.get(&name) != Some(&self.fingerprint(&name))
+            };
+            if changed {
+                tracing::info!(model = %name, "model files changed: reloading");
+                let result = self.load(&name).map(|_| ());
+                results.push((name, result));
+            }
+        }
+        results
+    }
+
+    fn fingerprint(&self, name: &str) -> Fingerprint {
+        let dir = self.root.join(name);
+        let config = dir.join("config.toml");
+        let mut files = vec![config.clone()];
+        if let Ok(c) = ModelConfig::from_file(&config) {
+            let mut versions = versions_on_disk(&dir).unwrap_or_default();
+            versions.sort_unstable();
+            files.extend(
+                versions
+                    .iter()
+                    .map(|v| dir.join(v.to_string()).join(c.model_filename())),
+            );
+        }
+        files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f).ok();
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let modified = meta.and_then(|m| m.modified().ok());
+                (f, size, modified)
+            })
+            .collect()
+    }
+
+    /// A loaded model by name.
+    pub fn get(&self, name: &str) -> Result<Arc<LoadedModel>, ModelError> {
+        check_name(name)?;
+        self.models.load().get(name).cloned().ok_or_else(|| {
+            let reason = self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .cloned();
+            match reason {
+                Some(reason) => ModelError::NotFound(format!("model {name:?} is not ready: {reason}")),
+                None => ModelError::NotFound(format!("no model named {name:?} is loaded")),
+            }
+        })
+    }
+
+    /// Every loaded version, then every model that failed to load.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut entries: Vec<IndexEntry> = self
+            .models
+            .load()
+            .values()
+            .flat_map(|m| {
+                m.versions.keys().map(|v| IndexEntry {
+                    name: m.name.clone(),
+                    version: v.to_string(),
+                    state: "READY",
+                    reason: String::new(),
+                })
+            })
+            .collect();
+        let loaded = self.models.load();
+        for (name, reason) in self.failures.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !loaded.contains_key(name) {
+                entries.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: reason.clone(),
+                });
+            }
+        }
+        entries
+    }
+
+    /// Checks `inputs` against the model's config, then runs them on the requested version.
+    /// Returns the version that ran and the model's outputs.
+    pub fn infer(
+        &self,
+        name: &str,
+        version: &str,
+        inputs: &[Tensor],
+    ) -> Result<(u64, Vec<Tensor>), ModelError> {
+        let model = self.get(name)?;
+        let loaded = model.version(version)?;
+        crate::validate::check_inputs(&model.config, inputs)?;
+        let outputs = loaded.backend.infer(inputs)?;
+        Ok((loaded.version, outputs))
+    }
+
+    fn read_model(&self, name: &str) -> Result<LoadedModel, ModelError> {
+        let dir = self.root.join(name);
+        let config = ModelConfig::from_file(&dir.join("config.toml"))?;
+        let on_disk = versions_on_disk(&dir)?;
+        let selected = config.version_policy.select(&on_disk);
+        if selected.is_empty() {
+            return Err(ModelError::Config {
+                path: dir,
+                message: format!(
+                    "no version directory matches {:?} (found {on_disk:?})",
+                    config.version_policy
+                ),
+            });
+        }
+        let mut versions = BTreeMap::new();
+        for version in selected {
+            let path = dir.join(version.to_string()).join(config.model_filename());
+            let backend: Arc<dyn ModelBackend> = match config.backend {
+                BackendKind::Onnx => Arc::new(OnnxModel::load(&self.runtime, &path, config.threads)?),
+                BackendKind::Candle => {
+                    return Err(ModelError::Config {
+                        path: dir.join("config.toml"),
+                        message: "backend \"candle\" is not served yet".into(),
+                    });
+                }
+            };
+            crate::validate::warm_up(&config, backend.as_ref()).map_err(|e| ModelError::Load {
+                path: path.clone(),
+                message: format!("warm-up failed: {e}"),
+            })?;
+            versions.insert(version, Arc::new(LoadedVersion { version, backend }));
+        }
+        Ok(LoadedModel {
+            name: name.to_string(),
+            config: Arc::new(config),
+            versions,
+        })
+    }
+}
+
+/// Model names are plain directory names: nothing can reach outside the repository.
+pub fn check_name(name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::InvalidInput(format!(
+            "invalid model name {name:?}: use letters, digits, '_', '-' and '.', not starting with '.'"
+        )))
+    }
+}
+
+fn versions_on_disk(dir: &Path) -> Result<Vec<u64>, ModelError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::Config {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    #[test]
+    fn names_cannot_escape_the_repository() {
+        for good in ["fraud", "fraud_gbdt", "resnet-18", "v1.2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "..", "../etc", "a/b", ".hidden", "a\\b", "x y"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

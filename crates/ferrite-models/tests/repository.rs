@@ -1,0 +1,91 @@
+//! The model repository on real files: versions, labels, hot reload, refusal of broken models.
+
+use std::path::Path;
+
+use ferrite_models::{ModelRepository, OnnxRuntime, Tensor, TensorData};
+
+fn repo_with_example() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fraud_logreg");
+    let dst = dir.path().join("fraud_logreg");
+    for v in ["1", "2"] {
+        std::fs::create_dir_all(dst.join(v)).unwrap();
+        std::fs::copy(src.join(v).join("model.onnx"), dst.join(v).join("model.onnx")).unwrap();
+    }
+    std::fs::copy(src.join("config.toml"), dst.join("config.toml")).unwrap();
+    dir
+}
+
+fn features() -> Vec<Tensor> {
+    vec![Tensor::new("features", vec![1, 8], TensorData::Fp32(vec![0.5; 8])).unwrap()]
+}
+
+fn ready_versions(repo: &ModelRepository) -> Vec<String> {
+    repo.index()
+        .into_iter()
+        .filter(|e| e.state == "READY")
+        .map(|e| e.version)
+        .collect()
+}
+
+#[test]
+fn a_new_version_is_picked_up_and_a_removed_model_is_unloaded() {
+    let dir = repo_with_example();
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    assert!(repo.load_all().unwrap().iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(ready_versions(&repo), ["1", "2"]);
+    assert!(
+        repo.reload_changed().is_empty(),
+        "nothing changed, nothing reloads"
+    );
+
+    // A team drops version 3: with `latest = 2`, versions 2 and 3 serve.
+    let model = dir.path().join("fraud_logreg");
+    std::fs::create_dir_all(model.join("3")).unwrap();
+    std::fs::copy(model.join("2/model.onnx"), model.join("3/model.onnx")).unwrap();
+    let held = repo.get("fraud_logreg").unwrap();
+    let reloaded = repo.reload_changed();
+    assert_eq!(reloaded.len(), 1);
+    assert!(reloaded[0].1.is_ok(), "{:?}", reloaded[0].1);
+    assert_eq!(ready_versions(&repo), ["2", "3"]);
+    assert_eq!(repo.infer("fraud_logreg", "", &features()).unwrap().0, 3);
+    // A request that took the model before the swap still runs on what it took.
+    assert!(held.version("1").is_ok());
+
+    std::fs::remove_dir_all(&model).unwrap();
+    let reloaded = repo.reload_changed();
+    assert_eq!(reloaded.len(), 1);
+    assert!(repo.get("fraud_logreg").is_err());
+}
+
+#[test]
+fn a_broken_new_version_leaves_the_serving_versions_in_place() {
+    let dir = repo_with_example();
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    repo.load_all().unwrap();
+    let model = dir.path().join("fraud_logreg");
+    std::fs::create_dir_all(model.join("3")).unwrap();
+    std::fs::write(model.join("3/model.onnx"), b"garbage").unwrap();
+    let reloaded = repo.reload_changed();
+    assert!(reloaded[0].1.is_err());
+    assert_eq!(ready_versions(&repo), ["1", "2"]);
+    assert_eq!(repo.infer("fraud_logreg", "", &features()).unwrap().0, 2);
+    // The failure is not retried until the files change again.
+    assert!(repo.reload_changed().is_empty());
+}
+
+#[test]
+fn a_config_that_does_not_parse_is_reported_with_its_path() {
+    let dir = repo_with_example();
+    std::fs::write(
+        dir.path().join("fraud_logreg/config.toml"),
+        "backend = \"tensorflow\"\n",
+    )
+    .unwrap();
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    let results = repo.load_all().unwrap();
+    let err = results[0].1.as_ref().unwrap_err().to_string();
+    assert!(err.contains("config.toml") && err.contains("tensorflow"), "{err}");
+    let index = repo.index();
+    assert_eq!(index[0].state, "UNAVAILABLE");
+}

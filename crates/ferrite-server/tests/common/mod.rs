@@ -1,0 +1,48 @@
+//! Helpers shared by this crate's integration tests.
+
+use std::process::Command;
+
+use ferrite_server::{Config, RunningServer};
+use ferrite_test_support::{repo_root, venv_python};
+use tonic::transport::Channel;
+
+/// The repository's own models and features, on free loopback ports.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    config.models.repository = repo_root().join("models");
+    config.features.repository = repo_root().join("features");
+    config
+}
+
+pub async fn start_with(config: Config) -> (RunningServer, Channel) {
+    let server = ferrite_server::start(config).await.expect("server starts");
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (server, channel)
+}
+
+pub async fn start() -> (RunningServer, Channel) {
+    start_with(test_config()).await
+}
+
+/// Runs `scripts/<script>` in the project virtualenv and parses the JSON it prints.
+#[allow(dead_code)]
+pub async fn python_json(script: &str, args: Vec<String>) -> serde_json::Value {
+    let python = venv_python();
+    let script = repo_root().join("scripts").join(script);
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(python).arg(&script).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        output.status.success(),
+        "script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

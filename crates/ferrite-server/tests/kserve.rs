@@ -1,0 +1,501 @@
+//! Model serving over the KServe v2 protocol, against the example models in `models/`.
+
+mod common;
+
+use common::{python_json, start};
+use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use ferrite_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use ferrite_proto::inference::*;
+use ferrite_test_support::repo_root;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn expected() -> serde_json::Value {
+    let path = repo_root().join("crates/ferrite-server/tests/data/fraud_logreg.expected.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn features_input(rows: &[Vec<f32>]) -> InferInputTensor {
+    InferInputTensor {
+        name: "features".into(),
+        datatype: "FP32".into(),
+        shape: vec![rows.len() as i64, rows[0].len() as i64],
+        contents: Some(InferTensorContents {
+            fp32_contents: rows.concat(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn request(version: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "fraud_logreg".into(),
+        model_version: version.into(),
+        id: "req-1".into(),
+        inputs: vec![features_input(rows)],
+        ..Default::default()
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[Vec<f32>]) {
+    let want = want.concat();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-6, "got {g}, Python onnxruntime gave {w}");
+    }
+}
+
+async fn client() -> (ferrite_server::RunningServer, GrpcInferenceServiceClient<Channel>) {
+    let (server, channel) = start().await;
+    (server, GrpcInferenceServiceClient::new(channel))
+}
+
+#[tokio::test]
+async fn each_version_answers_what_python_onnxruntime_answers() {
+    let (server, mut kserve) = client().await;
+    let expected = expected();
+    let features = rows(&expected["features"]);
+    for (asked, ran) in [
+        ("1", "1"),
+        ("2", "2"),
+        ("", "2"),
+        ("stable", "1"),
+        ("canary", "2"),
+    ] {
+        let answer = kserve
+            .model_infer(request(asked, &features))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.model_version, ran, "asked for {asked:?}");
+        assert_eq!(answer.id, "req-1");
+        assert_eq!(answer.outputs.len(), 1);
+        assert_eq!(answer.outputs[0].name, "probabilities");
+        assert_eq!(answer.outputs[0].datatype, "FP32");
+        assert_eq!(answer.outputs[0].shape, vec![features.len() as i64, 2]);
+        assert_close(
+            &f32s(&answer.raw_output_contents[0]),
+            &rows(&expected[format!("version_{ran}")]),
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn raw_input_contents_give_the_same_answer_as_typed_contents() {
+    let (server, mut kserve) = client().await;
+    let expected = expected();
+    let features = rows(&expected["features"]);
+    let mut req = request("1", &features);
+    let raw: Vec<u8> = features.concat().iter().flat_map(|x| x.to_le_bytes()).collect();
+    req.inputs[0].contents = None;
+    req.raw_input_contents = vec![raw];
+    req.outputs = vec![InferRequestedOutputTensor {
+        name: "probabilities".into(),
+        ..Default::default()
+    }];
+    let answer = kserve.model_infer(req).await.unwrap().into_inner();
+    assert_close(
+        &f32s(&answer.raw_output_contents[0]),
+        &rows(&expected["version_1"]),
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_status_that_says_what_was_expected() {
+    let (server, mut kserve) = client().await;
+    let good = rows(&expected()["features"]);
+    let cases: Vec<(ModelInferRequest, Code, &str)> = vec![
+        (
+            ModelInferRequest {
+                model_name: "no_such_model".into(),
+                ..request("", &good)
+            },
+            Code::NotFound,
+            "no_such_model",
+        ),
+        (
+            ModelInferRequest {
+                model_name: "../etc".into(),
+                ..request("", &good)
+            },
+            Code::InvalidArgument,
+            "../etc",
+        ),
+        (request("9", &good), Code::NotFound, "no ready version \"9\""),
+        (
+            {
+                let mut r = request("", &good);
+                r.inputs[0].name = "feats".into();
+                r
+            },
+            Code::InvalidArgument,
+            "unknown input \"feats\"",
+        ),
+        (
+            {
+                let mut r = request("", &good);
+                r.inputs[0].datatype = "FP64".into();
+                r.inputs[0].contents = Some(InferTensorContents {
+                    fp64_contents: vec![0.0; 40],
+                    ..Default::default()
+                });
+                r
+            },
+            Code::InvalidArgument,
+            "datatype FP64, expected FP32",
+        ),
+        (
+            request("", &[vec![0.0; 7]]),
+            Code::InvalidArgument,
+            "expected [-1, 8]",
+        ),
+        (
+            {
+                let mut r = request("", &good);
+                r.inputs[0].shape = vec![6, 8];
+                r
+            },
+            Code::InvalidArgument,
+            "needs 48 elements, got 40",
+        ),
+        (
+            {
+                let mut r = request("", &good);
+                r.inputs[0].contents = None;
+                r.raw_input_contents = vec![vec![0; 41]];
+                r
+            },
+            Code::InvalidArgument,
+            "41 raw bytes",
+        ),
+        (request("", &[vec![f32::NAN; 8]]), Code::InvalidArgument, "NaN"),
+        (
+            {
+                let mut r = request("", &good);
+                r.inputs[0].datatype = "FP16".into();
+                r
+            },
+            Code::InvalidArgument,
+            "FP16",
+        ),
+        (
+            {
+                let mut r = request("", &good);
+                r.outputs = vec![InferRequestedOutputTensor {
+                    name: "score".into(),
+                    ..Default::default()
+                }];
+                r
+            },
+            Code::InvalidArgument,
+            "requested output \"score\"",
+        ),
+        (
+            request("", &vec![vec![0.0; 8]; 257]),
+            Code::InvalidArgument,
+            "batch size 257, expected 1..=256",
+        ),
+    ];
+    for (req, code, needle) in cases {
+        let status = kserve.model_infer(req).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{needle:?} not in {:?}",
+            status.message()
+        );
+    }
+    // The server is still serving after all of that.
+    kserve.model_infer(request("", &good)).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metadata_config_index_and_readiness_describe_the_repository() {
+    let (server, mut kserve) = client().await;
+    let meta = kserve
+        .model_metadata(ModelMetadataRequest {
+            name: "fraud_logreg".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.versions, vec!["1", "2"]);
+    assert_eq!(meta.platform, "onnxruntime_onnx");
+    assert_eq!(
+        (meta.inputs[0].name.as_str(), meta.inputs[0].datatype.as_str()),
+        ("features", "FP32")
+    );
+    assert_eq!(meta.inputs[0].shape, vec![-1, 8]);
+
+    let config = kserve
+        .model_config(ModelConfigRequest {
+            name: "fraud_logreg".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(config.max_batch_size, 256);
+    assert_eq!(config.input[0].data_type, DataType::TypeFp32 as i32);
+    assert_eq!(config.input[0].dims, vec![8]);
+
+    let ready = |name: &str, version: &str| ModelReadyRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    assert!(
+        kserve
+            .model_ready(ready("fraud_logreg", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        kserve
+            .model_ready(ready("fraud_logreg", "canary"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        !kserve
+            .model_ready(ready("fraud_logreg", "3"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        !kserve
+            .model_ready(ready("nope", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+
+    let index = kserve
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let listed: Vec<(String, String, String)> =
+        index.into_iter().map(|m| (m.name, m.version, m.state)).collect();
+    assert!(
+        listed.contains(&("fraud_logreg".into(), "1".into(), "READY".into())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("fraud_logreg".into(), "2".into(), "READY".into())),
+        "{listed:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unload_and_load_through_the_repository_extension() {
+    let (server, mut kserve) = client().await;
+    let good = rows(&expected()["features"]);
+    let unload = RepositoryModelUnloadRequest {
+        model_name: "fraud_logreg".into(),
+        ..Default::default()
+    };
+    kserve.repository_model_unload(unload.clone()).await.unwrap();
+    let status = kserve.model_infer(request("", &good)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        kserve.repository_model_unload(unload).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    let load = RepositoryModelLoadRequest {
+        model_name: "fraud_logreg".into(),
+        ..Default::default()
+    };
+    kserve.repository_model_load(load).await.unwrap();
+    kserve.model_infer(request("", &good)).await.unwrap();
+
+    let missing = RepositoryModelLoadRequest {
+        model_name: "no_such_model".into(),
+        ..Default::default()
+    };
+    assert!(kserve.repository_model_load(missing).await.is_err());
+    let escape = RepositoryModelLoadRequest {
+        model_name: "..".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        kserve.repository_model_load(escape).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_answers_each_request_in_order_and_survives_a_bad_one() {
+    let (server, mut kserve) = client().await;
+    let good = rows(&expected()["features"]);
+    let requests = vec![
+        request("1", &good),
+        ModelInferRequest {
+            model_name: "no_such_model".into(),
+            ..request("", &good)
+        },
+        request("2", &good),
+    ];
+    let mut answers = kserve
+        .model_stream_infer(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    assert_eq!(first.infer_response.unwrap().model_version, "1");
+    let second = answers.message().await.unwrap().unwrap();
+    assert!(second.infer_response.is_none());
+    assert!(
+        second.error_message.contains("no_such_model"),
+        "{}",
+        second.error_message
+    );
+    let third = answers.message().await.unwrap().unwrap();
+    assert_eq!(third.infer_response.unwrap().model_version, "2");
+    assert!(answers.message().await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tritonclient_works_unchanged() {
+    let (server, _channel) = start().await;
+    let expected = repo_root().join("crates/ferrite-server/tests/data/fraud_logreg.expected.json");
+    let seen = python_json(
+        "triton_client_check.py",
+        vec![
+            "--addr".into(),
+            server.grpc_addr().to_string(),
+            "--expected".into(),
+            expected.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(seen["live"], true);
+    assert_eq!(seen["ready"], true);
+    assert_eq!(seen["model_ready"], true);
+    assert_eq!(seen["missing_model_ready"], false);
+    assert_eq!(seen["server_name"], "ferrite");
+    assert_eq!(seen["versions"], serde_json::json!(["1", "2"]));
+    assert_eq!(seen["inputs"], serde_json::json!([["features", "FP32", [-1, 8]]]));
+    assert_eq!(seen["config"]["max_batch_size"], 256);
+    for (asked, ran) in [("1", "1"), ("2", "2"), ("default", "2"), ("canary", "2")] {
+        let r = &seen["infer"][asked];
+        assert_eq!(r["ran"], ran, "{asked}");
+        assert_eq!(r["shape"], serde_json::json!([5, 2]));
+        assert!(r["max_abs_error"].as_f64().unwrap() <= 1e-6, "{asked}: {r}");
+    }
+    assert_eq!(
+        seen["bad_shape"]["status"], "StatusCode.INVALID_ARGUMENT",
+        "{}",
+        seen["bad_shape"]
+    );
+    assert_eq!(seen["ready_after_unload"], false);
+    assert_eq!(seen["ready_after_load"], true);
+    server.shutdown().await.unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broken_model_is_refused_and_the_working_versions_keep_serving() {
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo_root().join("models/fraud_logreg"),
+        &repo.path().join("fraud_logreg"),
+    );
+    // A model whose config promises an output the ONNX file does not have.
+    copy_dir(
+        &repo_root().join("models/fraud_logreg"),
+        &repo.path().join("mismatched"),
+    );
+    let config = std::fs::read_to_string(repo.path().join("mismatched/config.toml")).unwrap();
+    std::fs::write(
+        repo.path().join("mismatched/config.toml"),
+        config.replace("\"probabilities\"", "\"score\""),
+    )
+    .unwrap();
+
+    let mut config = common::test_config();
+    config.models.repository = repo.path().to_path_buf();
+    let (server, channel) = common::start_with(config).await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel);
+
+    let index = kserve
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let broken = index
+        .iter()
+        .find(|m| m.name == "mismatched")
+        .expect("the broken model is listed");
+    assert_eq!(broken.state, "UNAVAILABLE");
+    assert!(broken.reason.contains("no output \"score\""), "{}", broken.reason);
+    let status = kserve
+        .model_infer(ModelInferRequest {
+            model_name: "mismatched".into(),
+            ..request("", &[vec![0.0; 8]])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("not ready"), "{}", status.message());
+
+    // A new version that is not a model: the load fails, versions 1 and 2 keep serving.
+    let v3 = repo.path().join("fraud_logreg/3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::write(v3.join("model.onnx"), b"not an onnx file").unwrap();
+    let load = RepositoryModelLoadRequest {
+        model_name: "fraud_logreg".into(),
+        ..Default::default()
+    };
+    let status = kserve.repository_model_load(load).await.unwrap_err();
+    assert!(status.message().contains("3/model.onnx"), "{}", status.message());
+    let answer = kserve
+        .model_infer(request("", &[vec![0.0; 8]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.model_version, "2");
+    server.shutdown().await.unwrap();
+}

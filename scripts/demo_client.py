@@ -1,0 +1,102 @@
+"""Sends one example request to each Ferrite service and prints the answer with its latency.
+
+Knows no proto files: message types come from the server's reflection service, requests are
+written as JSON, exactly as a newcomer with grpcurl would.
+
+    .venv/bin/python scripts/demo_client.py --addr 127.0.0.1:50051
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import grpc
+from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+# (service, method, request as JSON). Each capability adds its example here.
+EXAMPLES = [
+    ("grpc.health.v1.Health", "Check", {}),
+    ("inference.GRPCInferenceService", "ServerLive", {}),
+    ("inference.GRPCInferenceService", "ServerReady", {}),
+    ("inference.GRPCInferenceService", "ServerMetadata", {}),
+    ("ferrite.v1.AdminService", "GetServerInfo", {}),
+    ("inference.GRPCInferenceService", "RepositoryIndex", {}),
+    ("inference.GRPCInferenceService", "ModelMetadata", {"name": "fraud_logreg"}),
+    (
+        "inference.GRPCInferenceService",
+        "ModelInfer",
+        {
+            "model_name": "fraud_logreg",
+            "model_version": "stable",
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [1, 8],
+                    "contents": {"fp32_contents": [2.1, 3.5, 0.2, 1, 1, 4, 0.05, 1]},
+                }
+            ],
+        },
+    ),
+]
+
+
+def call(channel, pool, service, method, request_json):
+    desc = pool.FindServiceByName(service).methods_by_name[method]
+    request_cls = message_factory.GetMessageClass(desc.input_type)
+    response_cls = message_factory.GetMessageClass(desc.output_type)
+    stub = channel.unary_unary(
+        f"/{service}/{method}",
+        request_serializer=request_cls.SerializeToString,
+        response_deserializer=response_cls.FromString,
+    )
+    request = json_format.ParseDict(request_json, request_cls())
+    start = time.perf_counter()
+    response = stub(request, timeout=5)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    answer = json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
+    return readable(response, answer), elapsed_ms
+
+
+NUMPY_TYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8", "BOOL": "?"}
+
+
+def readable(response, answer):
+    """Shows raw output tensors (KServe ModelInfer) as numbers instead of base64."""
+    raw = getattr(response, "raw_output_contents", None)
+    if raw:
+        import numpy as np
+
+        answer["rawOutputContents"] = [
+            np.frombuffer(data, dtype=NUMPY_TYPES[out.datatype]).reshape(list(out.shape)).tolist()
+            if out.datatype in NUMPY_TYPES
+            else "(bytes)"
+            for out, data in zip(response.outputs, raw)
+        ]
+    return answer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--addr", default="127.0.0.1:50051")
+    args = parser.parse_args()
+    channel = grpc.insecure_channel(args.addr)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    failures = 0
+    for service, method, request in EXAMPLES:
+        try:
+            answer, ms = call(channel, pool, service, method, request)
+            print(f"{service}/{method}  {ms:7.2f} ms  {json.dumps(answer, sort_keys=True)}")
+        except grpc.RpcError as e:
+            failures += 1
+            print(f"{service}/{method}  FAILED {e.code().name}: {e.details()}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

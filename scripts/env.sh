@@ -1,0 +1,3 @@
+# Sourced by the scripts: where cargo builds (outside the clone, so clones share it).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferrite-target}"
+export PATH="$HOME/.cargo/bin:$PATH"
