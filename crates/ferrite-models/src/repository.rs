@@ -47,6 +47,9 @@ impl LoadedModel {
     }
 }
 
+/// Per model name, whether its (re)load succeeded.
+pub type LoadResults = Vec<(String, Result<(), ModelError>)>;
+
 /// What the repository index reports for one model version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -108,7 +111,7 @@ impl ModelRepository {
 
     /// Loads every model found; a model that fails is logged and reported by `index`, and
     /// does not stop the others.
-    pub fn load_all(&self) -> Result<Vec<(String, Result<(), ModelError>)>, ModelError> {
+    pub fn load_all(&self) -> Result<LoadResults, ModelError> {
         Ok(self
             .available()?
             .into_iter()
@@ -172,7 +175,7 @@ impl ModelRepository {
     /// Hot reload: loads models whose files changed since they were last loaded (a new
     /// version, new weights, a new config) and models that appeared; unloads models whose
     /// directory is gone. A failed reload leaves the versions already serving in place.
-    pub fn reload_changed(&self) -> Vec<(String, Result<(), ModelError>)> {
+    pub fn reload_changed(&self) -> LoadResults {
         let Ok(available) = self.available() else {
             return Vec::new();
         };
