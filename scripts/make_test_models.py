@@ -36,6 +36,43 @@ def affine_sigmoid(rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
+def every_type() -> onnx.ModelProto:
+    """One input and one output per element type Ferrite serves, two outputs computed:
+    f64 -> x * 2, i64 -> x + 1, i32 -> identity, bool -> not, string -> identity."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["f64", "two"], ["f64_out"]),
+            helper.make_node("Add", ["i64", "one"], ["i64_out"]),
+            helper.make_node("Identity", ["i32"], ["i32_out"]),
+            helper.make_node("Not", ["flag"], ["flag_out"]),
+            helper.make_node("Identity", ["text"], ["text_out"]),
+        ],
+        "every_type",
+        [
+            helper.make_tensor_value_info("f64", TensorProto.DOUBLE, ["batch", 2]),
+            helper.make_tensor_value_info("i64", TensorProto.INT64, ["batch", 2]),
+            helper.make_tensor_value_info("i32", TensorProto.INT32, ["batch", 2]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, ["batch", 2]),
+            helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("f64_out", TensorProto.DOUBLE, ["batch", 2]),
+            helper.make_tensor_value_info("i64_out", TensorProto.INT64, ["batch", 2]),
+            helper.make_tensor_value_info("i32_out", TensorProto.INT32, ["batch", 2]),
+            helper.make_tensor_value_info("flag_out", TensorProto.BOOL, ["batch", 2]),
+            helper.make_tensor_value_info("text_out", TensorProto.STRING, ["batch", 2]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([2.0], dtype=np.float64), "two"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261126)
@@ -48,6 +85,7 @@ def main() -> None:
     (y,) = session.run(["y"], {"x": x})
     expected = {"x": x.tolist(), "y": y.tolist(), "onnxruntime": ort.__version__}
     (OUT / "affine_sigmoid.expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    onnx.save(every_type(), OUT / "every_type.onnx")
     print(f"wrote {path} and its expected outputs (onnxruntime {ort.__version__})")
 
 

@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod onnx;
 pub mod repository;
 pub mod runtime;
+pub mod stats;
 mod tensor;
 pub mod validate;
 

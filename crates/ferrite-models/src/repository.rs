@@ -15,6 +15,7 @@ use crate::{BackendKind, ModelBackend, ModelConfig, ModelError, OnnxModel, OnnxR
 pub struct LoadedVersion {
     pub version: u64,
     pub backend: Arc<dyn ModelBackend>,
+    pub stats: crate::stats::VersionStats,
 }
 
 /// A model with the versions its policy serves.
@@ -126,6 +127,12 @@ impl ModelRepository {
     /// and only then swaps it in. If anything fails, the versions already serving stay.
     pub fn load(&self, name: &str) -> Result<Arc<LoadedModel>, ModelError> {
         check_name(name)?;
+        if !self.root.join(name).join("config.toml").is_file() {
+            return Err(ModelError::NotFound(format!(
+                "no model {name:?} in the repository {} (expected {name}/config.toml there)",
+                self.root.display()
+            )));
+        }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let fingerprint = self.fingerprint(name);
         self.seen
@@ -166,7 +173,7 @@ impl ModelRepository {
         if next.remove(name).is_none() {
             return Err(ModelError::NotFound(format!("model {name:?} is not loaded")));
         }
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        // The fingerprint stays: hot reload brings the model back only if its files change.
         self.models.store(Arc::new(next));
         tracing::info!(model = name, "model unloaded");
         Ok(())
@@ -228,6 +235,11 @@ impl ModelRepository {
             .collect()
     }
 
+    /// Every loaded model, by name.
+    pub fn loaded(&self) -> Vec<Arc<LoadedModel>> {
+        self.models.load().values().cloned().collect()
+    }
+
     /// A loaded model by name.
     pub fn get(&self, name: &str) -> Result<Arc<LoadedModel>, ModelError> {
         check_name(name)?;
@@ -284,9 +296,20 @@ impl ModelRepository {
     ) -> Result<(u64, Vec<Tensor>), ModelError> {
         let model = self.get(name)?;
         let loaded = model.version(version)?;
-        crate::validate::check_inputs(&model.config, inputs)?;
-        let outputs = loaded.backend.infer(inputs)?;
-        Ok((loaded.version, outputs))
+        let start = std::time::Instant::now();
+        let result = crate::validate::check_inputs(&model.config, inputs).and_then(|()| {
+            let compute = std::time::Instant::now();
+            let outputs = loaded.backend.infer(inputs)?;
+            let batch = if model.config.max_batch_size > 0 {
+                inputs[0].shape[0]
+            } else {
+                1
+            };
+            loaded.stats.record_execution(batch, compute.elapsed());
+            Ok(outputs)
+        });
+        loaded.stats.record_request(result.is_ok(), start.elapsed());
+        Ok((loaded.version, result?))
     }
 
     fn read_model(&self, name: &str) -> Result<LoadedModel, ModelError> {
@@ -319,7 +342,15 @@ impl ModelRepository {
                 path: path.clone(),
                 message: format!("warm-up failed: {e}"),
             })?;
-            versions.insert(version, Arc::new(LoadedVersion { version, backend }));
+            let stats = crate::stats::VersionStats::new(name, version);
+            versions.insert(
+                version,
+                Arc::new(LoadedVersion {
+                    version,
+                    backend,
+                    stats,
+                }),
+            );
         }
         Ok(LoadedModel {
             name: name.to_string(),

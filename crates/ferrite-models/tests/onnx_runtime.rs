@@ -81,3 +81,44 @@ fn a_file_that_is_not_a_model_fails_to_load_with_its_path() {
         .to_string();
     assert!(err.contains("affine_sigmoid.expected.json"), "{err}");
 }
+
+#[test]
+fn every_served_element_type_goes_in_and_comes_out() {
+    let rt = OnnxRuntime::get(None).unwrap();
+    let model = OnnxModel::load(&rt, &data("every_type.onnx"), 1).unwrap();
+    let t = |name: &str, data: TensorData| Tensor::new(name, vec![1, 2], data).unwrap();
+    let outputs = model
+        .infer(&[
+            t("f64", TensorData::Fp64(vec![1.5, -3.0])),
+            t("i64", TensorData::Int64(vec![41, i64::MIN + 1])),
+            t("i32", TensorData::Int32(vec![7, -7])),
+            t("flag", TensorData::Bool(vec![true, false])),
+            t(
+                "text",
+                TensorData::Bytes(vec![b"caf\xc3\xa9".to_vec(), Vec::new()]),
+            ),
+        ])
+        .unwrap();
+    let by_name = |n: &str| &outputs.iter().find(|o| o.name == n).unwrap().data;
+    assert_eq!(by_name("f64_out"), &TensorData::Fp64(vec![3.0, -6.0]));
+    assert_eq!(by_name("i64_out"), &TensorData::Int64(vec![42, i64::MIN + 2]));
+    assert_eq!(by_name("i32_out"), &TensorData::Int32(vec![7, -7]));
+    assert_eq!(by_name("flag_out"), &TensorData::Bool(vec![false, true]));
+    assert_eq!(
+        by_name("text_out"),
+        &TensorData::Bytes(vec![b"caf\xc3\xa9".to_vec(), Vec::new()])
+    );
+    assert!(outputs.iter().all(|o| o.shape == [1, 2]));
+
+    // BYTES that are not UTF-8 cannot become ONNX strings: refused, not a panic.
+    let err = model
+        .infer(&[
+            t("f64", TensorData::Fp64(vec![0.0; 2])),
+            t("i64", TensorData::Int64(vec![0; 2])),
+            t("i32", TensorData::Int32(vec![0; 2])),
+            t("flag", TensorData::Bool(vec![false; 2])),
+            t("text", TensorData::Bytes(vec![vec![0xff], Vec::new()])),
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+}

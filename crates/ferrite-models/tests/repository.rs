@@ -89,3 +89,19 @@ fn a_config_that_does_not_parse_is_reported_with_its_path() {
     let index = repo.index();
     assert_eq!(index[0].state, "UNAVAILABLE");
 }
+
+#[test]
+fn an_unloaded_model_stays_unloaded_until_its_files_change() {
+    let dir = repo_with_example();
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    repo.load_all().unwrap();
+    repo.unload("fraud_logreg").unwrap();
+    assert!(repo.reload_changed().is_empty());
+    assert!(repo.get("fraud_logreg").is_err());
+
+    let model = dir.path().join("fraud_logreg");
+    std::fs::create_dir_all(model.join("3")).unwrap();
+    std::fs::copy(model.join("2/model.onnx"), model.join("3/model.onnx")).unwrap();
+    assert_eq!(repo.reload_changed().len(), 1);
+    assert_eq!(ready_versions(&repo), ["2", "3"]);
+}

@@ -236,6 +236,39 @@ pub fn triton_config(name: &str, config: &ModelConfig) -> pb::ModelConfig {
     }
 }
 
+/// One version's statistics in Triton's message.
+pub fn statistics(name: &str, v: &ferrite_models::repository::LoadedVersion) -> pb::ModelStatistics {
+    use std::sync::atomic::Ordering::Relaxed;
+    let d = |x: &ferrite_models::stats::Duration64| {
+        let (count, ns) = x.get();
+        Some(pb::StatisticDuration { count, ns })
+    };
+    let s = &v.stats;
+    pb::ModelStatistics {
+        name: name.to_string(),
+        version: v.version.to_string(),
+        last_inference: s.last_inference_ms.load(Relaxed),
+        inference_count: s.inference_count.load(Relaxed),
+        execution_count: s.execution_count.load(Relaxed),
+        inference_stats: Some(pb::InferStatistics {
+            success: d(&s.success),
+            fail: d(&s.fail),
+            queue: d(&s.queue),
+            compute_infer: d(&s.compute),
+            ..Default::default()
+        }),
+        batch_stats: s
+            .batches()
+            .into_iter()
+            .map(|(size, count, ns)| pb::InferBatchStatistics {
+                batch_size: size as u64,
+                compute_infer: Some(pb::StatisticDuration { count, ns }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

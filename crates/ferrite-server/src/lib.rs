@@ -194,7 +194,8 @@ async fn watch_models(
     every: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut ticks = tokio::time::interval(every);
+    // The first check comes one period after start: start-up has just loaded everything.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {

@@ -340,7 +340,13 @@ async fn unload_and_load_through_the_repository_extension() {
         model_name: "no_such_model".into(),
         ..Default::default()
     };
-    assert!(kserve.repository_model_load(missing).await.is_err());
+    let status = kserve.repository_model_load(missing).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        status.message().contains("no_such_model/config.toml"),
+        "{}",
+        status.message()
+    );
     let escape = RepositoryModelLoadRequest {
         model_name: "..".into(),
         ..Default::default()
@@ -497,5 +503,163 @@ async fn a_broken_model_is_refused_and_the_working_versions_keep_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.model_version, "2");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_admin_service_lists_loads_and_unloads_models() {
+    use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
+    use ferrite_proto::ferrite::v1::{ListModelsRequest, LoadModelRequest, UnloadModelRequest};
+
+    let (server, channel) = start().await;
+    let mut admin = AdminServiceClient::new(channel);
+    let listed = admin
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let versions: Vec<(&str, &str, &str)> = listed
+        .iter()
+        .map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str()))
+        .collect();
+    assert_eq!(
+        versions,
+        [("fraud_logreg", "1", "READY"), ("fraud_logreg", "2", "READY")]
+    );
+
+    admin
+        .unload_model(UnloadModelRequest {
+            name: "fraud_logreg".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        admin
+            .list_models(ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .models
+            .is_empty()
+    );
+    let loaded = admin
+        .load_model(LoadModelRequest {
+            name: "fraud_logreg".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(loaded.versions.len(), 2);
+    let status = admin
+        .load_model(LoadModelRequest {
+            name: "../models".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn statistics_count_successes_failures_and_batch_sizes() {
+    let (server, mut kserve) = client().await;
+    let good = rows(&expected()["features"]);
+    for _ in 0..3 {
+        kserve.model_infer(request("1", &good)).await.unwrap();
+    }
+    kserve.model_infer(request("1", &[vec![0.0; 8]])).await.unwrap();
+    kserve
+        .model_infer(request("1", &[vec![f32::NAN; 8]]))
+        .await
+        .unwrap_err();
+
+    let stats = kserve
+        .model_statistics(ModelStatisticsRequest {
+            name: "fraud_logreg".into(),
+            version: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    assert_eq!(stats.len(), 1);
+    let s = &stats[0];
+    assert_eq!((s.name.as_str(), s.version.as_str()), ("fraud_logreg", "1"));
+    assert_eq!(s.inference_count, 3 * good.len() as u64 + 1);
+    assert_eq!(s.execution_count, 4);
+    let inference = s.inference_stats.as_ref().unwrap();
+    assert_eq!(inference.success.as_ref().unwrap().count, 4);
+    assert_eq!(inference.fail.as_ref().unwrap().count, 1);
+    let batches: Vec<(u64, u64)> = s
+        .batch_stats
+        .iter()
+        .map(|b| (b.batch_size, b.compute_infer.as_ref().unwrap().count))
+        .collect();
+    assert_eq!(batches, [(1, 1), (good.len() as u64, 3)]);
+    assert!(s.last_inference > 0);
+
+    let all = kserve
+        .model_statistics(ModelStatisticsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.model_stats.len(), 2, "both served versions of the one model");
+    let status = kserve
+        .model_statistics(ModelStatisticsRequest {
+            name: "nope".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_server_picks_up_a_new_version_dropped_into_the_repository() {
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo_root().join("models/fraud_logreg"),
+        &repo.path().join("fraud_logreg"),
+    );
+    let mut config = common::test_config();
+    config.models.repository = repo.path().to_path_buf();
+    config.models.poll_interval_s = 0.05;
+    let (server, channel) = common::start_with(config).await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel);
+
+    let v3 = repo.path().join("fraud_logreg/3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::copy(
+        repo.path().join("fraud_logreg/2/model.onnx"),
+        v3.join("model.onnx"),
+    )
+    .unwrap();
+    let metadata = ModelMetadataRequest {
+        name: "fraud_logreg".into(),
+        version: String::new(),
+    };
+    let mut versions = Vec::new();
+    // Bounded wait for the watcher (about 200 polling periods), not a timing assertion.
+    for _ in 0..200 {
+        versions = kserve
+            .model_metadata(metadata.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .versions;
+        if versions == ["2", "3"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(versions, ["2", "3"], "latest = 2 serves the two highest versions");
+    let answer = kserve
+        .model_infer(request("", &[vec![0.0; 8]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.model_version, "3");
     server.shutdown().await.unwrap();
 }

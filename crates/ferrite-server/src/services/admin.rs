@@ -3,10 +3,26 @@
 use std::sync::Arc;
 
 use ferrite_proto::ferrite::v1::admin_service_server::AdminService;
-use ferrite_proto::ferrite::v1::{GetServerInfoRequest, GetServerInfoResponse};
+use ferrite_proto::ferrite::v1::{
+    GetServerInfoRequest, GetServerInfoResponse, ListModelsRequest, ListModelsResponse, LoadModelRequest,
+    LoadModelResponse, ModelVersionState, UnloadModelRequest, UnloadModelResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::status::ApiError;
+
+fn states(entries: Vec<ferrite_models::IndexEntry>) -> Vec<ModelVersionState> {
+    entries
+        .into_iter()
+        .map(|e| ModelVersionState {
+            name: e.name,
+            version: e.version,
+            state: e.state.into(),
+            reason: e.reason,
+        })
+        .collect()
+}
 
 pub struct Admin {
     state: Arc<AppState>,
@@ -32,5 +48,48 @@ impl AdminService for Admin {
             feature_repository: config.features.repository.display().to_string(),
             uptime_s: self.state.started.elapsed().as_secs(),
         }))
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(ListModelsResponse {
+            models: states(self.state.models.index()),
+        }))
+    }
+
+    async fn load_model(
+        &self,
+        req: Request<LoadModelRequest>,
+    ) -> Result<Response<LoadModelResponse>, Status> {
+        let name = req.into_inner().name;
+        let models = self.state.models.clone();
+        let loaded = name.clone();
+        tokio::task::spawn_blocking(move || models.load(&loaded))
+            .await
+            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
+            .map_err(ApiError::from)?;
+        let versions = self
+            .state
+            .models
+            .index()
+            .into_iter()
+            .filter(|e| e.name == name)
+            .collect();
+        Ok(Response::new(LoadModelResponse {
+            versions: states(versions),
+        }))
+    }
+
+    async fn unload_model(
+        &self,
+        req: Request<UnloadModelRequest>,
+    ) -> Result<Response<UnloadModelResponse>, Status> {
+        self.state
+            .models
+            .unload(&req.into_inner().name)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(UnloadModelResponse {}))
     }
 }

@@ -140,6 +140,28 @@ impl GrpcInferenceService for KServe {
         ))))
     }
 
+    async fn model_statistics(
+        &self,
+        req: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let req = req.into_inner();
+        let models = if req.name.is_empty() {
+            self.state.models.loaded()
+        } else {
+            vec![self.state.models.get(&req.name).map_err(model_error)?]
+        };
+        let mut model_stats = Vec::new();
+        for model in models {
+            let versions: Vec<_> = if req.version.is_empty() {
+                model.versions.values().cloned().collect()
+            } else {
+                vec![model.version(&req.version).map_err(model_error)?.clone()]
+            };
+            model_stats.extend(versions.iter().map(|v| convert::statistics(&model.name, v)));
+        }
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
     async fn repository_index(
         &self,
         req: Request<RepositoryIndexRequest>,

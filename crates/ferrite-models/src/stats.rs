@@ -1,0 +1,132 @@
+//! Per-version inference statistics: what Triton's ModelStatistics reports, kept with atomics
+//! on the request path, plus the same events as Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A count and the total time it took.
+#[derive(Debug, Default)]
+pub struct Duration64 {
+    pub count: AtomicU64,
+    pub ns: AtomicU64,
+}
+
+impl Duration64 {
+    fn add(&self, n: u64, d: Duration) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// (count, total nanoseconds)
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct VersionStats {
+    /// Requests answered, with their end-to-end time inside the model layer.
+    pub success: Duration64,
+    /// Requests refused or failed.
+    pub fail: Duration64,
+    /// Time requests waited before their batch ran.
+    pub queue: Duration64,
+    /// Model executions and their compute time.
+    pub compute: Duration64,
+    /// Requests served (a batch of n requests counts n).
+    pub inference_count: AtomicU64,
+    /// Model executions (a batch counts once).
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last inference.
+    pub last_inference_ms: AtomicU64,
+    /// Batch size -> (executions, compute time).
+    batches: Mutex<BTreeMap<usize, (u64, u64)>>,
+    labels: [(&'static str, String); 2],
+}
+
+impl VersionStats {
+    pub fn new(model: &str, version: u64) -> Self {
+        VersionStats {
+            labels: [("model", model.to_string()), ("version", version.to_string())],
+            ..Default::default()
+        }
+    }
+
+    /// One model execution of `batch` requests that took `compute`.
+    pub fn record_execution(&self, batch: usize, compute: Duration) {
+        self.compute.add(1, compute);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.inference_count.fetch_add(batch as u64, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+        {
+            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = batches.entry(batch).or_default();
+            entry.0 += 1;
+            entry.1 += compute.as_nanos() as u64;
+        }
+        metrics::histogram!("ferrite_model_compute_seconds", &self.labels).record(compute.as_secs_f64());
+        metrics::histogram!("ferrite_model_batch_size", &self.labels).record(batch as f64);
+    }
+
+    /// A request's wait before its batch ran.
+    pub fn record_queue(&self, waited: Duration) {
+        self.queue.add(1, waited);
+        metrics::histogram!("ferrite_model_queue_seconds", &self.labels).record(waited.as_secs_f64());
+    }
+
+    /// A request's outcome and its total time in the model layer.
+    pub fn record_request(&self, ok: bool, took: Duration) {
+        let (slot, status) = if ok {
+            (&self.success, "ok")
+        } else {
+            (&self.fail, "error")
+        };
+        slot.add(1, took);
+        let labels = [
+            self.labels[0].clone(),
+            self.labels[1].clone(),
+            ("status", status.to_string()),
+        ];
+        metrics::counter!("ferrite_model_requests_total", &labels).increment(1);
+    }
+
+    /// Batch size -> (executions, compute nanoseconds), smallest batch first.
+    pub fn batches(&self) -> Vec<(usize, u64, u64)> {
+        let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        batches
+            .iter()
+            .map(|(&size, &(count, ns))| (size, count, ns))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_and_requests_add_up() {
+        let s = VersionStats::new("m", 1);
+        s.record_execution(4, Duration::from_micros(10));
+        s.record_execution(1, Duration::from_micros(5));
+        s.record_execution(4, Duration::from_micros(20));
+        s.record_request(true, Duration::from_micros(30));
+        s.record_request(false, Duration::from_micros(1));
+        assert_eq!(s.inference_count.load(Ordering::Relaxed), 9);
+        assert_eq!(s.execution_count.load(Ordering::Relaxed), 3);
+        assert_eq!(s.compute.get(), (3, 35_000));
+        assert_eq!(s.success.get(), (1, 30_000));
+        assert_eq!(s.fail.get(), (1, 1_000));
+        assert_eq!(s.batches(), vec![(1, 1, 5_000), (4, 2, 30_000)]);
+        assert!(s.last_inference_ms.load(Ordering::Relaxed) > 0);
+    }
+}
