@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod mlp;
 pub mod onnx;
+mod queue;
 pub mod repository;
 pub mod runtime;
 pub mod stats;

@@ -15,7 +15,9 @@ use crate::{BackendKind, ModelBackend, ModelConfig, ModelError, OnnxModel, OnnxR
 pub struct LoadedVersion {
     pub version: u64,
     pub backend: Arc<dyn ModelBackend>,
-    pub stats: crate::stats::VersionStats,
+    pub stats: Arc<crate::stats::VersionStats>,
+    /// The dynamic-batching queue, when the config asks for one.
+    queue: Option<crate::queue::BatchQueue>,
 }
 
 /// A model with the versions its policy serves.
@@ -286,28 +288,37 @@ impl ModelRepository {
         entries
     }
 
-    /// Checks `inputs` against the model's config, then runs them on the requested version.
-    /// Returns the version that ran and the model's outputs.
-    pub fn infer(
+    /// Checks `inputs` against the model's config, then runs them on the requested version,
+    /// through its batching queue if it has one. Returns the version that ran and the outputs.
+    pub async fn infer(
         &self,
         name: &str,
         version: &str,
-        inputs: &[Tensor],
+        inputs: Vec<Tensor>,
     ) -> Result<(u64, Vec<Tensor>), ModelError> {
         let model = self.get(name)?;
-        let loaded = model.version(version)?;
+        let loaded = model.version(version)?.clone();
         let start = std::time::Instant::now();
-        let result = crate::validate::check_inputs(&model.config, inputs).and_then(|()| {
-            let compute = std::time::Instant::now();
-            let outputs = loaded.backend.infer(inputs)?;
-            let batch = if model.config.max_batch_size > 0 {
-                inputs[0].shape[0]
-            } else {
-                1
-            };
-            loaded.stats.record_execution(batch, compute.elapsed());
-            Ok(outputs)
-        });
+        let result = match crate::validate::check_inputs(&model.config, &inputs) {
+            Err(e) => Err(e),
+            Ok(()) => match &loaded.queue {
+                Some(queue) => queue.infer(inputs).await,
+                None => {
+                    let run = loaded.clone();
+                    let batched = model.config.max_batch_size > 0;
+                    // A model run is CPU work: off the async workers.
+                    tokio::task::spawn_blocking(move || {
+                        let compute = std::time::Instant::now();
+                        let outputs = run.backend.infer(&inputs);
+                        let rows = if batched { inputs[0].shape[0] } else { 1 };
+                        run.stats.record_execution(rows, compute.elapsed());
+                        outputs
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(ModelError::Inference(format!("inference task failed: {e}"))))
+                }
+            },
+        };
         loaded.stats.record_request(result.is_ok(), start.elapsed());
         Ok((loaded.version, result?))
     }
@@ -342,13 +353,24 @@ impl ModelRepository {
                 path: path.clone(),
                 message: format!("warm-up failed: {e}"),
             })?;
-            let stats = crate::stats::VersionStats::new(name, version);
+            let stats = Arc::new(crate::stats::VersionStats::new(name, version));
+            let queue = match (&config.dynamic_batching, config.max_batch_size) {
+                (Some(batching), max) if max > 0 => Some(crate::queue::BatchQueue::start(
+                    format!("{name}-{version}"),
+                    backend.clone(),
+                    stats.clone(),
+                    max,
+                    batching,
+                )?),
+                _ => None,
+            };
             versions.insert(
                 version,
                 Arc::new(LoadedVersion {
                     version,
                     backend,
                     stats,
+                    queue,
                 }),
             );
         }

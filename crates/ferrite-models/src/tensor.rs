@@ -103,6 +103,49 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// The elements of `parts` end to end; every part must be of this type.
+    pub fn concat(parts: &[&TensorData]) -> Result<TensorData, ModelError> {
+        macro_rules! join {
+            ($variant:ident) => {{
+                let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for p in parts {
+                    match p {
+                        TensorData::$variant(v) => out.extend_from_slice(v),
+                        other => {
+                            return Err(ModelError::InvalidInput(format!(
+                                "cannot join {} with {}",
+                                DataType::$variant,
+                                other.dtype()
+                            )));
+                        }
+                    }
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        Ok(match parts.first().map(|p| p.dtype()) {
+            None => return Err(ModelError::InvalidInput("nothing to join".into())),
+            Some(DataType::Bool) => join!(Bool),
+            Some(DataType::Int32) => join!(Int32),
+            Some(DataType::Int64) => join!(Int64),
+            Some(DataType::Fp32) => join!(Fp32),
+            Some(DataType::Fp64) => join!(Fp64),
+            Some(DataType::Bytes) => join!(Bytes),
+        })
+    }
+
+    /// Elements `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> TensorData {
+        match self {
+            TensorData::Bool(v) => TensorData::Bool(v[start..end].to_vec()),
+            TensorData::Int32(v) => TensorData::Int32(v[start..end].to_vec()),
+            TensorData::Int64(v) => TensorData::Int64(v[start..end].to_vec()),
+            TensorData::Fp32(v) => TensorData::Fp32(v[start..end].to_vec()),
+            TensorData::Fp64(v) => TensorData::Fp64(v[start..end].to_vec()),
+            TensorData::Bytes(v) => TensorData::Bytes(v[start..end].to_vec()),
+        }
+    }
+
     /// Index of the first NaN or infinite element, for float tensors.
     pub fn first_non_finite(&self) -> Option<usize> {
         match self {
@@ -166,6 +209,17 @@ mod tests {
         assert_eq!(DataType::parse("FP16"), None);
         assert_eq!(DataType::Fp64.element_size(), Some(8));
         assert_eq!(DataType::Bytes.element_size(), None);
+    }
+
+    #[test]
+    fn concat_and_slice_are_inverse() {
+        let a = TensorData::Int64(vec![1, 2]);
+        let b = TensorData::Int64(vec![3]);
+        let joined = TensorData::concat(&[&a, &b]).unwrap();
+        assert_eq!(joined, TensorData::Int64(vec![1, 2, 3]));
+        assert_eq!(joined.slice(0, 2), a);
+        assert_eq!(joined.slice(2, 3), b);
+        assert!(TensorData::concat(&[&a, &TensorData::Fp32(vec![1.0])]).is_err());
     }
 
     #[test]

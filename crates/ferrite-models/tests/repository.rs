@@ -28,8 +28,8 @@ fn ready_versions(repo: &ModelRepository) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_new_version_is_picked_up_and_a_removed_model_is_unloaded() {
+#[tokio::test]
+async fn a_new_version_is_picked_up_and_a_removed_model_is_unloaded() {
     let dir = repo_with_example();
     let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
     assert!(repo.load_all().unwrap().iter().all(|(_, r)| r.is_ok()));
@@ -48,7 +48,7 @@ fn a_new_version_is_picked_up_and_a_removed_model_is_unloaded() {
     assert_eq!(reloaded.len(), 1);
     assert!(reloaded[0].1.is_ok(), "{:?}", reloaded[0].1);
     assert_eq!(ready_versions(&repo), ["2", "3"]);
-    assert_eq!(repo.infer("fraud_logreg", "", &features()).unwrap().0, 3);
+    assert_eq!(repo.infer("fraud_logreg", "", features()).await.unwrap().0, 3);
     // A request that took the model before the swap still runs on what it took.
     assert!(held.version("1").is_ok());
 
@@ -58,8 +58,8 @@ fn a_new_version_is_picked_up_and_a_removed_model_is_unloaded() {
     assert!(repo.get("fraud_logreg").is_err());
 }
 
-#[test]
-fn a_broken_new_version_leaves_the_serving_versions_in_place() {
+#[tokio::test]
+async fn a_broken_new_version_leaves_the_serving_versions_in_place() {
     let dir = repo_with_example();
     let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
     repo.load_all().unwrap();
@@ -69,7 +69,7 @@ fn a_broken_new_version_leaves_the_serving_versions_in_place() {
     let reloaded = repo.reload_changed();
     assert!(reloaded[0].1.is_err());
     assert_eq!(ready_versions(&repo), ["1", "2"]);
-    assert_eq!(repo.infer("fraud_logreg", "", &features()).unwrap().0, 2);
+    assert_eq!(repo.infer("fraud_logreg", "", features()).await.unwrap().0, 2);
     // The failure is not retried until the files change again.
     assert!(repo.reload_changed().is_empty());
 }

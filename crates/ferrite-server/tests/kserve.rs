@@ -663,3 +663,74 @@ async fn the_server_picks_up_a_new_version_dropped_into_the_repository() {
     assert_eq!(answer.model_version, "3");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
+    let repo = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo_root().join("models/fraud_logreg"),
+        &repo.path().join("fraud_logreg"),
+    );
+    let config_path = repo.path().join("fraud_logreg/config.toml");
+    let mut model_config = std::fs::read_to_string(&config_path).unwrap();
+    // A long queue delay so that the concurrent requests below surely meet in one batch.
+    model_config
+        .push_str("dynamic_batching = { max_queue_delay_us = 200000, preferred_batch_sizes = [8] }\n");
+    std::fs::write(&config_path, model_config).unwrap();
+    let mut config = common::test_config();
+    config.models.repository = repo.path().to_path_buf();
+    config.models.poll_interval_s = 0.0;
+    let (server, channel) = common::start_with(config).await;
+
+    let expected = expected();
+    let features = rows(&expected["features"]);
+    let want = rows(&expected["version_2"]);
+    // Five callers with one row each and one caller with all five rows: 10 rows, 6 requests.
+    let mut calls = Vec::new();
+    for (i, row) in features.iter().enumerate() {
+        let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+        let req = request("2", std::slice::from_ref(row));
+        calls.push(tokio::spawn(
+            async move { (vec![i], kserve.model_infer(req).await) },
+        ));
+    }
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+    let all = request("2", &features);
+    calls.push(tokio::spawn(async move {
+        ((0..5).collect(), kserve.model_infer(all).await)
+    }));
+    for call in calls {
+        let (which, answer) = call.await.unwrap();
+        let answer = answer.unwrap().into_inner();
+        let expected_rows: Vec<Vec<f32>> = which.iter().map(|&i| want[i].clone()).collect();
+        assert_eq!(answer.outputs[0].shape, vec![which.len() as i64, 2]);
+        assert_close(&f32s(&answer.raw_output_contents[0]), &expected_rows);
+    }
+
+    let stats = GrpcInferenceServiceClient::new(channel)
+        .model_statistics(ModelStatisticsRequest {
+            name: "fraud_logreg".into(),
+            version: "2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    let s = &stats[0];
+    assert_eq!(s.inference_count, 10);
+    assert!(
+        s.execution_count < 6,
+        "6 requests ran in {} executions: no batching",
+        s.execution_count
+    );
+    assert!(
+        s.batch_stats.iter().any(|b| b.batch_size > 5),
+        "{:?}",
+        s.batch_stats
+    );
+    assert_eq!(
+        s.inference_stats.as_ref().unwrap().queue.as_ref().unwrap().count,
+        6
+    );
+    server.shutdown().await.unwrap();
+}

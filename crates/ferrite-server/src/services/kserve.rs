@@ -33,11 +33,10 @@ fn model_error(e: ferrite_models::ModelError) -> Status {
 /// One inference, off the async workers: a model run is CPU work.
 async fn infer(state: Arc<AppState>, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
     let inputs = convert::request_tensors(&req)?;
-    let models = state.models.clone();
-    let (name, version) = (req.model_name.clone(), req.model_version.clone());
-    let (ran, outputs) = tokio::task::spawn_blocking(move || models.infer(&name, &version, &inputs))
+    let (ran, outputs) = state
+        .models
+        .infer(&req.model_name, &req.model_version, inputs)
         .await
-        .map_err(|e| Status::internal(format!("inference task failed: {e}")))?
         .map_err(model_error)?;
     convert::response(&req, ran, outputs)
 }
