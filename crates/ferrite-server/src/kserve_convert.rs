@@ -31,8 +31,9 @@ fn shape(input: &InferInputTensor) -> Result<Vec<usize>, Status> {
         .collect()
 }
 
-/// The request's input tensors, from `raw_input_contents` when present, else the typed contents.
-pub fn request_tensors(req: &ModelInferRequest) -> Result<Vec<Tensor>, Status> {
+/// The request's input tensors, from `raw_input_contents` when present, else the typed
+/// contents, which are moved out of the request rather than copied.
+pub fn request_tensors(req: &mut ModelInferRequest) -> Result<Vec<Tensor>, Status> {
     let raw = !req.raw_input_contents.is_empty();
     if raw && req.raw_input_contents.len() != req.inputs.len() {
         return Err(invalid(format!(
@@ -42,7 +43,7 @@ pub fn request_tensors(req: &ModelInferRequest) -> Result<Vec<Tensor>, Status> {
         )));
     }
     req.inputs
-        .iter()
+        .iter_mut()
         .enumerate()
         .map(|(i, input)| {
             let dtype = datatype(input)?;
@@ -57,8 +58,8 @@ pub fn request_tensors(req: &ModelInferRequest) -> Result<Vec<Tensor>, Status> {
         .collect()
 }
 
-fn typed(input: &InferInputTensor, dtype: DataType) -> Result<TensorData, Status> {
-    let c = input.contents.clone().unwrap_or_default();
+fn typed(input: &mut InferInputTensor, dtype: DataType) -> Result<TensorData, Status> {
+    let c = input.contents.take().unwrap_or_default();
     Ok(match dtype {
         DataType::Bool => TensorData::Bool(c.bool_contents),
         DataType::Int32 => TensorData::Int32(c.int_contents),
@@ -299,7 +300,7 @@ mod tests {
 
     #[test]
     fn element_count_must_match_the_shape() {
-        let req = ModelInferRequest {
+        let mut req = ModelInferRequest {
             inputs: vec![InferInputTensor {
                 name: "x".into(),
                 datatype: "FP32".into(),
@@ -309,7 +310,7 @@ mod tests {
             raw_input_contents: vec![vec![0; 12]],
             ..Default::default()
         };
-        let s = request_tensors(&req).unwrap_err();
+        let s = request_tensors(&mut req).unwrap_err();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("needs 4 elements, got 3"), "{}", s.message());
     }

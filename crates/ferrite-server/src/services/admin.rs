@@ -64,12 +64,7 @@ impl AdminService for Admin {
         req: Request<LoadModelRequest>,
     ) -> Result<Response<LoadModelResponse>, Status> {
         let name = req.into_inner().name;
-        let models = self.state.models.clone();
-        let loaded = name.clone();
-        tokio::task::spawn_blocking(move || models.load(&loaded))
-            .await
-            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
-            .map_err(ApiError::from)?;
+        super::load_model(&self.state, name.clone()).await?;
         let versions = self
             .state
             .models

@@ -31,8 +31,8 @@ fn model_error(e: ferrite_models::ModelError) -> Status {
 }
 
 /// One inference, off the async workers: a model run is CPU work.
-async fn infer(state: Arc<AppState>, req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
-    let inputs = convert::request_tensors(&req)?;
+async fn infer(state: Arc<AppState>, mut req: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let inputs = convert::request_tensors(&mut req)?;
     let (ran, outputs) = state
         .models
         .infer(&req.model_name, &req.model_version, inputs)
@@ -186,12 +186,7 @@ impl GrpcInferenceService for KServe {
         &self,
         req: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        let name = req.into_inner().model_name;
-        let models = self.state.models.clone();
-        tokio::task::spawn_blocking(move || models.load(&name))
-            .await
-            .map_err(|e| Status::internal(format!("load task failed: {e}")))?
-            .map_err(model_error)?;
+        super::load_model(&self.state, req.into_inner().model_name).await?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
