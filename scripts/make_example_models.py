@@ -76,6 +76,49 @@ def export(w, b, path):
     onnx.save(model, path)
 
 
+def save_safetensors(tensors, path):
+    """The safetensors format, written directly: an 8-byte little-endian header length, a JSON
+    header (dtype, shape, byte offsets per tensor), then the raw little-endian data."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs))
+
+
+def ranker_wide_deep():
+    """A Wide & Deep click ranker for recommendations: 16 user x item features, deep widths
+    16 -> 32 -> 16 -> 1, a wide linear 16 -> 1, summed, sigmoid. Weights are seeded, not
+    trained: the example shows serving, and the reference output below is computed with NumPy
+    from the same weights."""
+    rng = np.random.default_rng(42)
+    dims = [16, 32, 16, 1]
+    weights = {"wide.weight": rng.normal(0, 0.2, (1, 16)), "wide.bias": rng.normal(0, 0.1, (1,))}
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        weights[f"deep.layers.{i}.weight"] = rng.normal(0, 1 / np.sqrt(a), (b, a))
+        weights[f"deep.layers.{i}.bias"] = rng.normal(0, 0.1, (b,))
+    weights = {k: v.astype(np.float32) for k, v in weights.items()}
+    model_dir = ROOT / "models/ranker_wide_deep"
+    save_safetensors(weights, model_dir / "1/model.safetensors")
+
+    x = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
+    h = x
+    for i in range(len(dims) - 1):
+        h = h @ weights[f"deep.layers.{i}.weight"].T + weights[f"deep.layers.{i}.bias"]
+        if i < len(dims) - 2:
+            h = np.maximum(h, 0)
+    logits = h + x @ weights["wide.weight"].T + weights["wide.bias"]
+    y = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    out = ROOT / "crates/ferrite-server/tests/data/ranker_wide_deep.expected.json"
+    out.write_text(json.dumps({"features": x.tolist(), "scores": y.tolist()}, indent=1) + "\n")
+    print(f"wrote {model_dir} (version 1) and {out.relative_to(ROOT)}")
+
+
 def main():
     model_dir = ROOT / "models/fraud_logreg"
     rng = np.random.default_rng(20261126)
@@ -93,6 +136,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(expected, indent=1) + "\n")
     print(f"wrote {model_dir} (versions 1, 2) and {out.relative_to(ROOT)}")
+    ranker_wide_deep()
 
 
 if __name__ == "__main__":

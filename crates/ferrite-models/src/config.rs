@@ -102,6 +102,9 @@ pub struct ModelConfig {
     /// Accept NaN and infinite values in float inputs. Refused by default.
     #[serde(default)]
     pub allow_non_finite: bool,
+    /// The architecture of a `candle` model.
+    #[serde(default)]
+    pub candle: Option<crate::candle_backend::CandleConfig>,
 }
 
 impl ModelConfig {

@@ -5,6 +5,7 @@
 //! wire protocol (that is `ferrite-server`).
 
 mod backend;
+pub mod candle_backend;
 pub mod config;
 mod error;
 pub mod mlp;

@@ -1,7 +1,7 @@
 //! A multi-layer perceptron written with candle: the simplest native architecture, and the
 //! building block of the Wide & Deep and CNN models that come later.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Linear, Module, VarBuilder};
 
 use crate::ModelError;
@@ -28,17 +28,6 @@ impl Mlp {
         Ok(Mlp { layers })
     }
 
-    /// Loads weights from a safetensors file onto the CPU.
-    pub fn from_safetensors(path: &std::path::Path, dims: &[usize]) -> Result<Self, ModelError> {
-        let device = Device::Cpu;
-        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| ModelError::Load {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
-        Self::new(vb, dims)
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -48,6 +37,26 @@ impl Mlp {
             }
         }
         Ok(h)
+    }
+}
+
+/// Wide & Deep: a linear "wide" part and an MLP "deep" part over the same input, summed.
+/// Weights: `wide.weight` ([out, in]), `wide.bias`, and `deep.layers.{i}.*` as in [`Mlp`].
+pub struct WideDeep {
+    wide: Linear,
+    deep: Mlp,
+}
+
+impl WideDeep {
+    /// `dims` are the deep part's widths `[in, hidden.., out]`; the wide part maps in -> out.
+    pub fn new(vb: VarBuilder, dims: &[usize]) -> Result<Self, ModelError> {
+        let deep = Mlp::new(vb.pp("deep"), dims)?;
+        let wide = candle_nn::linear(dims[0], dims[dims.len() - 1], vb.pp("wide"))?;
+        Ok(WideDeep { wide, deep })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok((self.wide.forward(x)? + self.deep.forward(x)?)?)
     }
 }
 

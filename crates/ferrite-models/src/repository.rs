@@ -342,12 +342,7 @@ impl ModelRepository {
             let path = dir.join(version.to_string()).join(config.model_filename());
             let backend: Arc<dyn ModelBackend> = match config.backend {
                 BackendKind::Onnx => Arc::new(OnnxModel::load(&self.runtime, &path, config.threads)?),
-                BackendKind::Candle => {
-                    return Err(ModelError::Config {
-                        path: dir.join("config.toml"),
-                        message: "backend \"candle\" is not served yet".into(),
-                    });
-                }
+                BackendKind::Candle => Arc::new(crate::candle_backend::CandleModel::load(&config, &path)?),
             };
             crate::validate::warm_up(&config, backend.as_ref()).map_err(|e| ModelError::Load {
                 path: path.clone(),

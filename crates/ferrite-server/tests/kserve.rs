@@ -525,7 +525,11 @@ async fn the_admin_service_lists_loads_and_unloads_models() {
         .collect();
     assert_eq!(
         versions,
-        [("fraud_logreg", "1", "READY"), ("fraud_logreg", "2", "READY")]
+        [
+            ("fraud_logreg", "1", "READY"),
+            ("fraud_logreg", "2", "READY"),
+            ("ranker_wide_deep", "1", "READY")
+        ]
     );
 
     admin
@@ -534,15 +538,13 @@ async fn the_admin_service_lists_loads_and_unloads_models() {
         })
         .await
         .unwrap();
-    assert!(
-        admin
-            .list_models(ListModelsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .models
-            .is_empty()
-    );
+    let left = admin
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert!(left.iter().all(|m| m.name != "fraud_logreg"), "{left:?}");
     let loaded = admin
         .load_model(LoadModelRequest {
             name: "fraud_logreg".into(),
@@ -604,7 +606,11 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.model_stats.len(), 2, "both served versions of the one model");
+    assert_eq!(
+        all.model_stats.len(),
+        3,
+        "fraud_logreg 1 and 2, ranker_wide_deep 1"
+    );
     let status = kserve
         .model_statistics(ModelStatisticsRequest {
             name: "nope".into(),
@@ -732,5 +738,40 @@ async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
         s.inference_stats.as_ref().unwrap().queue.as_ref().unwrap().count,
         6
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_candle_wide_and_deep_model_matches_its_numpy_reference() {
+    let (server, mut kserve) = client().await;
+    let path = repo_root().join("crates/ferrite-server/tests/data/ranker_wide_deep.expected.json");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let features = rows(&expected["features"]);
+    let req = ModelInferRequest {
+        model_name: "ranker_wide_deep".into(),
+        inputs: vec![features_input(&features)],
+        ..Default::default()
+    };
+    let answer = kserve.model_infer(req).await.unwrap().into_inner();
+    assert_eq!(answer.outputs[0].name, "score");
+    assert_eq!(answer.outputs[0].shape, vec![4, 1]);
+    let scores: Vec<Vec<f64>> = serde_json::from_value(expected["scores"].clone()).unwrap();
+    for (got, want) in f32s(&answer.raw_output_contents[0]).iter().zip(scores.concat()) {
+        assert!(
+            (f64::from(*got) - want).abs() <= 1e-5,
+            "got {got}, NumPy gave {want}"
+        );
+    }
+    let meta = kserve
+        .model_config(ModelConfigRequest {
+            name: "ranker_wide_deep".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(meta.backend, "candle");
     server.shutdown().await.unwrap();
 }

@@ -1,0 +1,137 @@
+//! The candle backend: architectures written in Rust, weights from safetensors, run on the CPU.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::mlp::{Mlp, WideDeep};
+use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData};
+
+/// `[candle]` in a model's `config.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandleConfig {
+    pub architecture: Architecture,
+    /// Layer widths `[in, hidden.., out]` (for Wide & Deep: of the deep part).
+    pub dims: Vec<usize>,
+    /// Applied to the last layer's output.
+    #[serde(default)]
+    pub output: OutputActivation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    Mlp,
+    WideDeep,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputActivation {
+    #[default]
+    None,
+    Sigmoid,
+    Softmax,
+}
+
+enum Net {
+    Mlp(Mlp),
+    WideDeep(WideDeep),
+}
+
+/// A candle model: one FP32 input `[batch, in]`, one FP32 output `[batch, out]`.
+pub struct CandleModel {
+    net: Net,
+    output: OutputActivation,
+    input_name: String,
+    output_name: String,
+    dims: Vec<usize>,
+}
+
+impl CandleModel {
+    pub fn load(config: &ModelConfig, path: &Path) -> Result<Self, ModelError> {
+        let fail = |message: String| ModelError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
+        let candle = config
+            .candle
+            .as_ref()
+            .ok_or_else(|| fail("backend \"candle\" needs a [candle] section".into()))?;
+        let (Some(input), Some(output)) = (config.inputs.first(), config.outputs.first()) else {
+            return Err(fail("a candle model has one input and one output".into()));
+        };
+        if config.inputs.len() != 1
+            || config.outputs.len() != 1
+            || input.dtype != DataType::Fp32
+            || output.dtype != DataType::Fp32
+        {
+            return Err(fail(
+                "a candle model takes one FP32 input and gives one FP32 output".into(),
+            ));
+        }
+        if candle.dims.len() < 2 {
+            return Err(fail(format!(
+                "[candle] dims {:?} needs at least an input and an output width",
+                candle.dims
+            )));
+        }
+        let device = Device::Cpu;
+        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| fail(e.to_string()))?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let net = match candle.architecture {
+            Architecture::Mlp => Net::Mlp(Mlp::new(vb, &candle.dims).map_err(|e| fail(e.to_string()))?),
+            Architecture::WideDeep => {
+                Net::WideDeep(WideDeep::new(vb, &candle.dims).map_err(|e| fail(e.to_string()))?)
+            }
+        };
+        Ok(CandleModel {
+            net,
+            output: candle.output,
+            input_name: input.name.clone(),
+            output_name: output.name.clone(),
+            dims: candle.dims.clone(),
+        })
+    }
+}
+
+impl ModelBackend for CandleModel {
+    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let input = inputs
+            .iter()
+            .find(|t| t.name == self.input_name)
+            .ok_or_else(|| ModelError::InvalidInput(format!("missing input {:?}", self.input_name)))?;
+        let (TensorData::Fp32(values), [rows, width]) = (&input.data, input.shape.as_slice()) else {
+            return Err(ModelError::InvalidInput(format!(
+                "{:?} must be FP32 [batch, {}]",
+                self.input_name, self.dims[0]
+            )));
+        };
+        if *width != self.dims[0] {
+            return Err(ModelError::InvalidInput(format!(
+                "{:?} has {width} columns, expected {}",
+                self.input_name, self.dims[0]
+            )));
+        }
+        let x = candle_core::Tensor::from_slice(values, (*rows, *width), &Device::Cpu)?;
+        let y = match &self.net {
+            Net::Mlp(m) => m.forward(&x)?,
+            Net::WideDeep(m) => m.forward(&x)?,
+        };
+        let y = match self.output {
+            OutputActivation::None => y,
+            OutputActivation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
+            OutputActivation::Softmax => candle_nn::ops::softmax_last_dim(&y)?,
+        };
+        let (r, c) = y.dims2()?;
+        let data = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok(vec![Tensor::new(
+            self.output_name.clone(),
+            vec![r, c],
+            TensorData::Fp32(data),
+        )?])
+    }
+}
