@@ -8,6 +8,10 @@ source scripts/env.sh
 
 start=$(date +%s)
 cargo fmt --all --check
+log=$(mktemp -t ferrite-test.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
 # Without --workspace, cargo tests the default members: every crate but the criterion benches.
-cargo test --locked
+cargo test --locked 2>&1 | tee "$log"
 echo "tests finished in $(( $(date +%s) - start )) s (target dir: $CARGO_TARGET_DIR)"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
