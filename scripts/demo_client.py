@@ -42,6 +42,21 @@ EXAMPLES = [
             ],
         },
     ),
+    (
+        "inference.GRPCInferenceService",
+        "ModelInfer",
+        {
+            "model_name": "ranker_wide_deep",
+            "inputs": [
+                {
+                    "name": "features",
+                    "datatype": "FP32",
+                    "shape": [2, 16],
+                    "contents": {"fp32_contents": [0.1 * i for i in range(32)]},
+                }
+            ],
+        },
+    ),
 ]
 
 
