@@ -1,6 +1,8 @@
 //! The Redis online store, through a reconnecting `ConnectionManager`.
 
-use redis::aio::ConnectionManager;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::OnlineStore;
 use crate::FeatureError;
@@ -14,7 +16,13 @@ impl RedisStore {
     pub async fn connect(url: &str) -> Result<Self, FeatureError> {
         let client = redis::Client::open(url)
             .map_err(|e| FeatureError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
-        let conn = ConnectionManager::new(client)
+        // Fail fast when the server is not there at start; once connected, the manager
+        // reconnects in the background.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| FeatureError::Unavailable(format!("cannot connect to {url}: {e}")))?;
         Ok(RedisStore { conn })
