@@ -73,6 +73,37 @@ def every_type() -> onnx.ModelProto:
     return model
 
 
+def zipmap() -> onnx.ModelProto:
+    """A classifier's tail as scikit-learn/LightGBM/XGBoost converters emit it with ZipMap:
+    probabilities [batch, 2] -> label (argmax) and output_probability, a sequence of
+    {class: probability} maps."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
+            helper.make_node(
+                "ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml", classlabels_int64s=[0, 1]
+            ),
+        ],
+        "zipmap",
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+            helper.make_value_info(
+                "output_probability",
+                helper.make_sequence_type_proto(
+                    helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+                ),
+            ),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261126)
@@ -86,6 +117,7 @@ def main() -> None:
     expected = {"x": x.tolist(), "y": y.tolist(), "onnxruntime": ort.__version__}
     (OUT / "affine_sigmoid.expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     onnx.save(every_type(), OUT / "every_type.onnx")
+    onnx.save(zipmap(), OUT / "zipmap.onnx")
     print(f"wrote {path} and its expected outputs (onnxruntime {ort.__version__})")
 
 

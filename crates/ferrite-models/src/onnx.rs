@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use ort::value::{DynMapValueType, DynSequenceValueType, DynValue, TensorElementType, TensorRef, ValueType};
 
 use crate::{DataType, ModelBackend, ModelError, Tensor, TensorData};
 
@@ -105,8 +105,10 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, ModelError> {
              tensor outputs (for scikit-learn/LightGBM/XGBoost classifiers: without ZipMap)"
         ))
     };
-    let ValueType::Tensor { ty, .. } = value.dtype() else {
-        return Err(unsupported(format!("{:?}", value.dtype())));
+    let ty = match value.dtype() {
+        ValueType::Tensor { ty, .. } => ty,
+        ValueType::Sequence(inner) if is_class_probability_map(inner) => return zipmap_rows(name, value),
+        other => return Err(unsupported(format!("{other:?}"))),
     };
     macro_rules! numeric {
         ($t:ty, $variant:ident) => {{
@@ -134,6 +136,43 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor, ModelError> {
         other => return Err(unsupported(format!("a {other:?} tensor"))),
     };
     Tensor::new(name, shape, data)
+}
+
+/// What classifier converters emit with ZipMap: one `{class: probability}` map per row.
+fn is_class_probability_map(ty: &ValueType) -> bool {
+    matches!(
+        ty,
+        ValueType::Map {
+            key: TensorElementType::Int64,
+            value: TensorElementType::Float32
+        }
+    )
+}
+
+/// A sequence of `{class: probability}` maps, served as an FP32 `[rows, classes]` tensor with
+/// classes in ascending order: the same answer as the model exported without ZipMap.
+fn zipmap_rows(name: &str, value: &DynValue) -> Result<Tensor, ModelError> {
+    let sequence = value.view().downcast::<DynSequenceValueType>()?;
+    let maps = sequence.try_extract_sequence::<DynMapValueType>()?;
+    let mut data = Vec::new();
+    let mut classes = None;
+    for map in &maps {
+        let mut pairs = map.try_extract_key_values::<i64, f32>()?;
+        pairs.sort_unstable_by_key(|(class, _)| *class);
+        let keys: Vec<i64> = pairs.iter().map(|(class, _)| *class).collect();
+        match &classes {
+            None => classes = Some(keys),
+            Some(first) if *first != keys => {
+                return Err(ModelError::Inference(format!(
+                    "output {name:?}: rows have different classes"
+                )));
+            }
+            Some(_) => {}
+        }
+        data.extend(pairs.into_iter().map(|(_, p)| p));
+    }
+    let width = classes.map_or(0, |c| c.len());
+    Tensor::new(name, vec![maps.len(), width], TensorData::Fp32(data))
 }
 
 /// The protocol type that an ONNX tensor element type is served as, if any.

@@ -122,3 +122,21 @@ fn every_served_element_type_goes_in_and_comes_out() {
         .unwrap_err();
     assert!(err.to_string().contains("UTF-8"), "{err}");
 }
+
+#[test]
+fn zipmap_outputs_are_served_as_a_probability_tensor() {
+    let rt = OnnxRuntime::get(None).unwrap();
+    let model = OnnxModel::load(&rt, &data("zipmap.onnx"), 1).unwrap();
+    let probabilities = Tensor::new(
+        "probabilities",
+        vec![3, 2],
+        TensorData::Fp32(vec![0.2, 0.8, 0.9, 0.1, 0.5, 0.5]),
+    )
+    .unwrap();
+    let outputs = model.infer(&[probabilities]).unwrap();
+    let by_name = |n: &str| outputs.iter().find(|o| o.name == n).unwrap();
+    assert_eq!(by_name("label").data, TensorData::Int64(vec![1, 0, 0]));
+    let zipped = by_name("output_probability");
+    assert_eq!(zipped.shape, [3, 2]);
+    assert_eq!(zipped.data, TensorData::Fp32(vec![0.2, 0.8, 0.9, 0.1, 0.5, 0.5]));
+}
