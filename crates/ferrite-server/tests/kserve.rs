@@ -523,13 +523,19 @@ async fn the_admin_service_lists_loads_and_unloads_models() {
         .iter()
         .map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str()))
         .collect();
-    assert_eq!(
-        versions,
-        [
-            ("fraud_logreg", "1", "READY"),
-            ("fraud_logreg", "2", "READY"),
-            ("ranker_wide_deep", "1", "READY")
-        ]
+    // Every example model in models/ is served; fraud_logreg with both its versions.
+    let examples = std::fs::read_dir(repo_root().join("models"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("config.toml").is_file())
+        .count();
+    assert_eq!(versions.len(), examples + 1, "{versions:?}");
+    assert!(
+        versions.iter().all(|(_, _, state)| *state == "READY"),
+        "{versions:?}"
+    );
+    assert!(
+        versions.contains(&("fraud_logreg", "1", "READY"))
+            && versions.contains(&("fraud_logreg", "2", "READY"))
     );
 
     admin
@@ -606,10 +612,21 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        all.model_stats.len(),
-        3,
-        "fraud_logreg 1 and 2, ranker_wide_deep 1"
+    let ready = kserve
+        .repository_index(RepositoryIndexRequest {
+            repository_name: String::new(),
+            ready: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .models
+        .len();
+    assert_eq!(all.model_stats.len(), ready, "one entry per served version");
+    assert!(
+        all.model_stats
+            .iter()
+            .any(|m| m.name == "fraud_logreg" && m.version == "2")
     );
     let status = kserve
         .model_statistics(ModelStatisticsRequest {
@@ -773,5 +790,46 @@ async fn a_candle_wide_and_deep_model_matches_its_numpy_reference() {
         .config
         .unwrap();
     assert_eq!(meta.backend, "candle");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_scikit_learn_gbdt_serves_its_scores_with_and_without_zipmap() {
+    let (server, mut kserve) = client().await;
+    let path = repo_root().join("crates/ferrite-server/tests/data/fraud_gbdt.expected.json");
+    let expected: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let features = rows(&expected["features"]);
+    let sklearn: Vec<Vec<f64>> = serde_json::from_value(expected["sklearn"].clone()).unwrap();
+    for (model, output) in [
+        ("fraud_gbdt", "probabilities"),
+        ("fraud_gbdt_zipmap", "output_probability"),
+    ] {
+        let mut input = features_input(&features);
+        input.name = "X".into();
+        let req = ModelInferRequest {
+            model_name: model.into(),
+            inputs: vec![input],
+            outputs: vec![InferRequestedOutputTensor {
+                name: output.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let answer = kserve.model_infer(req).await.unwrap().into_inner();
+        assert_eq!(answer.outputs[0].datatype, "FP32", "{model}");
+        assert_eq!(answer.outputs[0].shape, vec![features.len() as i64, 2], "{model}");
+        let got = f32s(&answer.raw_output_contents[0]);
+        let onnxruntime: Vec<Vec<f64>> = serde_json::from_value(expected[model].clone()).unwrap();
+        for ((g, o), s) in got.iter().zip(onnxruntime.concat()).zip(sklearn.concat()) {
+            assert!(
+                (f64::from(*g) - o).abs() <= 1e-6,
+                "{model}: got {g}, Python onnxruntime gave {o}"
+            );
+            assert!(
+                (f64::from(*g) - s).abs() <= 1e-5,
+                "{model}: got {g}, scikit-learn gave {s}"
+            );
+        }
+    }
     server.shutdown().await.unwrap();
 }

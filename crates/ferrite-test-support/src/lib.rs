@@ -3,13 +3,20 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The repository root (the directory holding the workspace `Cargo.toml`).
+///
+/// Read from the `CARGO_MANIFEST_DIR` that cargo sets when it runs a test (every crate lives at
+/// `crates/<name>`), so that a build shared between two clones through one target directory
+/// never points a test at the other clone; the compile-time value is the fallback.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir
         .join("../..")
         .canonicalize()
         .expect("repository root exists")

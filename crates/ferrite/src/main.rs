@@ -56,8 +56,11 @@ async fn main() -> anyhow::Result<()> {
                 config.server.metrics_addr = addr;
             }
             telemetry::init_logging(&config.log);
+            // Handlers go in before the server starts: a signal during start-up is then a
+            // graceful stop too, not the default kill.
+            let signal = shutdown_signal()?;
             let server = ferrite_server::start(config).await?;
-            wait_for_signal().await?;
+            signal.await?;
             tracing::info!("shutting down: draining in-flight calls");
             server.shutdown().await
         }
@@ -73,12 +76,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    })
 }

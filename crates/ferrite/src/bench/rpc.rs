@@ -17,6 +17,8 @@ pub enum Rpc {
     /// inference.GRPCInferenceService/ModelInfer on the example `fraud_logreg` model, batch 1,
     /// raw little-endian input (as tritonclient sends it), features derived from the key.
     ModelInfer,
+    /// ModelInfer on the example `fraud_gbdt` (200 trees, 40 features), batch 1, raw input.
+    ModelInferGbdt,
 }
 
 /// What the load generator reads from an answer.
@@ -31,6 +33,7 @@ impl Rpc {
             Rpc::Health => "health",
             Rpc::ServerLive => "server-live",
             Rpc::ModelInfer => "model-infer",
+            Rpc::ModelInferGbdt => "model-infer-gbdt",
         }
     }
 
@@ -50,26 +53,29 @@ impl Rpc {
                     .await?;
             }
             Rpc::ModelInfer => {
-                GrpcInferenceServiceClient::new(channel)
-                    .model_infer(fraud_request(key))
-                    .await?;
+                let req = infer_request("fraud_logreg", "features", 8, key);
+                GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
+            }
+            Rpc::ModelInferGbdt => {
+                let req = infer_request("fraud_gbdt", "X", 40, key);
+                GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
         }
         Ok(Outcome::default())
     }
 }
 
-/// A batch-1 request for `fraud_logreg`: 8 features, varied by the key so that calls differ.
-fn fraud_request(key: u64) -> ModelInferRequest {
-    let features: Vec<f32> = (0..8)
+/// A batch-1 request of `width` FP32 features, varied by the key so that calls differ.
+fn infer_request(model: &str, input: &str, width: u64, key: u64) -> ModelInferRequest {
+    let features: Vec<f32> = (0..width)
         .map(|i| ((key.wrapping_mul(31).wrapping_add(i) % 97) as f32) / 97.0)
         .collect();
     ModelInferRequest {
-        model_name: "fraud_logreg".into(),
+        model_name: model.into(),
         inputs: vec![InferInputTensor {
-            name: "features".into(),
+            name: input.into(),
             datatype: "FP32".into(),
-            shape: vec![1, 8],
+            shape: vec![1, width as i64],
             ..Default::default()
         }],
         raw_input_contents: vec![features.iter().flat_map(|x| x.to_le_bytes()).collect()],
