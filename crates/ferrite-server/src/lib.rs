@@ -107,6 +107,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     ] {
         anyhow::ensure!(dir.is_dir(), "{key} = {} is not a directory", dir.display());
     }
+    let poll = config.models.poll_interval_s;
+    anyhow::ensure!(
+        poll >= 0.0 && poll.is_finite(),
+        "models.poll_interval_s = {poll} must be a number of seconds, 0 or more"
+    );
     let onnx_runtime = OnnxRuntime::get(config.models.onnxruntime_library.as_deref())?;
     telemetry::prometheus();
     let models = Arc::new(ModelRepository::new(
@@ -164,10 +169,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     );
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
     let poll = state.config.models.poll_interval_s;
-    anyhow::ensure!(
-        poll >= 0.0 && poll.is_finite(),
-        "models.poll_interval_s = {poll} must be 0 or more"
-    );
     if poll > 0.0 {
         tokio::spawn(watch_models(
             state.models.clone(),

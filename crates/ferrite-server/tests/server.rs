@@ -235,3 +235,21 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_bad_config_is_refused_before_anything_listens() {
+    let mut config = common::test_config();
+    config.models.poll_interval_s = -1.0;
+    let err = ferrite_server::start(config)
+        .await
+        .err()
+        .expect("negative poll interval");
+    assert!(err.to_string().contains("models.poll_interval_s"), "{err}");
+    let mut config = common::test_config();
+    config.models.repository = "/nonexistent/models".into();
+    let err = ferrite_server::start(config)
+        .await
+        .err()
+        .expect("missing repository");
+    assert!(err.to_string().contains("/nonexistent/models"), "{err}");
+}
