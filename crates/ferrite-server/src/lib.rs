@@ -164,9 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(AdminServiceServer::new(services::admin::Admin::new(
             state.clone(),
         )));
-    let grpc = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped()),
-    );
+    let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
     let poll = state.config.models.poll_interval_s;
     if poll > 0.0 {
@@ -209,6 +207,20 @@ async fn watch_models(
             }
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small answers go out at once instead of
+/// waiting up to ~40 ms for the peer's delayed ACK. (`Server::tcp_nodelay` only applies to
+/// listeners tonic binds itself.)
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
