@@ -1,5 +1,7 @@
-//! The candle backend: architectures written in Rust, weights from safetensors, run on the CPU.
+//! The candle backend: architectures written in Rust, weights from safetensors or a PyTorch
+//! checkpoint (`.pth`), run on the CPU.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
@@ -35,6 +37,56 @@ pub enum OutputActivation {
     None,
     Sigmoid,
     Softmax,
+}
+
+/// The weights files the candle backend reads, told apart by their extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// `.safetensors`
+    Safetensors,
+    /// `.pth` or `.pt`: a PyTorch checkpoint of a state_dict, as `torch.save` writes it.
+    PyTorch,
+}
+
+impl WeightsFormat {
+    pub fn of(path: &Path) -> Result<WeightsFormat, String> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => Ok(WeightsFormat::Safetensors),
+            Some("pth" | "pt") => Ok(WeightsFormat::PyTorch),
+            _ => Err(format!(
+                "{}: the candle backend reads weights from .safetensors, .pth or .pt files",
+                path.display()
+            )),
+        }
+    }
+
+    /// Every tensor in the file, by name.
+    fn read(self, path: &Path) -> Result<HashMap<String, candle_core::Tensor>, String> {
+        match self {
+            WeightsFormat::Safetensors => {
+                candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| e.to_string())
+            }
+            WeightsFormat::PyTorch => read_pytorch(path),
+        }
+    }
+}
+
+/// A state_dict saved with `torch.save(model.state_dict(), path)`.
+fn read_pytorch(path: &Path) -> Result<HashMap<String, candle_core::Tensor>, String> {
+    // candle's pickle reader indexes into what it parsed without checking, so a malformed
+    // checkpoint can panic inside it: that is a file we refuse, not a crash.
+    let read = std::panic::catch_unwind(|| candle_core::pickle::read_all(path)).map_err(|_| {
+        "not a PyTorch checkpoint that can be read: its pickle does not rebuild tensors as \
+         torch.save writes them"
+            .to_string()
+    })?;
+    let tensors = read.map_err(|e| format!("not a readable PyTorch checkpoint: {e}"))?;
+    if tensors.is_empty() {
+        return Err(
+            "no tensors found; expected a state_dict saved with torch.save(model.state_dict(), path)".into(),
+        );
+    }
+    Ok(tensors.into_iter().collect())
 }
 
 enum Net {
@@ -80,13 +132,19 @@ impl CandleModel {
             )));
         }
         let device = Device::Cpu;
-        let tensors = candle_core::safetensors::load(path, &device).map_err(|e| fail(e.to_string()))?;
+        let tensors = WeightsFormat::of(path)
+            .and_then(|format| format.read(path))
+            .map_err(fail)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        // A weight that is missing or has the wrong shape: say which, without the "inference
+        // failed" that a candle error carries when it is converted.
+        let weights = |e: ModelError| match e {
+            ModelError::Inference(m) | ModelError::InvalidInput(m) => fail(m),
+            other => fail(other.to_string()),
+        };
         let net = match candle.architecture {
-            Architecture::Mlp => Net::Mlp(Mlp::new(vb, &candle.dims).map_err(|e| fail(e.to_string()))?),
-            Architecture::WideDeep => {
-                Net::WideDeep(WideDeep::new(vb, &candle.dims).map_err(|e| fail(e.to_string()))?)
-            }
+            Architecture::Mlp => Net::Mlp(Mlp::new(vb, &candle.dims).map_err(weights)?),
+            Architecture::WideDeep => Net::WideDeep(WideDeep::new(vb, &candle.dims).map_err(weights)?),
         };
         Ok(CandleModel {
             net,

@@ -13,7 +13,8 @@ use crate::{DataType, ModelError};
 pub enum BackendKind {
     /// An ONNX file run by ONNX Runtime.
     Onnx,
-    /// An architecture written in Rust with candle, weights from safetensors.
+    /// An architecture written in Rust with candle, weights from safetensors or a PyTorch
+    /// `.pth` state_dict.
     Candle,
 }
 
@@ -84,7 +85,7 @@ pub struct ModelConfig {
     #[serde(default)]
     pub max_batch_size: usize,
     /// The weights file inside each version directory. Default: `model.onnx` for ONNX,
-    /// `model.safetensors` for candle.
+    /// `model.safetensors` for candle (which also reads `.pth`/`.pt` PyTorch state_dicts).
     #[serde(default)]
     pub default_model_filename: Option<String>,
     pub inputs: Vec<TensorSpec>,
@@ -136,6 +137,9 @@ impl ModelConfig {
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("input {:?} is declared twice", w[0]));
+        }
+        if self.backend == BackendKind::Candle {
+            crate::candle_backend::WeightsFormat::of(Path::new(self.model_filename()))?;
         }
         if let Some(b) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
@@ -199,6 +203,27 @@ dynamic_batching = { max_queue_delay_us = 200, preferred_batch_sizes = [16, 64] 
         assert_eq!(c.labels["canary"], 2);
         assert_eq!(c.dynamic_batching.as_ref().unwrap().max_queue_delay_us, 200);
         assert_eq!(c.model_filename().to_string(), "model.onnx");
+    }
+
+    #[test]
+    fn candle_weights_are_safetensors_or_pytorch_checkpoints() {
+        let candle = |file: &str| {
+            let c: ModelConfig = toml::from_str(&format!(
+                "backend = \"candle\"\n{file}\n{}",
+                FRAUD.trim_start().trim_start_matches("backend = \"onnx\"")
+            ))
+            .unwrap();
+            c.check().map(|()| c.model_filename().to_string())
+        };
+        assert_eq!(candle("").unwrap(), "model.safetensors");
+        for name in ["model.pth", "weights.pt", "w.safetensors"] {
+            assert_eq!(
+                candle(&format!("default_model_filename = {name:?}")).unwrap(),
+                name
+            );
+        }
+        let err = candle("default_model_filename = \"model.bin\"").unwrap_err();
+        assert!(err.contains("model.bin") && err.contains(".pth"), "{err}");
     }
 
     #[test]
