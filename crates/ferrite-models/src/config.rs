@@ -106,6 +106,9 @@ pub struct ModelConfig {
     /// The architecture of a `candle` model.
     #[serde(default)]
     pub candle: Option<crate::candle_backend::CandleConfig>,
+    /// Requests each version runs before it takes traffic. None: one batch of zeros.
+    #[serde(default)]
+    pub model_warmup: Vec<crate::warmup::Warmup>,
 }
 
 impl ModelConfig {
@@ -141,6 +144,7 @@ impl ModelConfig {
         if self.backend == BackendKind::Candle {
             crate::candle_backend::WeightsFormat::of(Path::new(self.model_filename()))?;
         }
+        crate::warmup::check(self)?;
         if let Some(b) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
                 return Err("dynamic_batching needs max_batch_size > 0".into());

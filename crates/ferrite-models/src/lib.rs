@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod stats;
 mod tensor;
 pub mod validate;
+pub mod warmup;
 
 pub use backend::ModelBackend;
 pub use config::{BackendKind, ModelConfig, TensorSpec, VersionPolicy};

@@ -76,8 +76,8 @@ pub struct ModelRepository {
     seen: Mutex<BTreeMap<String, Fingerprint>>,
 }
 
-/// The config file and every version's weights file, with their sizes and modification
-/// times: when this changes, the model is reloaded.
+/// The config file, every version's weights file and the warm-up data files, with their sizes
+/// and modification times: when this changes, the model is reloaded.
 type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
 
 impl ModelRepository {
@@ -225,6 +225,7 @@ impl ModelRepository {
                     .iter()
                     .map(|v| dir.join(v.to_string()).join(c.model_filename())),
             );
+            files.extend(crate::warmup::files(&c).map(|f| dir.join(f)));
         }
         files
             .into_iter()
@@ -344,7 +345,7 @@ impl ModelRepository {
                 BackendKind::Onnx => Arc::new(OnnxModel::load(&self.runtime, &path, config.threads)?),
                 BackendKind::Candle => Arc::new(crate::candle_backend::CandleModel::load(&config, &path)?),
             };
-            crate::validate::warm_up(&config, backend.as_ref()).map_err(|e| ModelError::Load {
+            crate::warmup::run(&config, &dir, backend.as_ref()).map_err(|e| ModelError::Load {
                 path: path.clone(),
                 message: format!("warm-up failed: {e}"),
             })?;

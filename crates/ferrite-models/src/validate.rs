@@ -1,7 +1,6 @@
-//! Checking requests against a model's config, and the warm-up run that checks a model
-//! against its config before it takes traffic.
+//! Checking requests against a model's config.
 
-use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData};
+use crate::{ModelConfig, ModelError, Tensor};
 
 /// Every declared input exactly once, with its declared type and a shape that fits.
 pub fn check_inputs(config: &ModelConfig, inputs: &[Tensor]) -> Result<(), ModelError> {
@@ -58,54 +57,10 @@ pub fn check_inputs(config: &ModelConfig, inputs: &[Tensor]) -> Result<(), Model
     Ok(())
 }
 
-/// Runs one batch of zeros (batch size 1, every -1 dimension 1) and checks that the outputs
-/// are those the config declares, with their declared types.
-pub fn warm_up(config: &ModelConfig, backend: &dyn ModelBackend) -> Result<(), ModelError> {
-    let inputs = config
-        .inputs
-        .iter()
-        .map(|spec| {
-            let shape: Vec<usize> = config
-                .full_shape(spec)
-                .iter()
-                .map(|&d| if d < 0 { 1 } else { d as usize })
-                .collect();
-            let n = shape.iter().product();
-            let data = match spec.dtype {
-                DataType::Bool => TensorData::Bool(vec![false; n]),
-                DataType::Int32 => TensorData::Int32(vec![0; n]),
-                DataType::Int64 => TensorData::Int64(vec![0; n]),
-                DataType::Fp32 => TensorData::Fp32(vec![0.0; n]),
-                DataType::Fp64 => TensorData::Fp64(vec![0.0; n]),
-                DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
-            };
-            Tensor::new(spec.name.clone(), shape, data)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let outputs = backend.infer(&inputs)?;
-    for spec in &config.outputs {
-        let Some(out) = outputs.iter().find(|o| o.name == spec.name) else {
-            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-            return Err(ModelError::Inference(format!(
-                "the model has no output {:?}; it has {names:?}",
-                spec.name
-            )));
-        };
-        if out.dtype() != spec.dtype {
-            return Err(ModelError::Inference(format!(
-                "output {:?} is {}, the config says {}",
-                spec.name,
-                out.dtype(),
-                spec.dtype
-            )));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TensorData;
 
     fn config() -> ModelConfig {
         toml::from_str(

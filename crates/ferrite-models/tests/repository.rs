@@ -105,3 +105,61 @@ fn an_unloaded_model_stays_unloaded_until_its_files_change() {
     assert_eq!(repo.reload_changed().len(), 1);
     assert_eq!(ready_versions(&repo), ["2", "3"]);
 }
+
+/// Gives `fraud_logreg` two warm-ups: a full batch of random rows, and a recorded row read from
+/// `warmup/features.bin`.
+fn add_warmup(dir: &Path) {
+    let config = dir.join("fraud_logreg/config.toml");
+    let warmup = r#"
+[[model_warmup]]
+name = "full batch"
+batch_size = 256
+inputs = { features = { random_data = true } }
+
+[[model_warmup]]
+name = "recorded"
+inputs = { features = { input_data_file = "warmup/features.bin" } }
+"#;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(config, format!("{text}{warmup}")).unwrap();
+}
+
+fn record(dir: &Path, values: &[f32]) {
+    let warmup = dir.join("fraud_logreg/warmup");
+    std::fs::create_dir_all(&warmup).unwrap();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(warmup.join("features.bin"), bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_version_serves_only_after_its_warm_up_passes() {
+    let dir = repo_with_example();
+    add_warmup(dir.path());
+    record(dir.path(), &[0.5; 8]);
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    let results = repo.load_all().unwrap();
+    assert!(results[0].1.is_ok(), "{:?}", results[0].1);
+    assert_eq!(ready_versions(&repo), ["1", "2"]);
+
+    // Version 3 arrives with a warm-up file one value short: refused, 1 and 2 keep serving.
+    let model = dir.path().join("fraud_logreg");
+    std::fs::create_dir_all(model.join("3")).unwrap();
+    std::fs::copy(model.join("2/model.onnx"), model.join("3/model.onnx")).unwrap();
+    record(dir.path(), &[0.5; 7]);
+    let reloaded = repo.reload_changed();
+    let err = reloaded[0].1.as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("warm-up failed")
+            && err.contains("model_warmup[1] \"recorded\"")
+            && err.contains("warmup/features.bin has 28 bytes; expected 32"),
+        "{err}"
+    );
+    assert_eq!(ready_versions(&repo), ["1", "2"]);
+    assert_eq!(repo.infer("fraud_logreg", "", features()).await.unwrap().0, 2);
+
+    // The warm-up file is watched: fixed, the model reloads and version 3 serves.
+    record(dir.path(), &[0.25; 8]);
+    let reloaded = repo.reload_changed();
+    assert!(reloaded[0].1.is_ok(), "{:?}", reloaded[0].1);
+    assert_eq!(ready_versions(&repo), ["2", "3"]);
+}
