@@ -225,6 +225,9 @@ fn check_outputs(config: &ModelConfig, outputs: &[Tensor]) -> Result<(), String>
     Ok(())
 }
 
+/// A warm-up input larger than this is a mistake in the config, refused before it is allocated.
+const MAX_ELEMENTS: usize = 1 << 28;
+
 fn build_input(
     config: &ModelConfig,
     spec: &TensorSpec,
@@ -241,8 +244,15 @@ fn build_input(
         .map(|&d| if d < 0 { 1 } else { d as usize })
         .collect();
     let rows = if config.max_batch_size > 0 { batch_size } else { 1 };
-    let row_len: usize = row_dims.iter().product();
-    let n = row_len * rows;
+    let row_len = row_dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let (row_len, n) = match row_len.and_then(|r| Some((r, r.checked_mul(rows)?))) {
+        Some((row_len, n)) if n <= MAX_ELEMENTS => (row_len, n),
+        _ => {
+            return Err(format!(
+                "{rows} rows of {row_dims:?} are more than the {MAX_ELEMENTS} elements a warm-up input may have"
+            ));
+        }
+    };
     let data = if input.zero_data {
         zeros(spec.dtype, n)
     } else if input.random_data {
@@ -342,6 +352,19 @@ inputs = { x = { zero_data = true }, ids = { input_data_file = "warmup/ids.bin",
         assert_eq!(runs[2][1].data, TensorData::Int64(vec![7, -2, 3, 7, -2, 3]));
         // Loading again gives the same random values.
         assert_eq!(run_recorded(&c, dir.path()).unwrap()[0], runs[0]);
+    }
+
+    #[test]
+    fn an_input_too_large_to_allocate_is_refused() {
+        let c = config(
+            "[[model_warmup]]\ninputs = { x = { zero_data = true }, ids = { zero_data = true, dims = [4294967296] } }",
+        )
+        .unwrap();
+        let err = run_recorded(&c, Path::new(".")).unwrap_err().to_string();
+        assert!(
+            err.contains("input \"ids\"") && err.contains("more than the 268435456 elements"),
+            "{err}"
+        );
     }
 
     #[test]
