@@ -13,6 +13,15 @@ pub enum FeatureError {
     Offline { path: PathBuf, message: String },
     #[error("online store unavailable: {0}")]
     Unavailable(String),
+    /// An unknown view, feature, feature service or entity.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request or row that does not fit the definitions.
+    #[error("{0}")]
+    Invalid(String),
+    /// The definitions themselves are wrong (every problem, with file and line).
+    #[error("{0}")]
+    Definitions(crate::definitions::Problems),
 }
 
 impl From<redis::RedisError> for FeatureError {

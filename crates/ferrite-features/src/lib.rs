@@ -1,13 +1,25 @@
-//! The feature store: offline data in Parquet read with Polars, online stores that serve
-//! the latest values per entity.
+//! The feature store: declarative definitions, offline data in Parquet read with Polars,
+//! materialization into online stores, online reads and push writes, and point-in-time
+//! correct training sets.
 //!
-//! Owns reading sources and the online store behind the `OnlineStore` trait. It does not
-//! own the wire protocol (`ferrite-server`) nor models.
+//! Owns the definitions (`definitions`), request-time expressions (`expr`), the offline
+//! store (`offline`), the online stores behind the `OnlineStore` trait (`online`), and the
+//! operations on them (`materialize`, `serving`, `training`). It does not own the wire
+//! protocol (`ferrite-server`) nor models.
 
+pub mod definitions;
 mod error;
+pub mod expr;
+mod frame;
+pub mod materialize;
 pub mod offline;
 pub mod online;
+pub mod serving;
+pub mod training;
+pub mod value;
 
+pub use definitions::{FeatureRef, FeatureView, Registry};
 pub use error::FeatureError;
 pub use offline::ParquetSource;
-pub use online::OnlineStore;
+pub use online::{OnlineStore, StoreConfig};
+pub use value::{DType, KeyType, Micros, Value};

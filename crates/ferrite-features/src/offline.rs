@@ -10,12 +10,20 @@ use crate::FeatureError;
 /// One Parquet source: a file or a glob of files with the same schema.
 #[derive(Debug, Clone)]
 pub struct ParquetSource {
+    /// The first path names the source in messages.
     path: PathBuf,
+    paths: Vec<PathBuf>,
 }
 
 impl ParquetSource {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ParquetSource { path: path.into() }
+        let path = path.into();
+        ParquetSource { paths: vec![path.clone()], path }
+    }
+
+    /// Several files or globs with one schema, scanned as one table.
+    pub fn from_paths(paths: Vec<PathBuf>) -> Self {
+        ParquetSource { path: paths.first().cloned().unwrap_or_default(), paths }
     }
 
     pub fn path(&self) -> &Path {
@@ -31,8 +39,13 @@ impl ParquetSource {
 
     /// A lazy scan of the source; nothing is read until the query is collected.
     pub fn scan(&self) -> Result<LazyFrame, FeatureError> {
-        let path = PlRefPath::try_from_path(&self.path).map_err(|e| self.error(e))?;
-        LazyFrame::scan_parquet(path, ScanArgsParquet::default()).map_err(|e| self.error(e))
+        let paths = self
+            .paths
+            .iter()
+            .map(|p| PlRefPath::try_from_path(p).map_err(|e| self.error(e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        LazyFrame::scan_parquet_files(paths.into_iter().collect(), ScanArgsParquet::default())
+            .map_err(|e| self.error(e))
     }
 
     /// The source's schema, read from the Parquet footer only.

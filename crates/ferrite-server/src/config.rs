@@ -88,15 +88,58 @@ impl Default for ModelsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeaturesConfig {
-    /// The directory of feature definitions (`*.toml`) and their sample data.
+    /// The directory of feature definitions (`*.toml`).
     pub repository: PathBuf,
+    /// Where source paths point. Unset: `<repository>/data`.
+    pub data_dir: Option<PathBuf>,
+    /// The online store: `embedded` (in-process, durable in `embedded_path`), `redis` or
+    /// `redis_cluster`.
+    pub online_store: OnlineStoreKind,
+    /// Directory of the embedded store's database.
+    pub embedded_path: PathBuf,
+    /// The Redis server for `online_store = "redis"`.
+    pub redis_url: String,
+    /// Seed nodes for `online_store = "redis_cluster"`, e.g. `["redis://127.0.0.1:7000"]`.
+    pub redis_cluster_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlineStoreKind {
+    #[default]
+    Embedded,
+    Redis,
+    RedisCluster,
 }
 
 impl Default for FeaturesConfig {
     fn default() -> Self {
         FeaturesConfig {
             repository: PathBuf::from("features"),
+            data_dir: None,
+            online_store: OnlineStoreKind::Embedded,
+            embedded_path: PathBuf::from(".ferrite/online"),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_cluster_nodes: Vec::new(),
         }
+    }
+}
+
+impl FeaturesConfig {
+    /// The online store these keys select.
+    pub fn store_config(&self) -> ferrite_features::StoreConfig {
+        use ferrite_features::StoreConfig;
+        match self.online_store {
+            OnlineStoreKind::Embedded => StoreConfig::Embedded { path: self.embedded_path.clone() },
+            OnlineStoreKind::Redis => StoreConfig::Redis { url: self.redis_url.clone() },
+            OnlineStoreKind::RedisCluster => StoreConfig::RedisCluster { urls: self.redis_cluster_nodes.clone() },
+        }
+    }
+
+    /// Loads and checks the definitions.
+    pub fn registry(&self) -> Result<ferrite_features::Registry, ferrite_features::FeatureError> {
+        ferrite_features::Registry::load(&self.repository, self.data_dir.as_deref())
+            .map_err(ferrite_features::FeatureError::Definitions)
     }
 }
 
@@ -123,6 +166,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.models.repository = base.join(&config.models.repository);
         config.features.repository = base.join(&config.features.repository);
+        config.features.embedded_path = base.join(&config.features.embedded_path);
+        if let Some(dir) = &config.features.data_dir {
+            config.features.data_dir = Some(base.join(dir));
+        }
         if let Some(lib) = &config.models.onnxruntime_library {
             config.models.onnxruntime_library = Some(base.join(lib));
         }

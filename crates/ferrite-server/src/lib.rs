@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferrite_models::{ModelRepository, OnnxRuntime};
 use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
+use ferrite_proto::ferrite::v1::feature_service_server::FeatureServiceServer;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub started: Instant,
     pub onnx_runtime: OnnxRuntime,
     pub models: Arc<ModelRepository>,
+    /// Feature definitions and the online store.
+    pub features: Arc<services::features::FeatureState>,
     ready: AtomicBool,
 }
 
@@ -125,6 +128,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     }
 
+    let registry = config.features.registry()?;
+    let store = ferrite_features::online::open(&config.features.store_config())
+        .await
+        .context("opening the online store (features.online_store)")?;
+    tracing::info!(
+        views = registry.views.len(),
+        services = registry.services.len(),
+        store = store.kind(),
+        "feature store ready"
+    );
+    let features = Arc::new(services::features::FeatureState { registry: Arc::new(registry), store });
+
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
 
@@ -133,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         started: Instant::now(),
         onnx_runtime,
         models,
+        features,
         ready: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
@@ -150,6 +166,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<AdminServiceServer<services::admin::Admin>>()
         .await;
+    health
+        .set_serving::<FeatureServiceServer<services::features::Features>>()
+        .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -161,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(GrpcInferenceServiceServer::new(services::kserve::KServe::new(
             state.clone(),
         )))
+        .add_service(FeatureServiceServer::new(services::features::Features::new(state.clone())))
         .add_service(AdminServiceServer::new(services::admin::Admin::new(
             state.clone(),
         )));

@@ -32,6 +32,9 @@ impl From<ApiError> for Status {
                 Status::failed_precondition(message)
             }
             ApiError::Feature(FeatureError::Unavailable(_)) => Status::unavailable(message),
+            ApiError::Feature(FeatureError::NotFound(_)) => Status::not_found(message),
+            ApiError::Feature(FeatureError::Invalid(_)) => Status::invalid_argument(message),
+            ApiError::Feature(FeatureError::Definitions(_)) => Status::failed_precondition(message),
             ApiError::Search(SearchError::Faiss(_)) => Status::internal(message),
             ApiError::Search(_) => Status::invalid_argument(message),
         }

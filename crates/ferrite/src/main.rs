@@ -35,6 +35,90 @@ enum Command {
     },
     /// Drive one RPC with load and report throughput and latency percentiles.
     Bench(BenchArgs),
+    /// Check the feature definitions and compare them with the Parquet schemas.
+    Validate(FeatureArgs),
+    /// Load the latest valid row per entity with an event time in [--start, --end) into the
+    /// online store.
+    Materialize {
+        #[command(flatten)]
+        features: FeatureArgs,
+        /// Window start, RFC 3339 or a date (2026-08-01).
+        #[arg(long)]
+        start: String,
+        /// Window end (exclusive).
+        #[arg(long)]
+        end: String,
+        /// Only these feature views (default: every online view).
+        #[arg(long = "view")]
+        views: Vec<String>,
+    },
+    /// Materialize each view from its watermark (kept in the online store) to --end (default now).
+    MaterializeIncremental {
+        #[command(flatten)]
+        features: FeatureArgs,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long = "view")]
+        views: Vec<String>,
+    },
+    /// Build a point-in-time correct training set for entity rows (with labels) in Parquet.
+    TrainingSet {
+        #[command(flatten)]
+        features: FeatureArgs,
+        /// Parquet file of entity rows: join keys, a timestamp column, labels, anything else.
+        #[arg(long)]
+        entities: PathBuf,
+        /// The feature service whose features to join.
+        #[arg(long, conflicts_with = "feature")]
+        service: Option<String>,
+        /// Feature references (`view:feature` or `view:*`) instead of a service.
+        #[arg(long = "feature")]
+        feature: Vec<String>,
+        /// The entity rows' event time column.
+        #[arg(long, default_value = "event_timestamp")]
+        timestamp_column: String,
+        /// Where to write the training set (Parquet).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where the feature definitions, data and online store are.
+#[derive(clap::Args)]
+struct FeatureArgs {
+    /// The TOML configuration file (its `[features]` section). Without it, defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Overrides `features.repository`.
+    #[arg(long)]
+    features: Option<PathBuf>,
+    /// Overrides `features.data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl FeatureArgs {
+    fn config(&self) -> anyhow::Result<ferrite_server::config::FeaturesConfig> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        }
+        .features;
+        if let Some(f) = &self.features {
+            config.repository = f.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = Some(d.clone());
+        }
+        Ok(config)
+    }
+}
+
+fn time_arg(s: &str) -> anyhow::Result<i64> {
+    ferrite_features::value::parse_timestamp(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 #[tokio::main]
@@ -64,6 +148,88 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down: draining in-flight calls");
             server.shutdown().await
         }
+        Command::Validate(args) => {
+            let config = args.config()?;
+            let registry = config.registry()?;
+            let problems = registry.check_sources();
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            anyhow::ensure!(problems.is_empty(), "{} problem(s) in {}", problems.len(), config.repository.display());
+            println!(
+                "ok: {} entities, {} sources, {} feature views, {} request views, {} feature services in {}",
+                registry.entities.len(),
+                registry.sources.len(),
+                registry.views.len(),
+                registry.request_views.len(),
+                registry.services.len(),
+                config.repository.display()
+            );
+            Ok(())
+        }
+        Command::Materialize { features, start, end, views } => {
+            let config = features.config()?;
+            let registry = config.registry()?;
+            let (start, end) = (time_arg(&start)?, time_arg(&end)?);
+            anyhow::ensure!(start < end, "--start must be before --end");
+            let store = ferrite_features::online::open(&config.store_config()).await?;
+            let reports = ferrite_features::materialize::materialize(
+                &registry,
+                store.as_ref(),
+                &views,
+                start,
+                end,
+                !features.quiet,
+            )
+            .await?;
+            print_reports(&reports);
+            Ok(())
+        }
+        Command::MaterializeIncremental { features, end, views } => {
+            let config = features.config()?;
+            let registry = config.registry()?;
+            let end = match end {
+                Some(e) => time_arg(&e)?,
+                None => ferrite_features::value::now_micros(),
+            };
+            let store = ferrite_features::online::open(&config.store_config()).await?;
+            let reports = ferrite_features::materialize::materialize_incremental(
+                &registry,
+                store.as_ref(),
+                &views,
+                end,
+                !features.quiet,
+            )
+            .await?;
+            print_reports(&reports);
+            Ok(())
+        }
+        Command::TrainingSet { features, entities, service, feature, timestamp_column, out } => {
+            let config = features.config()?;
+            let registry = config.registry()?;
+            let refs = match service {
+                Some(s) => registry.service_refs(&s),
+                None if !feature.is_empty() => registry.resolve_refs(&feature),
+                None => Err("give --service NAME or --feature view:feature".to_string()),
+            }
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let report = ferrite_features::training::training_set_file(
+                &registry,
+                &refs,
+                &entities,
+                &timestamp_column,
+                &out,
+            )?;
+            println!(
+                "training set: {} rows x {} columns -> {} in {:.2} s ({:.0} rows/s)",
+                report.rows,
+                report.columns.len(),
+                out.display(),
+                report.elapsed.as_secs_f64(),
+                report.rows_per_second()
+            );
+            Ok(())
+        }
         Command::Bench(args) => {
             let report = bench::run(&args).await?;
             print!("{}", report.to_text());
@@ -74,6 +240,21 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_reports(reports: &[ferrite_features::materialize::MaterializeReport]) {
+    let (mut rows, mut written, mut secs) = (0u64, 0u64, 0f64);
+    for r in reports {
+        println!("{r}");
+        rows += r.rows;
+        written += r.written;
+        secs += r.elapsed.as_secs_f64();
+    }
+    println!(
+        "materialized {} view(s): {rows} rows, {written} written in {secs:.2} s ({:.0} rows/s)",
+        reports.len(),
+        rows as f64 / secs.max(1e-9)
+    );
 }
 
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {

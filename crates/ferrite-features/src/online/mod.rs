@@ -1,16 +1,88 @@
-//! Online stores: the latest feature values per entity, read on the request path.
+//! Online stores: the latest feature row per (feature view, entity), read on the request
+//! path. One trait, three backends: embedded (default), Redis, Redis Cluster.
 
+mod codec;
+mod embedded;
 mod redis_store;
 
+pub use codec::{decode_row, encode_row};
+pub use embedded::EmbeddedStore;
 pub use redis_store::RedisStore;
 
-use crate::FeatureError;
+use std::sync::Arc;
 
-/// One online store. Callers hold `Arc<dyn OnlineStore>`; only the factory names a backend.
+use crate::FeatureError;
+use crate::value::Micros;
+use crate::value::Value;
+
+/// The stored row of one view for one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub event_ts: Micros,
+    pub created_ts: Micros,
+    /// The view layout the values were written under (`FeatureView::fingerprint`); a row
+    /// that cannot be decoded carries 0.
+    pub fingerprint: u64,
+    /// One value per feature of the view, in definition order.
+    pub values: Vec<Value>,
+}
+
+impl StoredRow {
+    /// Whether this row should replace `current`: newer event time, or the same event time
+    /// and a created time at least as new (so re-writing the same row is a no-op).
+    pub fn supersedes(&self, current: &StoredRow) -> bool {
+        (self.event_ts, self.created_ts) >= (current.event_ts, current.created_ts)
+    }
+}
+
+/// Names one stored row: a feature view and the canonical text of an entity key
+/// (see `value::encode_entity_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowKey {
+    pub view: String,
+    pub entity: String,
+}
+
+/// A row to write, with the time it expires (event time + TTL), if the view has a TTL.
+#[derive(Debug, Clone)]
+pub struct WriteRow {
+    pub key: RowKey,
+    pub row: StoredRow,
+    pub expire_at: Option<Micros>,
+}
+
+/// One online store. Callers hold `Arc<dyn OnlineStore>`; only `open` names a backend.
 #[async_trait::async_trait]
 pub trait OnlineStore: Send + Sync {
     /// A short name for logs and metrics: "embedded", "redis", "redis_cluster".
     fn kind(&self) -> &'static str;
     /// Succeeds when the store can serve reads now.
     async fn health(&self) -> Result<(), FeatureError>;
+    /// Reads many rows in one round trip; `None` where nothing is stored.
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<Arc<StoredRow>>>, FeatureError>;
+    /// Writes rows, keeping per key the newest by (event time, created time); returns how
+    /// many rows were written. Returns only once the rows are durable.
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError>;
+    /// The end of the last materialized window of a view.
+    async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError>;
+    async fn set_watermark(&self, view: &str, ts: Micros) -> Result<(), FeatureError>;
+}
+
+/// Which online store to open.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    /// In-process, durable in this directory.
+    Embedded { path: std::path::PathBuf },
+    Redis { url: String },
+    /// Seed nodes of a Redis Cluster.
+    RedisCluster { urls: Vec<String> },
+}
+
+/// Opens the configured store.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn OnlineStore>, FeatureError> {
+    Ok(match config {
+        StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
+        StoreConfig::Redis { url } => Arc::new(RedisStore::connect(url).await?),
+        StoreConfig::RedisCluster { urls } => Arc::new(RedisStore::connect_cluster(urls).await?),
+    })
 }

@@ -1,14 +1,84 @@
-//! The Redis online store, through a reconnecting `ConnectionManager`.
+//! The Redis and Redis Cluster online stores.
+//!
+//! Key layout, version 1 (documented in the README):
+//!
+//! ```text
+//! ferrite:v1:{<entity key>}:<view>    a row, encoded by `codec` (header + values)
+//! ferrite:v1:watermark:<view>         end of the last materialized window, µs, decimal
+//! ```
+//!
+//! `<entity key>` is the canonical join-key text (`user_id=42`); inside braces it is the
+//! Redis Cluster hash tag, so all views of one entity live in one slot. Rows expire through
+//! Redis (`PXAT` event time + TTL) and are also checked against the TTL on read.
+//!
+//! Reads are one `MGET` (split per slot by the cluster client). Writes go through a Lua
+//! script that keeps the newer row by comparing the 32-byte time header, in batches: one
+//! script call per batch on a single server, one per entity (hash slot) on a cluster.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 
-use super::OnlineStore;
+use super::codec::{decode_row, encode_row};
+use super::{OnlineStore, RowKey, StoredRow, WriteRow};
 use crate::FeatureError;
+use crate::value::{Micros, now_micros};
+
+pub const KEY_PREFIX: &str = "ferrite:v1:";
+
+/// Writes each KEYS[i] = ARGV[2i-1] unless the stored row's time header is newer;
+/// ARGV[2i] is the expiry in Unix ms (0 = none). Returns how many were written.
+const WRITE_NEWER: &str = r#"
+local n = 0
+for i = 1, #KEYS do
+  local v = ARGV[2 * i - 1]
+  local exp = tonumber(ARGV[2 * i])
+  local cur = redis.call('GETRANGE', KEYS[i], 0, 31)
+  if cur == '' or cur <= string.sub(v, 1, 32) then
+    if exp > 0 then
+      redis.call('SET', KEYS[i], v, 'PXAT', exp)
+    else
+      redis.call('SET', KEYS[i], v)
+    end
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Keys per script call on a single server.
+const WRITE_BATCH: usize = 512;
+
+pub fn row_key(key: &RowKey) -> String {
+    let mut s = String::with_capacity(KEY_PREFIX.len() + key.entity.len() + key.view.len() + 3);
+    s.push_str(KEY_PREFIX);
+    s.push('{');
+    s.push_str(&key.entity);
+    s.push_str("}:");
+    s.push_str(&key.view);
+    s
+}
+
+fn watermark_key(view: &str) -> String {
+    format!("{KEY_PREFIX}watermark:{view}")
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
+    script: Arc<redis::Script>,
+}
+
+fn unavailable(what: &str, e: redis::RedisError) -> FeatureError {
+    FeatureError::Unavailable(format!("{what}: {e}"))
 }
 
 impl RedisStore {
@@ -21,32 +91,170 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(2)));
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| FeatureError::Unavailable(format!("cannot connect to {url}: {e}")))?;
-        Ok(RedisStore { conn })
+            .map_err(|e| unavailable(&format!("cannot connect to {url}"), e))?;
+        Ok(RedisStore { conn: Conn::Single(conn), script: Arc::new(redis::Script::new(WRITE_NEWER)) })
     }
 
-    /// A connection handle; clones share the one multiplexed connection.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// Connects to a Redis Cluster through any of its nodes.
+    pub async fn connect_cluster(urls: &[String]) -> Result<Self, FeatureError> {
+        let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(5))
+            .retries(2)
+            .build()
+            .map_err(|e| unavailable(&format!("bad Redis Cluster nodes {urls:?}"), e))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to the Redis Cluster at {urls:?}"), e))?;
+        Ok(RedisStore { conn: Conn::Cluster(conn), script: Arc::new(redis::Script::new(WRITE_NEWER)) })
     }
+
+    /// A connection handle on a single server; clones share the one multiplexed connection.
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        match &self.conn {
+            Conn::Single(c) => Some(c.clone()),
+            Conn::Cluster(_) => None,
+        }
+    }
+}
+
+async fn query<T: redis::FromRedisValue, C: ConnectionLike + Send>(
+    cmd: &redis::Cmd,
+    conn: &mut C,
+) -> Result<T, FeatureError> {
+    cmd.query_async(conn).await.map_err(|e| unavailable("Redis", e))
+}
+
+async fn run_script<C: ConnectionLike + Send>(
+    script: &redis::Script,
+    conn: &mut C,
+    batch: &[(String, Vec<u8>, i64)],
+) -> Result<u64, FeatureError> {
+    let mut inv = script.prepare_invoke();
+    for (key, value, exp) in batch {
+        inv.key(key).arg(value.as_slice()).arg(*exp);
+    }
+    inv.invoke_async(conn).await.map_err(|e| unavailable("Redis write", e))
 }
 
 #[async_trait::async_trait]
 impl OnlineStore for RedisStore {
     fn kind(&self) -> &'static str {
-        "redis"
+        match self.conn {
+            Conn::Single(_) => "redis",
+            Conn::Cluster(_) => "redis_cluster",
+        }
     }
 
     async fn health(&self) -> Result<(), FeatureError> {
-        let mut conn = self.conn.clone();
-        let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+        let cmd = redis::cmd("PING");
+        let pong: String = match self.conn.clone() {
+            Conn::Single(mut c) => query(&cmd, &mut c).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+        };
         if pong == "PONG" {
             Ok(())
         } else {
             Err(FeatureError::Unavailable(format!("PING answered {pong:?}")))
+        }
+    }
+
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<Arc<StoredRow>>>, FeatureError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for k in keys {
+            cmd.arg(row_key(k));
+        }
+        let values: Vec<Option<Vec<u8>>> = match self.conn.clone() {
+            Conn::Single(mut c) => query(&cmd, &mut c).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+        };
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                v.map(|bytes| {
+                    Arc::new(decode_row(&bytes).unwrap_or(StoredRow {
+                        event_ts: 0,
+                        created_ts: 0,
+                        fingerprint: 0,
+                        values: Vec::new(),
+                    }))
+                })
+            })
+            .collect())
+    }
+
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError> {
+        let now_ms = now_micros() / 1000;
+        let mut items: Vec<(String, String, Vec<u8>, i64)> = Vec::with_capacity(rows.len());
+        for w in rows {
+            let exp_ms = w.expire_at.map(|t: Micros| t.div_euclid(1000)).unwrap_or(0);
+            if w.expire_at.is_some() && exp_ms <= now_ms {
+                // Already expired: Redis would drop it at once.
+                continue;
+            }
+            items.push((w.key.entity.clone(), row_key(&w.key), encode_row(&w.row), exp_ms));
+        }
+        match self.conn.clone() {
+            Conn::Single(c) => {
+                let batches: Vec<Vec<(String, Vec<u8>, i64)>> = items
+                    .chunks(WRITE_BATCH)
+                    .map(|b| b.iter().map(|(_, k, v, e)| (k.clone(), v.clone(), *e)).collect())
+                    .collect();
+                let counts = try_join_all(batches.iter().map(|b| {
+                    let mut c = c.clone();
+                    let script = self.script.clone();
+                    async move { run_script(&script, &mut c, b).await }
+                }))
+                .await?;
+                Ok(counts.iter().sum())
+            }
+            Conn::Cluster(c) => {
+                // A script may only touch keys of one slot: group by entity (the hash tag).
+                let mut groups: std::collections::HashMap<String, Vec<(String, Vec<u8>, i64)>> =
+                    std::collections::HashMap::new();
+                for (entity, k, v, e) in items {
+                    groups.entry(entity).or_default().push((k, v, e));
+                }
+                let groups: Vec<_> = groups.into_values().collect();
+                let mut total = 0;
+                for chunk in groups.chunks(256) {
+                    let counts = try_join_all(chunk.iter().map(|b| {
+                        let mut c = c.clone();
+                        let script = self.script.clone();
+                        async move { run_script(&script, &mut c, b).await }
+                    }))
+                    .await?;
+                    total += counts.iter().sum::<u64>();
+                }
+                Ok(total)
+            }
+        }
+    }
+
+    async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(watermark_key(view));
+        let v: Option<i64> = match self.conn.clone() {
+            Conn::Single(mut c) => query(&cmd, &mut c).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+        };
+        Ok(v)
+    }
+
+    async fn set_watermark(&self, view: &str, ts: Micros) -> Result<(), FeatureError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(watermark_key(view)).arg(ts);
+        match self.conn.clone() {
+            Conn::Single(mut c) => query::<(), _>(&cmd, &mut c).await,
+            Conn::Cluster(mut c) => query::<(), _>(&cmd, &mut c).await,
         }
     }
 }

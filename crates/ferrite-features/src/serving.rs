@@ -1,0 +1,414 @@
+//! The request path: online feature reads (with request-time features) and push writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::FeatureError;
+use crate::definitions::{FeatureRef, FeatureView, Registry};
+use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
+use crate::value::{DType, KeyValue, Micros, Value, encode_entity_key, now_micros};
+
+/// What a caller knows about each value it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Present,
+    NotFound,
+    Expired,
+    Invalid,
+}
+
+/// One value of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureValue {
+    pub value: Value,
+    pub status: Status,
+    /// The stored row's event time (none for request-time features or missing rows).
+    pub event_ts: Option<Micros>,
+}
+
+/// The answer: one vector per entity row, one value per feature name.
+#[derive(Debug, Clone)]
+pub struct OnlineFeatures {
+    pub names: Vec<String>,
+    pub rows: Vec<Vec<FeatureValue>>,
+}
+
+/// What to read, resolved once per request.
+struct Plan {
+    views: Vec<Arc<FeatureView>>,
+}
+
+impl Plan {
+    fn view_slot(&mut self, view: &Arc<FeatureView>) -> usize {
+        match self.views.iter().position(|v| v.name == view.name) {
+            Some(i) => i,
+            None => {
+                self.views.push(view.clone());
+                self.views.len() - 1
+            }
+        }
+    }
+}
+
+/// The number of rows in a column map; all columns must agree.
+fn row_count(what: &str, columns: &HashMap<String, Vec<Value>>) -> Result<Option<usize>, FeatureError> {
+    let mut n = None;
+    for (name, values) in columns {
+        match n {
+            None => n = Some(values.len()),
+            Some(m) if m != values.len() => {
+                return Err(FeatureError::Invalid(format!(
+                    "{what} {name:?} has {} values but others have {m}; every list needs one value per entity row",
+                    values.len()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
+}
+
+/// Reads `refs` for every entity row. `entities` maps join-key names to one value per row;
+/// `request` maps request fields (for request-time features) the same way.
+pub async fn get_online_features(
+    registry: &Registry,
+    store: &dyn OnlineStore,
+    refs: &[FeatureRef],
+    entities: &HashMap<String, Vec<Value>>,
+    request: &HashMap<String, Vec<Value>>,
+    now: Micros,
+) -> Result<OnlineFeatures, FeatureError> {
+    let _ = registry;
+    let n = row_count("entity key", entities)?.unwrap_or(0);
+    if let Some(m) = row_count("request field", request)?
+        && m != n
+    {
+        return Err(FeatureError::Invalid(format!(
+            "request fields have {m} values per field but there are {n} entity rows"
+        )));
+    }
+    if refs.is_empty() {
+        return Err(FeatureError::Invalid("no features requested".into()));
+    }
+
+    // Which stored views are needed: those requested and those request features read.
+    let mut plan = Plan { views: Vec::new() };
+    enum Out {
+        Stored { slot: usize, index: usize },
+        Request { feature: usize, inputs: Vec<Input> },
+    }
+    enum Input {
+        Field(String, DType),
+        Feature { slot: usize, index: usize },
+    }
+    let mut outs = Vec::with_capacity(refs.len());
+    let mut request_views = Vec::new();
+    for r in refs {
+        match r {
+            FeatureRef::Stored { view, index } => {
+                let slot = plan.view_slot(view);
+                outs.push(Out::Stored { slot, index: *index });
+            }
+            FeatureRef::Request { view, index } => {
+                let f = &view.features[*index];
+                let mut inputs = Vec::new();
+                for input in f.expr.inputs() {
+                    inputs.push(match input {
+                        crate::expr::Input::Request(name) => {
+                            let dtype = view.request_fields[name];
+                            if !request.contains_key(name) {
+                                return Err(FeatureError::Invalid(format!(
+                                    "request feature {} needs the request field {name:?} ({dtype})",
+                                    r.name()
+                                )));
+                            }
+                            Input::Field(name.clone(), dtype)
+                        }
+                        crate::expr::Input::Feature { view: v, feature } => {
+                            let fv = registry.view(v).map_err(FeatureError::NotFound)?;
+                            let index = fv.feature_index(feature).ok_or_else(|| {
+                                FeatureError::NotFound(format!("feature view {v:?} has no feature {feature:?}"))
+                            })?;
+                            let slot = plan.view_slot(fv);
+                            Input::Feature { slot, index }
+                        }
+                    });
+                }
+                request_views.push(view.clone());
+                outs.push(Out::Request { feature: *index, inputs });
+            }
+        }
+    }
+
+    // One key per (view, entity row); one read for all of them.
+    let mut keys = Vec::with_capacity(plan.views.len() * n);
+    for view in &plan.views {
+        let mut columns = Vec::with_capacity(view.join_keys.len());
+        for (k, kt) in view.join_keys.iter().zip(&view.key_types) {
+            let values = entities.get(k).ok_or_else(|| {
+                FeatureError::Invalid(format!(
+                    "feature view {:?} needs the join key {k:?} ({}); the request has {:?}",
+                    view.name,
+                    kt.name(),
+                    entities.keys().collect::<Vec<_>>()
+                ))
+            })?;
+            columns.push((k, *kt, values));
+        }
+        let mut key_row = Vec::with_capacity(columns.len());
+        for row in 0..n {
+            key_row.clear();
+            for (k, kt, values) in &columns {
+                key_row.push(KeyValue::from_value(&values[row], *kt).map_err(|e| {
+                    FeatureError::Invalid(format!("join key {k:?}, entity row {row}: {e}"))
+                })?);
+            }
+            let mut entity = String::with_capacity(24);
+            encode_entity_key(&mut entity, &view.join_keys, &key_row);
+            keys.push(RowKey { view: view.name.clone(), entity });
+        }
+    }
+    let stored = store.read(&keys).await?;
+
+    // The state of each (view, row).
+    let cell = |slot: usize, row: usize| -> (Option<&StoredRow>, Status) {
+        let view = &plan.views[slot];
+        match stored[slot * n + row].as_deref() {
+            None => (None, Status::NotFound),
+            Some(r) if r.fingerprint != view.fingerprint || r.values.len() != view.features.len() => {
+                (None, Status::Invalid)
+            }
+            Some(r) if view.is_expired(r.event_ts, now) => (Some(r), Status::Expired),
+            Some(r) => (Some(r), Status::Present),
+        }
+    };
+    let missing = FeatureValue { value: Value::Null, status: Status::NotFound, event_ts: None };
+    let mut rows = Vec::with_capacity(n);
+    let mut input_values: Vec<&Value> = Vec::new();
+    for row in 0..n {
+        let mut out_row = Vec::with_capacity(outs.len());
+        let mut request_view = request_views.iter();
+        for out in &outs {
+            out_row.push(match out {
+                Out::Stored { slot, index } => match cell(*slot, row) {
+                    (Some(r), Status::Present) => FeatureValue {
+                        value: r.values[*index].clone(),
+                        status: Status::Present,
+                        event_ts: Some(r.event_ts),
+                    },
+                    (r, status) => FeatureValue { status, event_ts: r.map(|r| r.event_ts), ..missing.clone() },
+                },
+                Out::Request { feature, inputs } => {
+                    let view = request_view.next().expect("one request view per request output");
+                    let f = &view.features[*feature];
+                    input_values.clear();
+                    let mut bad_field = None;
+                    for input in inputs {
+                        input_values.push(match input {
+                            Input::Field(name, dtype) => {
+                                let v = &request[name][row];
+                                if !v.is_null() && v.dtype() != Some(*dtype) && !(v.dtype() == Some(DType::Int) && *dtype == DType::Float) {
+                                    bad_field = Some(format!(
+                                        "request field {name:?}, entity row {row}: expected {dtype}, got {}",
+                                        v.dtype().map(|d| d.name()).unwrap_or("null")
+                                    ));
+                                }
+                                v
+                            }
+                            Input::Feature { slot, index } => match cell(*slot, row) {
+                                (Some(r), Status::Present) => &r.values[*index],
+                                _ => &Value::Null,
+                            },
+                        });
+                    }
+                    if let Some(msg) = bad_field {
+                        return Err(FeatureError::Invalid(msg));
+                    }
+                    match f.expr.eval(&input_values) {
+                        Ok(v) => match v.coerce(f.dtype) {
+                            Ok(value) => FeatureValue { value, status: Status::Present, event_ts: None },
+                            Err(_) => FeatureValue { status: Status::Invalid, ..missing.clone() },
+                        },
+                        Err(_) => FeatureValue { status: Status::Invalid, ..missing.clone() },
+                    }
+                }
+            });
+        }
+        rows.push(out_row);
+    }
+    Ok(OnlineFeatures { names: refs.iter().map(FeatureRef::name).collect(), rows })
+}
+
+/// One pushed row: join keys and feature values by name, and its event time.
+#[derive(Debug, Clone)]
+pub struct PushRow {
+    pub fields: HashMap<String, Value>,
+    pub event_ts: Micros,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub written: u64,
+    /// (row index, reason) of rows that broke a data-quality rule; they were not written.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// A pushed row checked against the view: its key, values and the rule it breaks, if any.
+pub struct CheckedRow {
+    pub index: usize,
+    pub keys: Vec<KeyValue>,
+    pub row: StoredRow,
+    pub rule_error: Option<String>,
+}
+
+/// Checks pushed rows against the view. Structural errors (unknown field, wrong type,
+/// missing key) fail the whole push so that nothing is half-written; data-quality rule
+/// violations are reported per row.
+pub fn check_push(view: &FeatureView, rows: &[PushRow], now: Micros) -> Result<Vec<CheckedRow>, FeatureError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (index, r) in rows.iter().enumerate() {
+        let bad = |m: String| FeatureError::Invalid(format!("row {index} of the push to {:?}: {m}", view.name));
+        for name in r.fields.keys() {
+            if !view.join_keys.contains(name) && view.feature_index(name).is_none() {
+                return Err(bad(format!(
+                    "unknown field {name:?}; the view has join keys {:?} and features {:?}",
+                    view.join_keys,
+                    view.features.iter().map(|f| &f.name).collect::<Vec<_>>()
+                )));
+            }
+        }
+        let mut keys = Vec::with_capacity(view.join_keys.len());
+        for (k, kt) in view.join_keys.iter().zip(&view.key_types) {
+            let v = r.fields.get(k).ok_or_else(|| bad(format!("missing join key {k:?}")))?;
+            keys.push(KeyValue::from_value(v, *kt).map_err(|e| bad(format!("join key {k:?}: {e}")))?);
+        }
+        let mut values = Vec::with_capacity(view.features.len());
+        let mut rule_error = None;
+        for f in &view.features {
+            let v = r.fields.get(&f.name).cloned().unwrap_or(Value::Null);
+            let v = v.coerce(f.dtype).map_err(|v| {
+                bad(format!(
+                    "feature {:?} is {} but got {}",
+                    f.name,
+                    f.dtype,
+                    v.dtype().map(|d| d.name()).unwrap_or("null")
+                ))
+            })?;
+            if rule_error.is_none()
+                && let Err(e) = f.rules.check(&v, now - r.event_ts)
+            {
+                rule_error = Some(format!("{}: {e}", f.name));
+            }
+            values.push(v);
+        }
+        out.push(CheckedRow {
+            index,
+            keys,
+            row: StoredRow { event_ts: r.event_ts, created_ts: now, fingerprint: view.fingerprint, values },
+            rule_error,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes checked rows that pass the rules to the online store.
+pub async fn push_online(
+    store: &dyn OnlineStore,
+    view: &FeatureView,
+    rows: Vec<CheckedRow>,
+) -> Result<PushReport, FeatureError> {
+    let mut report = PushReport::default();
+    let mut writes = Vec::with_capacity(rows.len());
+    for r in rows {
+        if let Some(e) = r.rule_error {
+            report.rejected.push((r.index, e));
+            continue;
+        }
+        let mut entity = String::new();
+        encode_entity_key(&mut entity, &view.join_keys, &r.keys);
+        writes.push(WriteRow {
+            key: RowKey { view: view.name.clone(), entity },
+            expire_at: (view.ttl > 0).then(|| r.row.event_ts.saturating_add(view.ttl)),
+            row: r.row,
+        });
+    }
+    report.written = store.write(writes).await?;
+    Ok(report)
+}
+
+/// The current time, for callers that do not pass one.
+pub fn now() -> Micros {
+    now_micros()
+}
+
+/// Appends checked rows that pass the rules to the source's `push_dir` as a new Parquet
+/// file, typed like the source, so training sets see them. Returns the file written.
+pub fn push_offline(view: &FeatureView, rows: &[CheckedRow]) -> Result<Option<std::path::PathBuf>, FeatureError> {
+    use polars::prelude::*;
+    let source = &view.source;
+    let dir = source.push_dir.as_ref().ok_or_else(|| {
+        FeatureError::Invalid(format!(
+            "feature view {:?}: its source {:?} has no push_dir, so pushed rows cannot go to the offline store",
+            view.name, source.name
+        ))
+    })?;
+    let rows: Vec<&CheckedRow> = rows.iter().filter(|r| r.rule_error.is_none()).collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let err = |e: PolarsError| crate::frame::frame_error(&dir.display().to_string(), e);
+    let schema = ParquetSourceSchema::read(view)?;
+    let mut columns: Vec<Column> = Vec::new();
+    for (i, (k, kt)) in view.join_keys.iter().zip(&view.key_types).enumerate() {
+        let values: Vec<Value> = rows
+            .iter()
+            .map(|r| match &r.keys[i] {
+                KeyValue::Int(v) => Value::Int(*v),
+                KeyValue::Str(s) => Value::Str(s.clone()),
+            })
+            .collect();
+        let dtype = match kt {
+            crate::value::KeyType::Int => DType::Int,
+            crate::value::KeyType::String => DType::String,
+        };
+        columns.push(crate::frame::values_column(k, dtype, &values).map_err(err)?);
+    }
+    let ts_type = DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC));
+    let ts: Vec<i64> = rows.iter().map(|r| r.row.event_ts).collect();
+    columns.push(Column::new(source.timestamp_field.as_str().into(), ts).cast(&ts_type).map_err(err)?);
+    if let Some(c) = &source.created_timestamp_field {
+        let created: Vec<i64> = rows.iter().map(|r| r.row.created_ts).collect();
+        columns.push(Column::new(c.as_str().into(), created).cast(&ts_type).map_err(err)?);
+    }
+    for (fi, f) in view.features.iter().enumerate() {
+        let values: Vec<Value> = rows.iter().map(|r| r.row.values[fi].clone()).collect();
+        columns.push(crate::frame::values_column(&f.column, f.dtype, &values).map_err(err)?);
+    }
+    // Match the source's types exactly (e.g. Int32 ids, nanosecond times) so one scan reads both.
+    for c in columns.iter_mut() {
+        if let Some(t) = schema.0.get(c.name())
+            && t != c.dtype()
+        {
+            *c = c.cast(t).map_err(err)?;
+        }
+    }
+    let mut df = DataFrame::new_infer_height(columns).map_err(err)?;
+    std::fs::create_dir_all(dir).map_err(|e| FeatureError::Offline { path: dir.clone(), message: e.to_string() })?;
+    let name = format!("push-{}-{}.parquet", now_micros(), std::process::id());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(&name);
+    let file = std::fs::File::create(&tmp).map_err(|e| FeatureError::Offline { path: tmp.clone(), message: e.to_string() })?;
+    ParquetWriter::new(file).finish(&mut df).map_err(err)?;
+    // Readers glob *.parquet: the file appears whole or not at all.
+    std::fs::rename(&tmp, &path).map_err(|e| FeatureError::Offline { path: path.clone(), message: e.to_string() })?;
+    Ok(Some(path))
+}
+
+struct ParquetSourceSchema(polars::prelude::SchemaRef);
+
+impl ParquetSourceSchema {
+    fn read(view: &FeatureView) -> Result<Self, FeatureError> {
+        Ok(ParquetSourceSchema(crate::offline::ParquetSource::new(view.source.path.clone()).schema()?))
+    }
+}

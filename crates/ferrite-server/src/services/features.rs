@@ -1,0 +1,203 @@
+//! `ferrite.v1.FeatureService`: online feature reads and push writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferrite_features::serving::{self, PushRow, Status as ValueStatus};
+use ferrite_features::{FeatureError, OnlineStore, Registry, Value};
+use ferrite_proto::ferrite::v1 as pb;
+use ferrite_proto::ferrite::v1::feature_service_server::FeatureService;
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::status::ApiError;
+
+/// What the feature service serves from.
+pub struct FeatureState {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn OnlineStore>,
+}
+
+pub struct Features {
+    state: Arc<AppState>,
+}
+
+impl Features {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Features { state }
+    }
+}
+
+/// Entity rows and rows pushed per call are capped so one call cannot exhaust memory.
+const MAX_ROWS: usize = 100_000;
+
+fn value_from_pb(v: &pb::Value) -> Value {
+    use pb::value::Kind;
+    match &v.kind {
+        None => Value::Null,
+        Some(Kind::FloatValue(f)) => Value::Float(*f),
+        Some(Kind::IntValue(i)) => Value::Int(*i),
+        Some(Kind::StringValue(s)) => Value::Str(s.clone()),
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::FloatVectorValue(fv)) => Value::FloatVec(fv.values.clone()),
+    }
+}
+
+fn value_to_pb(v: Value) -> pb::Value {
+    use pb::value::Kind;
+    pb::Value {
+        kind: match v {
+            Value::Null => None,
+            Value::Float(f) => Some(Kind::FloatValue(f)),
+            Value::Int(i) => Some(Kind::IntValue(i)),
+            Value::Str(s) => Some(Kind::StringValue(s)),
+            Value::Bool(b) => Some(Kind::BoolValue(b)),
+            Value::FloatVec(values) => Some(Kind::FloatVectorValue(pb::FloatVector { values })),
+        },
+    }
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn micros(ts: &prost_types::Timestamp) -> Result<i64, Status> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Status::invalid_argument(format!("timestamp nanos {} out of range", ts.nanos)));
+    }
+    ts.seconds
+        .checked_mul(1_000_000)
+        .and_then(|s| s.checked_add(ts.nanos as i64 / 1000))
+        .ok_or_else(|| Status::invalid_argument(format!("timestamp {}s out of range", ts.seconds)))
+}
+
+fn columns(map: HashMap<String, pb::ValueList>) -> HashMap<String, Vec<Value>> {
+    map.into_iter()
+        .map(|(k, list)| (k, list.values.iter().map(value_from_pb).collect()))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl FeatureService for Features {
+    async fn get_online_features(
+        &self,
+        request: Request<pb::GetOnlineFeaturesRequest>,
+    ) -> Result<Response<pb::GetOnlineFeaturesResponse>, Status> {
+        let req = request.into_inner();
+        let fs = &self.state.features;
+        let refs = match req.selection {
+            Some(pb::get_online_features_request::Selection::Features(list)) => {
+                fs.registry.resolve_refs(&list.features).map_err(FeatureError::NotFound)
+            }
+            Some(pb::get_online_features_request::Selection::FeatureService(name)) => {
+                fs.registry.service_refs(&name).map_err(FeatureError::NotFound)
+            }
+            None => Err(FeatureError::Invalid("set either `features` or `feature_service`".into())),
+        }
+        .map_err(ApiError::from)?;
+        if req.entities.is_empty() {
+            return Err(Status::invalid_argument("no entities: `entities` maps join keys to one value per row"));
+        }
+        if req.entities.values().any(|l| l.values.len() > MAX_ROWS) {
+            return Err(Status::invalid_argument(format!("at most {MAX_ROWS} entity rows per call")));
+        }
+        let entities = columns(req.entities);
+        let context = columns(req.request_context);
+        let answer = serving::get_online_features(
+            &fs.registry,
+            fs.store.as_ref(),
+            &refs,
+            &entities,
+            &context,
+            serving::now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let results = answer
+            .rows
+            .into_iter()
+            .map(|row| {
+                let mut v = pb::FeatureVector {
+                    values: Vec::with_capacity(row.len()),
+                    statuses: Vec::with_capacity(row.len()),
+                    event_timestamps: Vec::with_capacity(row.len()),
+                };
+                for f in row {
+                    v.statuses.push(
+                        match f.status {
+                            ValueStatus::Present => pb::FeatureStatus::Present,
+                            ValueStatus::NotFound => pb::FeatureStatus::NotFound,
+                            ValueStatus::Expired => pb::FeatureStatus::Expired,
+                            ValueStatus::Invalid => pb::FeatureStatus::Invalid,
+                        } as i32,
+                    );
+                    v.event_timestamps.push(f.event_ts.map(timestamp).unwrap_or_default());
+                    v.values.push(value_to_pb(f.value));
+                }
+                v
+            })
+            .collect();
+        Ok(Response::new(pb::GetOnlineFeaturesResponse { feature_names: answer.names, results }))
+    }
+
+    async fn push_features(
+        &self,
+        request: Request<pb::PushFeaturesRequest>,
+    ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+        let req = request.into_inner();
+        let fs = &self.state.features;
+        let view = fs
+            .registry
+            .view(&req.feature_view)
+            .map_err(|e| ApiError::from(FeatureError::NotFound(e)))?
+            .clone();
+        if req.rows.is_empty() {
+            return Err(Status::invalid_argument("no rows to push"));
+        }
+        if req.rows.len() > MAX_ROWS {
+            return Err(Status::invalid_argument(format!("at most {MAX_ROWS} rows per push")));
+        }
+        let mut rows = Vec::with_capacity(req.rows.len());
+        for (i, r) in req.rows.into_iter().enumerate() {
+            let ts = r
+                .event_timestamp
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument(format!("row {i}: event_timestamp is required")))?;
+            rows.push(PushRow {
+                fields: r.fields.iter().map(|(k, v)| (k.clone(), value_from_pb(v))).collect(),
+                event_ts: micros(ts)?,
+            });
+        }
+        let checked = serving::check_push(&view, &rows, serving::now()).map_err(ApiError::from)?;
+        if req.to_offline_store {
+            // Offline first: if that fails nothing reached the online store either.
+            let v = view.clone();
+            let written = tokio::task::spawn_blocking(move || serving::push_offline(&v, &checked).map(|_| checked))
+                .await
+                .map_err(|e| Status::internal(format!("offline push task failed: {e}")))?;
+            let checked = written.map_err(ApiError::from)?;
+            return finish_push(fs.store.as_ref(), &view, checked).await;
+        }
+        finish_push(fs.store.as_ref(), &view, checked).await
+    }
+}
+
+async fn finish_push(
+    store: &dyn OnlineStore,
+    view: &ferrite_features::FeatureView,
+    checked: Vec<serving::CheckedRow>,
+) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+    let report = serving::push_online(store, view, checked).await.map_err(ApiError::from)?;
+    Ok(Response::new(pb::PushFeaturesResponse {
+        written: report.written,
+        rejected: report.rejected.len() as u64,
+        errors: report
+            .rejected
+            .into_iter()
+            .map(|(row, message)| pb::RowError { row: row as u32, message })
+            .collect(),
+    }))
+}
