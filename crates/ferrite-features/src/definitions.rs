@@ -240,7 +240,11 @@ impl Rules {
     /// Checks one value; `age` is how old the row is at ingestion.
     pub fn check(&self, value: &Value, age: Micros) -> Result<(), String> {
         if value.is_null() {
-            return if self.not_null { Err("is null".into()) } else { Ok(()) };
+            return if self.not_null {
+                Err("is null".into())
+            } else {
+                Ok(())
+            };
         }
         if let Some(x) = value.as_f64() {
             if x.is_nan() {
@@ -395,13 +399,19 @@ pub struct Registry {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && !name.starts_with('-')
 }
 
@@ -433,7 +443,10 @@ struct Loader {
 
 impl Loader {
     fn problem(&mut self, location: &Location, message: impl Into<String>) {
-        self.problems.push(Problem { location: location.clone(), message: message.into() });
+        self.problems.push(Problem {
+            location: location.clone(),
+            message: message.into(),
+        });
     }
 }
 
@@ -441,7 +454,9 @@ impl Registry {
     /// Loads every `*.toml` file in `root` (not recursive). Sources resolve against
     /// `data_dir`, which defaults to `<root>/data`.
     pub fn load(root: &Path, data_dir: Option<&Path>) -> Result<Registry, Problems> {
-        let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| root.join("data"));
+        let data_dir = data_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| root.join("data"));
         let mut files: Vec<PathBuf> = match std::fs::read_dir(root) {
             Ok(dir) => dir
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -449,7 +464,10 @@ impl Registry {
                 .collect(),
             Err(e) => {
                 return Err(Problems(vec![Problem {
-                    location: Location { file: root.to_path_buf(), line: 0 },
+                    location: Location {
+                        file: root.to_path_buf(),
+                        line: 0,
+                    },
                     message: format!("cannot read the feature repository: {e}"),
                 }]));
             }
@@ -461,7 +479,13 @@ impl Registry {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => {
-                    loader.problem(&Location { file: file.clone(), line: 0 }, format!("cannot read: {e}"));
+                    loader.problem(
+                        &Location {
+                            file: file.clone(),
+                            line: 0,
+                        },
+                        format!("cannot read: {e}"),
+                    );
                     continue;
                 }
             };
@@ -469,11 +493,21 @@ impl Registry {
                 Ok(doc) => docs.push((file, text, doc)),
                 Err(e) => {
                     let line = e.span().map(|s| line_of(&text, s.start)).unwrap_or(0);
-                    loader.problem(&Location { file: file.clone(), line }, e.message().trim().to_string());
+                    loader.problem(
+                        &Location {
+                            file: file.clone(),
+                            line,
+                        },
+                        e.message().trim().to_string(),
+                    );
                 }
             }
         }
-        let mut reg = Registry { root: root.to_path_buf(), data_dir: data_dir.clone(), ..Default::default() };
+        let mut reg = Registry {
+            root: root.to_path_buf(),
+            data_dir: data_dir.clone(),
+            ..Default::default()
+        };
         let loc = |file: &Path, text: &str, span: std::ops::Range<usize>| Location {
             file: file.to_path_buf(),
             line: line_of(text, span.start),
@@ -485,12 +519,18 @@ impl Registry {
                 let location = loc(file, text, e.span());
                 let e = e.get_ref();
                 if !valid_name(&e.name) {
-                    loader.problem(&location, format!("entity name {:?} must be letters, digits, _ or -", e.name));
+                    loader.problem(
+                        &location,
+                        format!("entity name {:?} must be letters, digits, _ or -", e.name),
+                    );
                 } else if reg.entities.contains_key(&e.name) {
                     loader.problem(&location, format!("entity {:?} is defined twice", e.name));
                 }
                 if e.join_keys.is_empty() {
-                    loader.problem(&location, format!("entity {:?} needs at least one join key", e.name));
+                    loader.problem(
+                        &location,
+                        format!("entity {:?} needs at least one join key", e.name),
+                    );
                 }
                 reg.entities.insert(
                     e.name.clone(),
@@ -510,7 +550,10 @@ impl Registry {
                     loader.problem(&location, format!("source {:?} is defined twice", s.name));
                 }
                 if s.path.split('/').any(|c| c == "..") {
-                    loader.problem(&location, format!("source path {:?} may not contain '..'", s.path));
+                    loader.problem(
+                        &location,
+                        format!("source path {:?} may not contain '..'", s.path),
+                    );
                 }
                 reg.sources.insert(
                     s.name.clone(),
@@ -549,7 +592,10 @@ impl Registry {
                 let location = loc(file, text, s.span());
                 let s = s.get_ref();
                 if reg.services.contains_key(&s.name) {
-                    loader.problem(&location, format!("feature service {:?} is defined twice", s.name));
+                    loader.problem(
+                        &location,
+                        format!("feature service {:?} is defined twice", s.name),
+                    );
                 }
                 match reg.resolve_refs(&s.features) {
                     Ok(refs) => {
@@ -615,7 +661,10 @@ impl Registry {
     ) -> Option<FeatureView> {
         let before = loader.problems.len();
         if !valid_name(&v.name) {
-            loader.problem(&location, format!("view name {:?} must be letters, digits, _ or -", v.name));
+            loader.problem(
+                &location,
+                format!("view name {:?} must be letters, digits, _ or -", v.name),
+            );
         }
         if self.views.contains_key(&v.name) {
             loader.problem(&location, format!("feature view {:?} is defined twice", v.name));
@@ -641,7 +690,10 @@ impl Registry {
             }
         }
         if v.entities.is_empty() {
-            loader.problem(&location, format!("feature view {:?} needs at least one entity", v.name));
+            loader.problem(
+                &location,
+                format!("feature view {:?} needs at least one entity", v.name),
+            );
         }
         let source = match self.sources.get(&v.source) {
             Some(s) => Some(s.clone()),
@@ -665,13 +717,22 @@ impl Registry {
         let mut features = Vec::new();
         let mut names = HashSet::new();
         for f in &v.features {
-            let floc = Location { file: file.to_path_buf(), line: line_of(text, f.span().start) };
+            let floc = Location {
+                file: file.to_path_buf(),
+                line: line_of(text, f.span().start),
+            };
             let f = f.get_ref();
             if !valid_name(&f.name) {
-                loader.problem(&floc, format!("feature name {:?} must be letters, digits, _ or -", f.name));
+                loader.problem(
+                    &floc,
+                    format!("feature name {:?} must be letters, digits, _ or -", f.name),
+                );
             }
             if !names.insert(f.name.clone()) {
-                loader.problem(&floc, format!("feature {:?} appears twice in view {:?}", f.name, v.name));
+                loader.problem(
+                    &floc,
+                    format!("feature {:?} appears twice in view {:?}", f.name, v.name),
+                );
             }
             let rules = resolve_rules(loader, f, &floc);
             features.push(Feature {
@@ -723,7 +784,10 @@ impl Registry {
     ) -> Option<RequestView> {
         let before = loader.problems.len();
         if !valid_name(&v.name) {
-            loader.problem(&location, format!("view name {:?} must be letters, digits, _ or -", v.name));
+            loader.problem(
+                &location,
+                format!("view name {:?} must be letters, digits, _ or -", v.name),
+            );
         }
         let type_of = |input: &Input| -> Result<DType, String> {
             match input {
@@ -734,7 +798,10 @@ impl Registry {
                     )
                 }),
                 Input::Feature { view, feature } => {
-                    let fv = self.views.get(view).ok_or_else(|| format!("unknown feature view {view:?}"))?;
+                    let fv = self
+                        .views
+                        .get(view)
+                        .ok_or_else(|| format!("unknown feature view {view:?}"))?;
                     fv.features
                         .iter()
                         .find(|f| f.name == *feature)
@@ -745,11 +812,15 @@ impl Registry {
         };
         let mut features = Vec::new();
         for f in &v.features {
-            let floc = Location { file: file.to_path_buf(), line: line_of(text, f.span().start) };
+            let floc = Location {
+                file: file.to_path_buf(),
+                line: line_of(text, f.span().start),
+            };
             let f = f.get_ref();
             match Expr::parse(&f.expression, &type_of) {
                 Ok(expr) => {
-                    let fits = expr.dtype() == f.dtype || (expr.dtype() == DType::Int && f.dtype == DType::Float);
+                    let fits =
+                        expr.dtype() == f.dtype || (expr.dtype() == DType::Int && f.dtype == DType::Float);
                     if !fits {
                         loader.problem(
                             &floc,
@@ -793,7 +864,10 @@ impl Registry {
                 .ok_or_else(|| format!("feature reference {r:?} must look like \"view:feature\""))?;
             if let Some(v) = self.views.get(view) {
                 if feature == "*" {
-                    out.extend((0..v.features.len()).map(|index| FeatureRef::Stored { view: v.clone(), index }));
+                    out.extend((0..v.features.len()).map(|index| FeatureRef::Stored {
+                        view: v.clone(),
+                        index,
+                    }));
                 } else {
                     let index = v.feature_index(feature).ok_or_else(|| {
                         format!(
@@ -801,11 +875,17 @@ impl Registry {
                             v.features.iter().map(|f| &f.name).collect::<Vec<_>>()
                         )
                     })?;
-                    out.push(FeatureRef::Stored { view: v.clone(), index });
+                    out.push(FeatureRef::Stored {
+                        view: v.clone(),
+                        index,
+                    });
                 }
             } else if let Some(v) = self.request_views.get(view) {
                 if feature == "*" {
-                    out.extend((0..v.features.len()).map(|index| FeatureRef::Request { view: v.clone(), index }));
+                    out.extend((0..v.features.len()).map(|index| FeatureRef::Request {
+                        view: v.clone(),
+                        index,
+                    }));
                 } else {
                     let index = v.features.iter().position(|f| f.name == feature).ok_or_else(|| {
                         format!(
@@ -813,12 +893,18 @@ impl Registry {
                             v.features.iter().map(|f| &f.name).collect::<Vec<_>>()
                         )
                     })?;
-                    out.push(FeatureRef::Request { view: v.clone(), index });
+                    out.push(FeatureRef::Request {
+                        view: v.clone(),
+                        index,
+                    });
                 }
             } else {
                 return Err(format!(
                     "unknown feature view {view:?} in {r:?}; defined: {:?}",
-                    self.views.keys().chain(self.request_views.keys()).collect::<Vec<_>>()
+                    self.views
+                        .keys()
+                        .chain(self.request_views.keys())
+                        .collect::<Vec<_>>()
                 ));
             }
         }
@@ -828,14 +914,20 @@ impl Registry {
     /// The features of a service, resolved.
     pub fn service_refs(&self, service: &str) -> Result<Vec<FeatureRef>, String> {
         let s = self.services.get(service).ok_or_else(|| {
-            format!("unknown feature service {service:?}; defined: {:?}", self.services.keys().collect::<Vec<_>>())
+            format!(
+                "unknown feature service {service:?}; defined: {:?}",
+                self.services.keys().collect::<Vec<_>>()
+            )
         })?;
         self.resolve_refs(&s.features)
     }
 
     pub fn view(&self, name: &str) -> Result<&Arc<FeatureView>, String> {
         self.views.get(name).ok_or_else(|| {
-            format!("unknown feature view {name:?}; defined: {:?}", self.views.keys().collect::<Vec<_>>())
+            format!(
+                "unknown feature view {name:?}; defined: {:?}",
+                self.views.keys().collect::<Vec<_>>()
+            )
         })
     }
 
@@ -853,38 +945,53 @@ pub fn check_view(view: &FeatureView) -> Vec<Problem> {
     let schema = match source.parquet().schema() {
         Ok(s) => s,
         Err(e) => {
-            problems.push(Problem { location: source.location.clone(), message: format!("source {:?}: {e}", source.name) });
+            problems.push(Problem {
+                location: source.location.clone(),
+                message: format!("source {:?}: {e}", source.name),
+            });
             return problems;
         }
     };
     let file = source.path.display();
-    let mut expect = |location: &Location, column: &str, what: &str, ok: &dyn Fn(&PlType) -> bool| match schema
-        .get(column)
-    {
-        None => problems.push(Problem {
-            location: location.clone(),
-            message: format!(
-                "{file}: missing column {column:?} ({what}); the file has {:?}",
-                schema.iter_names().collect::<Vec<_>>()
-            ),
-        }),
-        Some(t) if !ok(t) => problems.push(Problem {
-            location: location.clone(),
-            message: format!("{file}: column {column:?} is {t} but {what} must be {}", what_type(what)),
-        }),
-        Some(_) => {}
+    let mut expect = |location: &Location, column: &str, what: &str, ok: &dyn Fn(&PlType) -> bool| {
+        match schema.get(column) {
+            None => problems.push(Problem {
+                location: location.clone(),
+                message: format!(
+                    "{file}: missing column {column:?} ({what}); the file has {:?}",
+                    schema.iter_names().collect::<Vec<_>>()
+                ),
+            }),
+            Some(t) if !ok(t) => problems.push(Problem {
+                location: location.clone(),
+                message: format!(
+                    "{file}: column {column:?} is {t} but {what} must be {}",
+                    what_type(what)
+                ),
+            }),
+            Some(_) => {}
+        }
     };
     for (key, kt) in view.join_keys.iter().zip(&view.key_types) {
         let kt = *kt;
-        expect(&view.location, key, key_kind(kt), &move |t| key_type_matches(kt, t));
+        expect(&view.location, key, key_kind(kt), &move |t| {
+            key_type_matches(kt, t)
+        });
     }
-    expect(&source.location, &source.timestamp_field, "the event timestamp", &is_time);
+    expect(
+        &source.location,
+        &source.timestamp_field,
+        "the event timestamp",
+        &is_time,
+    );
     if let Some(c) = &source.created_timestamp_field {
         expect(&source.location, c, "the created timestamp", &is_time);
     }
     for f in &view.features {
         let dt = f.dtype;
-        expect(&f.location, &f.column, dtype_kind(dt), &move |t| dtype_matches(dt, t));
+        expect(&f.location, &f.column, dtype_kind(dt), &move |t| {
+            dtype_matches(dt, t)
+        });
     }
     problems
 }
@@ -892,26 +999,44 @@ pub fn check_view(view: &FeatureView) -> Vec<Problem> {
 fn resolve_rules(loader: &mut Loader, f: &FeatureDef, floc: &Location) -> Rules {
     let numeric = f.dtype.is_numeric();
     if (f.min.is_some() || f.max.is_some()) && !numeric {
-        loader.problem(floc, format!("feature {:?}: min/max need an int or float feature, not {}", f.name, f.dtype));
+        loader.problem(
+            floc,
+            format!(
+                "feature {:?}: min/max need an int or float feature, not {}",
+                f.name, f.dtype
+            ),
+        );
     }
     if let (Some(min), Some(max)) = (f.min, f.max)
         && min > max
     {
-        loader.problem(floc, format!("feature {:?}: min {min} is above max {max}", f.name));
+        loader.problem(
+            floc,
+            format!("feature {:?}: min {min} is above max {max}", f.name),
+        );
     }
     let allowed = f.allowed.as_ref().map(|list| {
         list.iter()
             .filter_map(|v| match toml_to_value(v).map(|x| x.coerce(f.dtype)) {
                 Some(Ok(x)) => Some(x),
                 _ => {
-                    loader.problem(floc, format!("feature {:?}: allowed value {v} is not a {}", f.name, f.dtype));
+                    loader.problem(
+                        floc,
+                        format!("feature {:?}: allowed value {v} is not a {}", f.name, f.dtype),
+                    );
                     None
                 }
             })
             .collect::<Vec<_>>()
     });
     if allowed.is_some() && !matches!(f.dtype, DType::Int | DType::String | DType::Bool) {
-        loader.problem(floc, format!("feature {:?}: allowed values need an int, string or bool feature", f.name));
+        loader.problem(
+            floc,
+            format!(
+                "feature {:?}: allowed values need an int, string or bool feature",
+                f.name
+            ),
+        );
     }
     let max_staleness = f.max_staleness.as_ref().and_then(|s| match parse_duration(s) {
         Ok(d) if d > 0 => Some(d),
@@ -921,7 +1046,13 @@ fn resolve_rules(loader: &mut Loader, f: &FeatureDef, floc: &Location) -> Rules 
             None
         }
     });
-    Rules { not_null: f.not_null, min: f.min, max: f.max, allowed, max_staleness }
+    Rules {
+        not_null: f.not_null,
+        min: f.min,
+        max: f.max,
+        allowed,
+        max_staleness,
+    }
 }
 
 fn key_kind(kt: KeyType) -> &'static str {

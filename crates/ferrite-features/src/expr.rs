@@ -85,18 +85,28 @@ impl Expr {
     /// Parses `text`; `type_of` gives the type of each input or says it does not exist.
     pub fn parse(text: &str, type_of: &dyn Fn(&Input) -> Result<DType, String>) -> Result<Expr, String> {
         let tokens = lex(text)?;
-        let mut p = Parser { tokens, pos: 0, inputs: Vec::new() };
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            inputs: Vec::new(),
+        };
         let root = p.or()?;
         if p.pos < p.tokens.len() {
-            return Err(format!("unexpected {:?} after the end of the expression", p.tokens[p.pos]));
+            return Err(format!(
+                "unexpected {:?} after the end of the expression",
+                p.tokens[p.pos]
+            ));
         }
         let mut input_types = Vec::with_capacity(p.inputs.len());
         for input in &p.inputs {
             input_types.push(type_of(input)?);
         }
-        let dtype = check(&root, &input_types)?
-            .ok_or_else(|| "the expression is always null".to_string())?;
-        Ok(Expr { root, inputs: p.inputs, dtype })
+        let dtype = check(&root, &input_types)?.ok_or_else(|| "the expression is always null".to_string())?;
+        Ok(Expr {
+            root,
+            inputs: p.inputs,
+            dtype,
+        })
     }
 
     /// The inputs in slot order: `eval` takes one value per input.
@@ -207,7 +217,11 @@ impl Parser {
         }
     }
 
-    fn binary(&mut self, ops: &[(&str, BinOp)], next: fn(&mut Self) -> Result<Node, String>) -> Result<Node, String> {
+    fn binary(
+        &mut self,
+        ops: &[(&str, BinOp)],
+        next: fn(&mut Self) -> Result<Node, String>,
+    ) -> Result<Node, String> {
         let mut left = next(self)?;
         while let Some(op) = self.peek_op().and_then(|o| ops.iter().find(|(s, _)| *s == o)) {
             self.pos += 1;
@@ -242,7 +256,10 @@ impl Parser {
     }
 
     fn mul(&mut self) -> Result<Node, String> {
-        self.binary(&[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Rem)], Self::unary)
+        self.binary(
+            &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Rem)],
+            Self::unary,
+        )
     }
 
     fn unary(&mut self) -> Result<Node, String> {
@@ -389,7 +406,10 @@ fn check(node: &Node, inputs: &[DType]) -> Result<Option<DType>, String> {
             }
         }
         Node::Call(func, args) => {
-            let types = args.iter().map(|a| check(a, inputs)).collect::<Result<Vec<_>, _>>()?;
+            let types = args
+                .iter()
+                .map(|a| check(a, inputs))
+                .collect::<Result<Vec<_>, _>>()?;
             let arity = |n: usize| {
                 if args.len() == n {
                     Ok(())
@@ -418,7 +438,11 @@ fn check(node: &Node, inputs: &[DType]) -> Result<Option<DType>, String> {
                     if !types.iter().all(numeric_arg) {
                         return Err(format!("{func:?} needs numbers"));
                     }
-                    if types.contains(&Some(Float)) { Some(Float) } else { Some(Int) }
+                    if types.contains(&Some(Float)) {
+                        Some(Float)
+                    } else {
+                        Some(Int)
+                    }
                 }
                 Func::Coalesce => {
                     if args.is_empty() {
@@ -547,7 +571,10 @@ fn eval(node: &Node, inputs: &[&Value]) -> Result<Value, EvalError> {
                 _ => Value::Null,
             },
             _ => {
-                let vals = args.iter().map(|a| eval(a, inputs)).collect::<Result<Vec<_>, _>>()?;
+                let vals = args
+                    .iter()
+                    .map(|a| eval(a, inputs))
+                    .collect::<Result<Vec<_>, _>>()?;
                 if vals.iter().any(Value::is_null) {
                     return Ok(Value::Null);
                 }
@@ -608,15 +635,26 @@ mod tests {
 
     #[test]
     fn evaluates_ratios_with_precedence_and_nulls() {
-        let v = [Value::Float(30.0), Value::Float(10.0), Value::Int(3), Value::Str("DE".into())];
+        let v = [
+            Value::Float(30.0),
+            Value::Float(10.0),
+            Value::Int(3),
+            Value::Str("DE".into()),
+        ];
         assert_eq!(run("amount / user_stats.avg", &v), Ok(Value::Float(3.0)));
         assert_eq!(run("1 + qty * 2 - 4 % 3", &v), Ok(Value::Int(6)));
-        assert_eq!(run("-(amount - 40) >= 10 && country == 'DE'", &v), Ok(Value::Bool(true)));
+        assert_eq!(
+            run("-(amount - 40) >= 10 && country == 'DE'", &v),
+            Ok(Value::Bool(true))
+        );
         assert_eq!(run("if(qty > 2, amount, 0.5)", &v), Ok(Value::Float(30.0)));
         assert_eq!(run("max(qty, 7)", &v), Ok(Value::Int(7)));
         let nulls = [Value::Float(30.0), Value::Null, Value::Int(3), Value::Null];
         assert_eq!(run("amount / user_stats.avg", &nulls), Ok(Value::Null));
-        assert_eq!(run("coalesce(user_stats.avg, amount)", &nulls), Ok(Value::Float(30.0)));
+        assert_eq!(
+            run("coalesce(user_stats.avg, amount)", &nulls),
+            Ok(Value::Float(30.0))
+        );
     }
 
     #[test]
@@ -630,7 +668,11 @@ mod tests {
     #[test]
     fn type_and_syntax_errors_are_reported() {
         let err = |t: &str| Expr::parse(t, &types).unwrap_err();
-        assert!(err("amount + country").contains("arithmetic needs numbers"), "{}", err("amount + country"));
+        assert!(
+            err("amount + country").contains("arithmetic needs numbers"),
+            "{}",
+            err("amount + country")
+        );
         assert!(err("amount +").contains("ends too early"));
         assert!(err("nope * 2").contains("unknown input nope"));
         assert!(err("user_stats.missing").contains("unknown input user_stats.missing"));

@@ -13,7 +13,10 @@ pub fn ts_micros(name: &str) -> Expr {
 }
 
 pub fn frame_error(what: &str, e: impl std::fmt::Display) -> FeatureError {
-    FeatureError::Offline { path: what.into(), message: e.to_string() }
+    FeatureError::Offline {
+        path: what.into(),
+        message: e.to_string(),
+    }
 }
 
 /// The Polars type a join key is compared as.
@@ -29,14 +32,28 @@ pub fn column_values(c: &Column, dtype: DType) -> PolarsResult<Vec<Value>> {
     Ok(match dtype {
         DType::Int => {
             let c = c.cast(&DataType::Int64)?;
-            c.i64()?.iter().map(|v| v.map_or(Value::Null, Value::Int)).collect()
+            c.i64()?
+                .iter()
+                .map(|v| v.map_or(Value::Null, Value::Int))
+                .collect()
         }
         DType::Float => {
             let c = c.cast(&DataType::Float64)?;
-            c.f64()?.iter().map(|v| v.map_or(Value::Null, Value::Float)).collect()
+            c.f64()?
+                .iter()
+                .map(|v| v.map_or(Value::Null, Value::Float))
+                .collect()
         }
-        DType::String => c.str()?.iter().map(|v| v.map_or(Value::Null, |s| Value::Str(s.to_string()))).collect(),
-        DType::Bool => c.bool()?.iter().map(|v| v.map_or(Value::Null, Value::Bool)).collect(),
+        DType::String => c
+            .str()?
+            .iter()
+            .map(|v| v.map_or(Value::Null, |s| Value::Str(s.to_string())))
+            .collect(),
+        DType::Bool => c
+            .bool()?
+            .iter()
+            .map(|v| v.map_or(Value::Null, Value::Bool))
+            .collect(),
         DType::FloatVector => {
             let c = c.cast(&DataType::List(Box::new(DataType::Float32)))?;
             let list = c.list()?;
@@ -59,7 +76,11 @@ pub fn key_values(c: &Column, kt: KeyType) -> PolarsResult<Vec<Option<KeyValue>>
             let c = c.cast(&DataType::Int64)?;
             c.i64()?.iter().map(|v| v.map(KeyValue::Int)).collect()
         }
-        KeyType::String => c.str()?.iter().map(|v| v.map(|s| KeyValue::Str(s.to_string()))).collect(),
+        KeyType::String => c
+            .str()?
+            .iter()
+            .map(|v| v.map(|s| KeyValue::Str(s.to_string())))
+            .collect(),
     })
 }
 
@@ -72,7 +93,13 @@ pub fn micros_values(c: &Column) -> PolarsResult<Vec<Option<Micros>>> {
 pub fn values_column(name: &str, dtype: DType, values: &[Value]) -> PolarsResult<Column> {
     let name = PlSmallStr::from(name);
     Ok(match dtype {
-        DType::Int => Column::new(name, values.iter().map(|v| v.as_f64().map(|_| int_of(v))).collect::<Vec<_>>()),
+        DType::Int => Column::new(
+            name,
+            values
+                .iter()
+                .map(|v| v.as_f64().map(|_| int_of(v)))
+                .collect::<Vec<_>>(),
+        ),
         DType::Float => Column::new(name, values.iter().map(Value::as_f64).collect::<Vec<_>>()),
         DType::String => Column::new(
             name,
@@ -125,20 +152,32 @@ fn rule_checks(feature: &str, column: Expr, dtype: DType, rules: &Rules) -> Vec<
         out.push((column.clone().is_null(), format!("{feature}: is null")));
     }
     if dtype == DType::Float {
-        out.push((column.clone().is_nan().fill_null(lit(false)), format!("{feature}: is NaN")));
+        out.push((
+            column.clone().is_nan().fill_null(lit(false)),
+            format!("{feature}: is NaN"),
+        ));
     }
     if let Some(min) = rules.min {
-        out.push((column.clone().lt(lit(min)).fill_null(lit(false)), format!("{feature}: below the minimum {min}")));
+        out.push((
+            column.clone().lt(lit(min)).fill_null(lit(false)),
+            format!("{feature}: below the minimum {min}"),
+        ));
     }
     if let Some(max) = rules.max {
-        out.push((column.clone().gt(lit(max)).fill_null(lit(false)), format!("{feature}: above the maximum {max}")));
+        out.push((
+            column.clone().gt(lit(max)).fill_null(lit(false)),
+            format!("{feature}: above the maximum {max}"),
+        ));
     }
     if let Some(allowed) = &rules.allowed {
         let series = match dtype {
             DType::Int => Series::new("allowed".into(), allowed.iter().map(int_of).collect::<Vec<_>>()),
             DType::Bool => Series::new(
                 "allowed".into(),
-                allowed.iter().map(|v| matches!(v, Value::Bool(true))).collect::<Vec<_>>(),
+                allowed
+                    .iter()
+                    .map(|v| matches!(v, Value::Bool(true)))
+                    .collect::<Vec<_>>(),
             ),
             _ => Series::new(
                 "allowed".into(),
@@ -153,7 +192,10 @@ fn rule_checks(feature: &str, column: Expr, dtype: DType, rules: &Rules) -> Vec<
         };
         let listed: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
         out.push((
-            column.is_in(lit(series).implode(false), false).not().fill_null(lit(false)),
+            column
+                .is_in(lit(series).implode(false), false)
+                .not()
+                .fill_null(lit(false)),
             format!("{feature}: not one of [{}]", listed.join(", ")),
         ));
     }

@@ -7,7 +7,9 @@ use polars::prelude::*;
 
 use crate::FeatureError;
 use crate::definitions::{FeatureView, Registry, check_view};
-use crate::frame::{column_values, frame_error, key_dtype, key_values, micros_values, ts_micros, violation_reason};
+use crate::frame::{
+    column_values, frame_error, key_dtype, key_values, micros_values, ts_micros, violation_reason,
+};
 use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
 use crate::value::{Micros, Value, encode_entity_key, format_micros};
 
@@ -69,7 +71,10 @@ const CREATED: &str = "__created";
 pub(crate) fn view_frame(view: &FeatureView) -> Result<LazyFrame, FeatureError> {
     let problems = check_view(view);
     if let Some(p) = problems.first() {
-        return Err(FeatureError::Offline { path: view.source.path.clone(), message: p.message.clone() });
+        return Err(FeatureError::Offline {
+            path: view.source.path.clone(),
+            message: p.message.clone(),
+        });
     }
     let source = &view.source;
     let mut cols: Vec<Expr> = Vec::new();
@@ -96,64 +101,15 @@ pub async fn materialize_view(
     progress: bool,
 ) -> Result<MaterializeReport, FeatureError> {
     let started = Instant::now();
+    let owned = view.clone();
+    let (rows, rejected, examples, latest) =
+        tokio::task::spawn_blocking(move || select_latest(&owned, start, end))
+            .await
+            .map_err(|e| FeatureError::Offline {
+                path: view.source.path.clone(),
+                message: format!("query task failed: {e}"),
+            })??;
     let err = |e: PolarsError| frame_error(&view.source.path.display().to_string(), e);
-    let window = view_frame(view)?.filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end))));
-    let reason = violation_reason(view, col(TS), Some(end));
-
-    // Pass 1: how many rows the window holds and how many break a rule.
-    let counts = window
-        .clone()
-        .select([
-            len().cast(DataType::Int64).alias("rows"),
-            match &reason {
-                Some(r) => r.clone().is_not_null().sum().cast(DataType::Int64),
-                None => lit(0i64),
-            }
-            .alias("rejected"),
-        ])
-        .collect()
-        .map_err(err)?;
-    let first = |name: &str| -> Result<u64, FeatureError> {
-        let c = counts.column(name).map_err(err)?;
-        Ok(c.i64().map_err(err)?.get(0).unwrap_or(0).max(0) as u64)
-    };
-    let (rows, rejected) = (first("rows")?, first("rejected")?);
-    let mut examples = Vec::new();
-    if rejected > 0
-        && let Some(r) = &reason
-    {
-        let mut cols: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
-        cols.push(col(TS));
-        cols.push(r.clone().alias("__reason"));
-        let bad = window.clone().filter(r.clone().is_not_null()).select(cols).limit(5).collect().map_err(err)?;
-        let reasons = bad.column("__reason").map_err(err)?.str().map_err(err)?.clone();
-        let tss = micros_values(bad.column(TS).map_err(err)?).map_err(err)?;
-        for i in 0..bad.height() {
-            let keys: Vec<String> = view
-                .join_keys
-                .iter()
-                .map(|k| format!("{k}={}", bad.column(k).map(|c| c.get(i).map(|v| v.to_string())).ok().and_then(|v| v.ok()).unwrap_or_default()))
-                .collect();
-            examples.push(format!(
-                "{} at {}: {}",
-                keys.join(","),
-                tss[i].map(format_micros).unwrap_or_default(),
-                reasons.get(i).unwrap_or("")
-            ));
-        }
-    }
-
-    // Pass 2: the latest valid row per entity (ties: the later created time).
-    let valid = match &reason {
-        Some(r) => window.filter(r.clone().is_null()),
-        None => window,
-    };
-    let keys: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
-    let latest = valid
-        .sort([TS, CREATED], SortMultipleOptions::default().with_maintain_order(true))
-        .unique_stable_generic(Some(keys), UniqueKeepStrategy::Last)
-        .collect()
-        .map_err(err)?;
     let entities = latest.height() as u64;
 
     let bar = if progress {
@@ -190,6 +146,90 @@ pub async fn materialize_view(
     })
 }
 
+type Selected = (u64, u64, Vec<String>, DataFrame);
+
+/// The Polars part of materialization (blocking): counts, rejected examples, and the
+/// latest valid row per entity in the window.
+fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selected, FeatureError> {
+    let err = |e: PolarsError| frame_error(&view.source.path.display().to_string(), e);
+    let window = view_frame(view)?.filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end))));
+    let reason = violation_reason(view, col(TS), Some(end));
+
+    // Pass 1: how many rows the window holds and how many break a rule.
+    let counts = window
+        .clone()
+        .select([
+            len().cast(DataType::Int64).alias("rows"),
+            match &reason {
+                Some(r) => r.clone().is_not_null().sum().cast(DataType::Int64),
+                None => lit(0i64),
+            }
+            .alias("rejected"),
+        ])
+        .collect()
+        .map_err(err)?;
+    let first = |name: &str| -> Result<u64, FeatureError> {
+        let c = counts.column(name).map_err(err)?;
+        Ok(c.i64().map_err(err)?.get(0).unwrap_or(0).max(0) as u64)
+    };
+    let (rows, rejected) = (first("rows")?, first("rejected")?);
+    let mut examples = Vec::new();
+    if rejected > 0
+        && let Some(r) = &reason
+    {
+        let mut cols: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
+        cols.push(col(TS));
+        cols.push(r.clone().alias("__reason"));
+        let bad = window
+            .clone()
+            .filter(r.clone().is_not_null())
+            .select(cols)
+            .limit(5)
+            .collect()
+            .map_err(err)?;
+        let reasons = bad.column("__reason").map_err(err)?.str().map_err(err)?.clone();
+        let tss = micros_values(bad.column(TS).map_err(err)?).map_err(err)?;
+        for i in 0..bad.height() {
+            let keys: Vec<String> = view
+                .join_keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{k}={}",
+                        bad.column(k)
+                            .map(|c| c.get(i).map(|v| v.to_string()))
+                            .ok()
+                            .and_then(|v| v.ok())
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            examples.push(format!(
+                "{} at {}: {}",
+                keys.join(","),
+                tss[i].map(format_micros).unwrap_or_default(),
+                reasons.get(i).unwrap_or("")
+            ));
+        }
+    }
+
+    // Pass 2: the latest valid row per entity (ties: the later created time).
+    let valid = match &reason {
+        Some(r) => window.filter(r.clone().is_null()),
+        None => window,
+    };
+    let keys: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
+    let latest = valid
+        .sort(
+            [TS, CREATED],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )
+        .unique_stable_generic(Some(keys), UniqueKeepStrategy::Last)
+        .collect()
+        .map_err(err)?;
+    Ok((rows, rejected, examples, latest))
+}
+
 /// Turns a frame from `view_frame` into rows to write.
 fn rows_of(view: &FeatureView, df: &DataFrame) -> PolarsResult<Vec<WriteRow>> {
     let n = df.height();
@@ -207,7 +247,10 @@ fn rows_of(view: &FeatureView, df: &DataFrame) -> PolarsResult<Vec<WriteRow>> {
     let mut key_row = Vec::with_capacity(keys.len());
     for i in 0..n {
         key_row.clear();
-        let values: Vec<Value> = columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect();
+        let values: Vec<Value> = columns
+            .iter_mut()
+            .map(|c| c.next().unwrap_or(Value::Null))
+            .collect();
         // Rows with a null key or time cannot be served.
         let Some(event_ts) = ts[i] else { continue };
         if keys.iter().any(|k| k[i].is_none()) {
@@ -217,7 +260,10 @@ fn rows_of(view: &FeatureView, df: &DataFrame) -> PolarsResult<Vec<WriteRow>> {
         let mut entity = String::new();
         encode_entity_key(&mut entity, &view.join_keys, &key_row);
         out.push(WriteRow {
-            key: RowKey { view: view.name.clone(), entity },
+            key: RowKey {
+                view: view.name.clone(),
+                entity,
+            },
             row: StoredRow {
                 event_ts,
                 created_ts: created[i].unwrap_or(0),
@@ -275,12 +321,25 @@ pub async fn materialize_incremental(
     Ok(reports)
 }
 
-fn selected_views<'a>(registry: &'a Registry, names: &[String]) -> Result<Vec<&'a FeatureView>, FeatureError> {
+fn selected_views<'a>(
+    registry: &'a Registry,
+    names: &[String],
+) -> Result<Vec<&'a FeatureView>, FeatureError> {
     if names.is_empty() {
-        return Ok(registry.views.values().filter(|v| v.online).map(|v| v.as_ref()).collect());
+        return Ok(registry
+            .views
+            .values()
+            .filter(|v| v.online)
+            .map(|v| v.as_ref())
+            .collect());
     }
     names
         .iter()
-        .map(|n| registry.view(n).map(|v| v.as_ref()).map_err(FeatureError::NotFound))
+        .map(|n| {
+            registry
+                .view(n)
+                .map(|v| v.as_ref())
+                .map_err(FeatureError::NotFound)
+        })
         .collect()
 }

@@ -18,12 +18,18 @@ pub struct ParquetSource {
 impl ParquetSource {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
-        ParquetSource { paths: vec![path.clone()], path }
+        ParquetSource {
+            paths: vec![path.clone()],
+            path,
+        }
     }
 
     /// Several files or globs with one schema, scanned as one table.
     pub fn from_paths(paths: Vec<PathBuf>) -> Self {
-        ParquetSource { path: paths.first().cloned().unwrap_or_default(), paths }
+        ParquetSource {
+            path: paths.first().cloned().unwrap_or_default(),
+            paths,
+        }
     }
 
     pub fn path(&self) -> &Path {

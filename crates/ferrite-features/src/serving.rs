@@ -127,7 +127,9 @@ pub async fn get_online_features(
                         crate::expr::Input::Feature { view: v, feature } => {
                             let fv = registry.view(v).map_err(FeatureError::NotFound)?;
                             let index = fv.feature_index(feature).ok_or_else(|| {
-                                FeatureError::NotFound(format!("feature view {v:?} has no feature {feature:?}"))
+                                FeatureError::NotFound(format!(
+                                    "feature view {v:?} has no feature {feature:?}"
+                                ))
                             })?;
                             let slot = plan.view_slot(fv);
                             Input::Feature { slot, index }
@@ -135,7 +137,10 @@ pub async fn get_online_features(
                     });
                 }
                 request_views.push(view.clone());
-                outs.push(Out::Request { feature: *index, inputs });
+                outs.push(Out::Request {
+                    feature: *index,
+                    inputs,
+                });
             }
         }
     }
@@ -159,13 +164,18 @@ pub async fn get_online_features(
         for row in 0..n {
             key_row.clear();
             for (k, kt, values) in &columns {
-                key_row.push(KeyValue::from_value(&values[row], *kt).map_err(|e| {
-                    FeatureError::Invalid(format!("join key {k:?}, entity row {row}: {e}"))
-                })?);
+                key_row.push(
+                    KeyValue::from_value(&values[row], *kt).map_err(|e| {
+                        FeatureError::Invalid(format!("join key {k:?}, entity row {row}: {e}"))
+                    })?,
+                );
             }
             let mut entity = String::with_capacity(24);
             encode_entity_key(&mut entity, &view.join_keys, &key_row);
-            keys.push(RowKey { view: view.name.clone(), entity });
+            keys.push(RowKey {
+                view: view.name.clone(),
+                entity,
+            });
         }
     }
     let stored = store.read(&keys).await?;
@@ -182,7 +192,11 @@ pub async fn get_online_features(
             Some(r) => (Some(r), Status::Present),
         }
     };
-    let missing = FeatureValue { value: Value::Null, status: Status::NotFound, event_ts: None };
+    let missing = FeatureValue {
+        value: Value::Null,
+        status: Status::NotFound,
+        event_ts: None,
+    };
     let mut rows = Vec::with_capacity(n);
     let mut input_values: Vec<&Value> = Vec::new();
     for row in 0..n {
@@ -196,7 +210,11 @@ pub async fn get_online_features(
                         status: Status::Present,
                         event_ts: Some(r.event_ts),
                     },
-                    (r, status) => FeatureValue { status, event_ts: r.map(|r| r.event_ts), ..missing.clone() },
+                    (r, status) => FeatureValue {
+                        status,
+                        event_ts: r.map(|r| r.event_ts),
+                        ..missing.clone()
+                    },
                 },
                 Out::Request { feature, inputs } => {
                     let view = request_view.next().expect("one request view per request output");
@@ -207,7 +225,10 @@ pub async fn get_online_features(
                         input_values.push(match input {
                             Input::Field(name, dtype) => {
                                 let v = &request[name][row];
-                                if !v.is_null() && v.dtype() != Some(*dtype) && !(v.dtype() == Some(DType::Int) && *dtype == DType::Float) {
+                                if !v.is_null()
+                                    && v.dtype() != Some(*dtype)
+                                    && !(v.dtype() == Some(DType::Int) && *dtype == DType::Float)
+                                {
                                     bad_field = Some(format!(
                                         "request field {name:?}, entity row {row}: expected {dtype}, got {}",
                                         v.dtype().map(|d| d.name()).unwrap_or("null")
@@ -226,17 +247,30 @@ pub async fn get_online_features(
                     }
                     match f.expr.eval(&input_values) {
                         Ok(v) => match v.coerce(f.dtype) {
-                            Ok(value) => FeatureValue { value, status: Status::Present, event_ts: None },
-                            Err(_) => FeatureValue { status: Status::Invalid, ..missing.clone() },
+                            Ok(value) => FeatureValue {
+                                value,
+                                status: Status::Present,
+                                event_ts: None,
+                            },
+                            Err(_) => FeatureValue {
+                                status: Status::Invalid,
+                                ..missing.clone()
+                            },
                         },
-                        Err(_) => FeatureValue { status: Status::Invalid, ..missing.clone() },
+                        Err(_) => FeatureValue {
+                            status: Status::Invalid,
+                            ..missing.clone()
+                        },
                     }
                 }
             });
         }
         rows.push(out_row);
     }
-    Ok(OnlineFeatures { names: refs.iter().map(FeatureRef::name).collect(), rows })
+    Ok(OnlineFeatures {
+        names: refs.iter().map(FeatureRef::name).collect(),
+        rows,
+    })
 }
 
 /// One pushed row: join keys and feature values by name, and its event time.
@@ -265,10 +299,15 @@ pub struct CheckedRow {
 /// Checks pushed rows against the view. Structural errors (unknown field, wrong type,
 /// missing key) fail the whole push so that nothing is half-written; data-quality rule
 /// violations are reported per row.
-pub fn check_push(view: &FeatureView, rows: &[PushRow], now: Micros) -> Result<Vec<CheckedRow>, FeatureError> {
+pub fn check_push(
+    view: &FeatureView,
+    rows: &[PushRow],
+    now: Micros,
+) -> Result<Vec<CheckedRow>, FeatureError> {
     let mut out = Vec::with_capacity(rows.len());
     for (index, r) in rows.iter().enumerate() {
-        let bad = |m: String| FeatureError::Invalid(format!("row {index} of the push to {:?}: {m}", view.name));
+        let bad =
+            |m: String| FeatureError::Invalid(format!("row {index} of the push to {:?}: {m}", view.name));
         for name in r.fields.keys() {
             if !view.join_keys.contains(name) && view.feature_index(name).is_none() {
                 return Err(bad(format!(
@@ -280,7 +319,10 @@ pub fn check_push(view: &FeatureView, rows: &[PushRow], now: Micros) -> Result<V
         }
         let mut keys = Vec::with_capacity(view.join_keys.len());
         for (k, kt) in view.join_keys.iter().zip(&view.key_types) {
-            let v = r.fields.get(k).ok_or_else(|| bad(format!("missing join key {k:?}")))?;
+            let v = r
+                .fields
+                .get(k)
+                .ok_or_else(|| bad(format!("missing join key {k:?}")))?;
             keys.push(KeyValue::from_value(v, *kt).map_err(|e| bad(format!("join key {k:?}: {e}")))?);
         }
         let mut values = Vec::with_capacity(view.features.len());
@@ -305,7 +347,12 @@ pub fn check_push(view: &FeatureView, rows: &[PushRow], now: Micros) -> Result<V
         out.push(CheckedRow {
             index,
             keys,
-            row: StoredRow { event_ts: r.event_ts, created_ts: now, fingerprint: view.fingerprint, values },
+            row: StoredRow {
+                event_ts: r.event_ts,
+                created_ts: now,
+                fingerprint: view.fingerprint,
+                values,
+            },
             rule_error,
         });
     }
@@ -328,7 +375,10 @@ pub async fn push_online(
         let mut entity = String::new();
         encode_entity_key(&mut entity, &view.join_keys, &r.keys);
         writes.push(WriteRow {
-            key: RowKey { view: view.name.clone(), entity },
+            key: RowKey {
+                view: view.name.clone(),
+                entity,
+            },
             expire_at: (view.ttl > 0).then(|| r.row.event_ts.saturating_add(view.ttl)),
             row: r.row,
         });
@@ -344,7 +394,10 @@ pub fn now() -> Micros {
 
 /// Appends checked rows that pass the rules to the source's `push_dir` as a new Parquet
 /// file, typed like the source, so training sets see them. Returns the file written.
-pub fn push_offline(view: &FeatureView, rows: &[CheckedRow]) -> Result<Option<std::path::PathBuf>, FeatureError> {
+pub fn push_offline(
+    view: &FeatureView,
+    rows: &[CheckedRow],
+) -> Result<Option<std::path::PathBuf>, FeatureError> {
     use polars::prelude::*;
     let source = &view.source;
     let dir = source.push_dir.as_ref().ok_or_else(|| {
@@ -376,10 +429,18 @@ pub fn push_offline(view: &FeatureView, rows: &[CheckedRow]) -> Result<Option<st
     }
     let ts_type = DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC));
     let ts: Vec<i64> = rows.iter().map(|r| r.row.event_ts).collect();
-    columns.push(Column::new(source.timestamp_field.as_str().into(), ts).cast(&ts_type).map_err(err)?);
+    columns.push(
+        Column::new(source.timestamp_field.as_str().into(), ts)
+            .cast(&ts_type)
+            .map_err(err)?,
+    );
     if let Some(c) = &source.created_timestamp_field {
         let created: Vec<i64> = rows.iter().map(|r| r.row.created_ts).collect();
-        columns.push(Column::new(c.as_str().into(), created).cast(&ts_type).map_err(err)?);
+        columns.push(
+            Column::new(c.as_str().into(), created)
+                .cast(&ts_type)
+                .map_err(err)?,
+        );
     }
     for (fi, f) in view.features.iter().enumerate() {
         let values: Vec<Value> = rows.iter().map(|r| r.row.values[fi].clone()).collect();
@@ -394,14 +455,23 @@ pub fn push_offline(view: &FeatureView, rows: &[CheckedRow]) -> Result<Option<st
         }
     }
     let mut df = DataFrame::new_infer_height(columns).map_err(err)?;
-    std::fs::create_dir_all(dir).map_err(|e| FeatureError::Offline { path: dir.clone(), message: e.to_string() })?;
+    std::fs::create_dir_all(dir).map_err(|e| FeatureError::Offline {
+        path: dir.clone(),
+        message: e.to_string(),
+    })?;
     let name = format!("push-{}-{}.parquet", now_micros(), std::process::id());
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let file = std::fs::File::create(&tmp).map_err(|e| FeatureError::Offline { path: tmp.clone(), message: e.to_string() })?;
+    let file = std::fs::File::create(&tmp).map_err(|e| FeatureError::Offline {
+        path: tmp.clone(),
+        message: e.to_string(),
+    })?;
     ParquetWriter::new(file).finish(&mut df).map_err(err)?;
     // Readers glob *.parquet: the file appears whole or not at all.
-    std::fs::rename(&tmp, &path).map_err(|e| FeatureError::Offline { path: path.clone(), message: e.to_string() })?;
+    std::fs::rename(&tmp, &path).map_err(|e| FeatureError::Offline {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     Ok(Some(path))
 }
 
@@ -409,6 +479,8 @@ struct ParquetSourceSchema(polars::prelude::SchemaRef);
 
 impl ParquetSourceSchema {
     fn read(view: &FeatureView) -> Result<Self, FeatureError> {
-        Ok(ParquetSourceSchema(crate::offline::ParquetSource::new(view.source.path.clone()).schema()?))
+        Ok(ParquetSourceSchema(
+            crate::offline::ParquetSource::new(view.source.path.clone()).schema()?,
+        ))
     }
 }

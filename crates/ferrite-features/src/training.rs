@@ -40,7 +40,11 @@ pub fn training_set(
             )));
         }
         Some(DataType::Datetime(_, _) | DataType::Date) => {}
-        Some(t) => return Err(invalid(format!("timestamp column {timestamp_column:?} is {t}, not a Datetime or Date"))),
+        Some(t) => {
+            return Err(invalid(format!(
+                "timestamp column {timestamp_column:?} is {t}, not a Datetime or Date"
+            )));
+        }
     }
     let own: HashSet<String> = schema.iter_names().map(|n| n.to_string()).collect();
     for r in refs {
@@ -55,12 +59,13 @@ pub fn training_set(
 
     // Views in first-use order, with the features wanted from each.
     let mut views: Vec<(std::sync::Arc<FeatureView>, Vec<usize>)> = Vec::new();
-    let mut need = |view: &std::sync::Arc<FeatureView>, index: usize| {
-        match views.iter_mut().find(|(v, _)| v.name == view.name) {
-            Some((_, idx)) if !idx.contains(&index) => idx.push(index),
-            Some(_) => {}
-            None => views.push((view.clone(), vec![index])),
-        }
+    let mut need = |view: &std::sync::Arc<FeatureView>, index: usize| match views
+        .iter_mut()
+        .find(|(v, _)| v.name == view.name)
+    {
+        Some((_, idx)) if !idx.contains(&index) => idx.push(index),
+        Some(_) => {}
+        None => views.push((view.clone(), vec![index])),
     };
     for r in refs {
         match r {
@@ -103,12 +108,19 @@ pub fn training_set(
         }
     }
 
-    let mut helper: Vec<Expr> = vec![ts_micros(timestamp_column).fill_null(lit(i64::MIN)).alias(LABEL_TS)];
-    helper.extend(keys.iter().map(|(k, kt)| col(k.as_str()).cast(key_dtype(*kt)).alias(key_col(k))));
-    let mut frame = entities
-        .with_row_index(ROW, None)
-        .with_columns(helper)
-        .sort([LABEL_TS], SortMultipleOptions::default().with_maintain_order(true));
+    let mut helper: Vec<Expr> = vec![
+        ts_micros(timestamp_column)
+            .fill_null(lit(i64::MIN))
+            .alias(LABEL_TS),
+    ];
+    helper.extend(
+        keys.iter()
+            .map(|(k, kt)| col(k.as_str()).cast(key_dtype(*kt)).alias(key_col(k))),
+    );
+    let mut frame = entities.with_row_index(ROW, None).with_columns(helper).sort(
+        [LABEL_TS],
+        SortMultipleOptions::default().with_maintain_order(true),
+    );
 
     // Stored features under internal names, so a feature named like a column of another
     // view cannot collide; renamed at the end.
@@ -119,7 +131,11 @@ pub fn training_set(
             Some(r) => view_frame(view)?.filter(r.is_null()),
             None => view_frame(view)?,
         };
-        let mut cols: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str()).alias(key_col(k))).collect();
+        let mut cols: Vec<Expr> = view
+            .join_keys
+            .iter()
+            .map(|k| col(k.as_str()).alias(key_col(k)))
+            .collect();
         cols.push(col("__ts").alias(ts.as_str()));
         cols.push(col("__created"));
         for fi in wanted {
@@ -129,10 +145,17 @@ pub fn training_set(
         dedup.push(col(ts.as_str()));
         let right = valid
             .select(cols)
-            .sort([ts.as_str(), "__created"], SortMultipleOptions::default().with_maintain_order(true))
+            .sort(
+                [ts.as_str(), "__created"],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )
             .unique_stable_generic(Some(dedup), UniqueKeepStrategy::Last)
             .drop(cols_selector(["__created"]));
-        let by: Vec<PlSmallStr> = view.join_keys.iter().map(|k| PlSmallStr::from(key_col(k))).collect();
+        let by: Vec<PlSmallStr> = view
+            .join_keys
+            .iter()
+            .map(|k| PlSmallStr::from(key_col(k)))
+            .collect();
         let options = AsOfOptions {
             strategy: AsofStrategy::Backward,
             tolerance: (view.ttl > 0).then(|| Scalar::new(DataType::Int64, AnyValue::Int64(view.ttl))),
@@ -170,7 +193,10 @@ pub fn training_set(
                     crate::expr::Input::Request(name) => {
                         let dtype = view.request_fields[name];
                         let c = df.column(name).map_err(|_| {
-                            invalid(format!("request feature {} needs the entity column {name:?} ({dtype})", r.name()))
+                            invalid(format!(
+                                "request feature {} needs the entity column {name:?} ({dtype})",
+                                r.name()
+                            ))
                         })?;
                         column_values(c, dtype).map_err(err)?
                     }
@@ -188,7 +214,13 @@ pub fn training_set(
             for row in 0..df.height() {
                 args.clear();
                 args.extend(inputs.iter().map(|c| &c[row]));
-                out.push(f.expr.eval(&args).ok().and_then(|v| v.coerce(f.dtype).ok()).unwrap_or(Value::Null));
+                out.push(
+                    f.expr
+                        .eval(&args)
+                        .ok()
+                        .and_then(|v| v.coerce(f.dtype).ok())
+                        .unwrap_or(Value::Null),
+                );
             }
             request_cols.push(values_column(&f.name, f.dtype, &out).map_err(err)?);
         }
@@ -247,11 +279,16 @@ pub fn training_set_file(
     let started = std::time::Instant::now();
     let scan = crate::offline::ParquetSource::new(entities).scan()?;
     let mut df = training_set(registry, refs, scan, timestamp_column)?;
-    let file = std::fs::File::create(out)
-        .map_err(|e| FeatureError::Offline { path: out.to_path_buf(), message: e.to_string() })?;
+    let file = std::fs::File::create(out).map_err(|e| FeatureError::Offline {
+        path: out.to_path_buf(),
+        message: e.to_string(),
+    })?;
     ParquetWriter::new(file)
         .finish(&mut df)
-        .map_err(|e| FeatureError::Offline { path: out.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| FeatureError::Offline {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok(TrainingReport {
         rows: df.height(),
         columns: df.get_column_names().iter().map(|c| c.to_string()).collect(),

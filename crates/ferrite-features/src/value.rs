@@ -133,17 +133,19 @@ pub fn format_micros(ts: Micros) -> String {
     let secs = ts.div_euclid(MICROS_PER_SECOND);
     let nanos = (ts.rem_euclid(MICROS_PER_SECOND) * 1000) as u32;
     match u64::try_from(secs) {
-        Ok(s) => humantime::format_rfc3339_micros(
-            std::time::UNIX_EPOCH + std::time::Duration::new(s, nanos),
-        )
-        .to_string(),
+        Ok(s) => humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::new(s, nanos))
+            .to_string(),
         Err(_) => format!("{ts}us"),
     }
 }
 
 /// Parses an RFC 3339 timestamp ("2026-09-01T00:00:00Z") or a date ("2026-09-01").
 pub fn parse_timestamp(s: &str) -> Result<Micros, String> {
-    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
     let t = humantime::parse_rfc3339_weak(&full)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time (e.g. 2026-09-01T00:00:00Z): {e}"))?;
     let d = t

@@ -130,9 +130,15 @@ impl FeaturesConfig {
     pub fn store_config(&self) -> ferrite_features::StoreConfig {
         use ferrite_features::StoreConfig;
         match self.online_store {
-            OnlineStoreKind::Embedded => StoreConfig::Embedded { path: self.embedded_path.clone() },
-            OnlineStoreKind::Redis => StoreConfig::Redis { url: self.redis_url.clone() },
-            OnlineStoreKind::RedisCluster => StoreConfig::RedisCluster { urls: self.redis_cluster_nodes.clone() },
+            OnlineStoreKind::Embedded => StoreConfig::Embedded {
+                path: self.embedded_path.clone(),
+            },
+            OnlineStoreKind::Redis => StoreConfig::Redis {
+                url: self.redis_url.clone(),
+            },
+            OnlineStoreKind::RedisCluster => StoreConfig::RedisCluster {
+                urls: self.redis_cluster_nodes.clone(),
+            },
         }
     }
 

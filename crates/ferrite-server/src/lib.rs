@@ -138,7 +138,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store = store.kind(),
         "feature store ready"
     );
-    let features = Arc::new(services::features::FeatureState { registry: Arc::new(registry), store });
+    let features = Arc::new(services::features::FeatureState {
+        registry: Arc::new(registry),
+        store,
+    });
 
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
@@ -180,7 +183,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(GrpcInferenceServiceServer::new(services::kserve::KServe::new(
             state.clone(),
         )))
-        .add_service(FeatureServiceServer::new(services::features::Features::new(state.clone())))
+        .add_service(FeatureServiceServer::new(services::features::Features::new(
+            state.clone(),
+        )))
         .add_service(AdminServiceServer::new(services::admin::Admin::new(
             state.clone(),
         )));

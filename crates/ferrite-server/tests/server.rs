@@ -5,8 +5,8 @@ mod common;
 
 use common::{python_json, start};
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
-use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
-use ferrite_proto::ferrite::v1::{GetOnlineFeaturesRequest, GetServerInfoRequest};
+use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
+use ferrite_proto::ferrite::v1::{GetServerInfoRequest, ScoreFraudRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
 use ferrite_server::RunningServer;
@@ -112,8 +112,8 @@ async fn metrics_count_calls_by_method_and_status() {
         kserve.server_live(ServerLiveRequest {}).await.unwrap();
     }
     // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
-    let err = FeatureServiceClient::new(channel.clone())
-        .get_online_features(GetOnlineFeaturesRequest::default())
+    let err = ScoringServiceClient::new(channel.clone())
+        .score_fraud(ScoreFraudRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);

@@ -134,6 +134,70 @@ fn ping(addr: SocketAddr) -> bool {
     BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("+PONG")
 }
 
+/// A three-primary Redis Cluster on loopback (`redis-server --cluster-enabled yes` three
+/// times, joined by `redis-cli --cluster create`), stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_with_args(&["--cluster-enabled", "yes", "--cluster-port", &bus])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is not installed: run scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &n.addr().port().to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// Seed URLs, one per node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// How many keys each node holds (`DBSIZE`), in node order.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.addr().port().to_string(), "dbsize"])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
 /// A child process that is killed when the guard is dropped, so that a failing test never
 /// leaves a server running (which would also hold the test runner's output pipe open).
 pub struct ChildGuard(pub Child);

@@ -155,7 +155,12 @@ async fn main() -> anyhow::Result<()> {
             for p in &problems {
                 eprintln!("{p}");
             }
-            anyhow::ensure!(problems.is_empty(), "{} problem(s) in {}", problems.len(), config.repository.display());
+            anyhow::ensure!(
+                problems.is_empty(),
+                "{} problem(s) in {}",
+                problems.len(),
+                config.repository.display()
+            );
             println!(
                 "ok: {} entities, {} sources, {} feature views, {} request views, {} feature services in {}",
                 registry.entities.len(),
@@ -167,7 +172,12 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Materialize { features, start, end, views } => {
+        Command::Materialize {
+            features,
+            start,
+            end,
+            views,
+        } => {
             let config = features.config()?;
             let registry = config.registry()?;
             let (start, end) = (time_arg(&start)?, time_arg(&end)?);
@@ -204,7 +214,14 @@ async fn main() -> anyhow::Result<()> {
             print_reports(&reports);
             Ok(())
         }
-        Command::TrainingSet { features, entities, service, feature, timestamp_column, out } => {
+        Command::TrainingSet {
+            features,
+            entities,
+            service,
+            feature,
+            timestamp_column,
+            out,
+        } => {
             let config = features.config()?;
             let registry = config.registry()?;
             let refs = match service {

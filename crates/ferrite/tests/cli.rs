@@ -32,6 +32,7 @@ async fn start_server() -> ferrite_server::RunningServer {
     let mut config = Config::from_file(&repo_root().join("ferrite.toml")).unwrap();
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    config.features.embedded_path = tempfile::tempdir().unwrap().keep();
     ferrite_server::start(config).await.unwrap()
 }
 

@@ -43,7 +43,9 @@ pub fn decode_row(bytes: &[u8]) -> Option<StoredRow> {
         return None;
     }
     let hex = |r: std::ops::Range<usize>| {
-        std::str::from_utf8(&bytes[r]).ok().and_then(|s| u64::from_str_radix(s, 16).ok())
+        std::str::from_utf8(&bytes[r])
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
     };
     let values: Vec<Value> = postcard::from_bytes(&bytes[HEADER_LEN..]).ok()?;
     Some(StoredRow {
@@ -75,7 +77,13 @@ mod tests {
         };
         let a = row(-5, 7);
         assert_eq!(decode_row(&encode_row(&a)), Some(a.clone()));
-        let order = [row(-10, 0), row(-5, 3), row(-5, 4), row(0, -1), row(1_700_000_000_000_000, 0)];
+        let order = [
+            row(-10, 0),
+            row(-5, 3),
+            row(-5, 4),
+            row(0, -1),
+            row(1_700_000_000_000_000, 0),
+        ];
         for w in order.windows(2) {
             assert!(encode_row(&w[0])[..32] < encode_row(&w[1])[..32]);
         }

@@ -79,7 +79,14 @@ impl EmbeddedStore {
                 rows.insert(key, Arc::new(row));
             }
         }
-        Ok(EmbeddedStore { inner: Arc::new(Inner { path: file, db, rows, write_lock: Mutex::new(()) }) })
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                path: file,
+                db,
+                rows,
+                write_lock: Mutex::new(()),
+            }),
+        })
     }
 
     /// Number of stored rows (all views).
@@ -167,8 +174,14 @@ impl OnlineStore for EmbeddedStore {
     }
 
     async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError> {
-        let read = self.inner.db.begin_read().map_err(|e| storage_error(&self.inner.path, e))?;
-        let table = read.open_table(WATERMARKS).map_err(|e| storage_error(&self.inner.path, e))?;
+        let read = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| storage_error(&self.inner.path, e))?;
+        let table = read
+            .open_table(WATERMARKS)
+            .map_err(|e| storage_error(&self.inner.path, e))?;
         Ok(table
             .get(view)
             .map_err(|e| storage_error(&self.inner.path, e))?
@@ -177,10 +190,18 @@ impl OnlineStore for EmbeddedStore {
 
     async fn set_watermark(&self, view: &str, ts: Micros) -> Result<(), FeatureError> {
         let _guard = self.inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.inner.db.begin_write().map_err(|e| storage_error(&self.inner.path, e))?;
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| storage_error(&self.inner.path, e))?;
         {
-            let mut table = txn.open_table(WATERMARKS).map_err(|e| storage_error(&self.inner.path, e))?;
-            table.insert(view, ts).map_err(|e| storage_error(&self.inner.path, e))?;
+            let mut table = txn
+                .open_table(WATERMARKS)
+                .map_err(|e| storage_error(&self.inner.path, e))?;
+            table
+                .insert(view, ts)
+                .map_err(|e| storage_error(&self.inner.path, e))?;
         }
         txn.commit().map_err(|e| storage_error(&self.inner.path, e))
     }

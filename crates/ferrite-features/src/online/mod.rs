@@ -72,10 +72,16 @@ pub trait OnlineStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     /// In-process, durable in this directory.
-    Embedded { path: std::path::PathBuf },
-    Redis { url: String },
+    Embedded {
+        path: std::path::PathBuf,
+    },
+    Redis {
+        url: String,
+    },
     /// Seed nodes of a Redis Cluster.
-    RedisCluster { urls: Vec<String> },
+    RedisCluster {
+        urls: Vec<String>,
+    },
 }
 
 /// Opens the configured store.

@@ -96,7 +96,10 @@ impl RedisStore {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| unavailable(&format!("cannot connect to {url}"), e))?;
-        Ok(RedisStore { conn: Conn::Single(conn), script: Arc::new(redis::Script::new(WRITE_NEWER)) })
+        Ok(RedisStore {
+            conn: Conn::Single(conn),
+            script: Arc::new(redis::Script::new(WRITE_NEWER)),
+        })
     }
 
     /// Connects to a Redis Cluster through any of its nodes.
@@ -111,7 +114,10 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(|e| unavailable(&format!("cannot connect to the Redis Cluster at {urls:?}"), e))?;
-        Ok(RedisStore { conn: Conn::Cluster(conn), script: Arc::new(redis::Script::new(WRITE_NEWER)) })
+        Ok(RedisStore {
+            conn: Conn::Cluster(conn),
+            script: Arc::new(redis::Script::new(WRITE_NEWER)),
+        })
     }
 
     /// A connection handle on a single server; clones share the one multiplexed connection.
@@ -139,7 +145,9 @@ async fn run_script<C: ConnectionLike + Send>(
     for (key, value, exp) in batch {
         inv.key(key).arg(value.as_slice()).arg(*exp);
     }
-    inv.invoke_async(conn).await.map_err(|e| unavailable("Redis write", e))
+    inv.invoke_async(conn)
+        .await
+        .map_err(|e| unavailable("Redis write", e))
 }
 
 #[async_trait::async_trait]

@@ -66,7 +66,10 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
 
 fn micros(ts: &prost_types::Timestamp) -> Result<i64, Status> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(Status::invalid_argument(format!("timestamp nanos {} out of range", ts.nanos)));
+        return Err(Status::invalid_argument(format!(
+            "timestamp nanos {} out of range",
+            ts.nanos
+        )));
     }
     ts.seconds
         .checked_mul(1_000_000)
@@ -89,20 +92,27 @@ impl FeatureService for Features {
         let req = request.into_inner();
         let fs = &self.state.features;
         let refs = match req.selection {
-            Some(pb::get_online_features_request::Selection::Features(list)) => {
-                fs.registry.resolve_refs(&list.features).map_err(FeatureError::NotFound)
-            }
+            Some(pb::get_online_features_request::Selection::Features(list)) => fs
+                .registry
+                .resolve_refs(&list.features)
+                .map_err(FeatureError::NotFound),
             Some(pb::get_online_features_request::Selection::FeatureService(name)) => {
                 fs.registry.service_refs(&name).map_err(FeatureError::NotFound)
             }
-            None => Err(FeatureError::Invalid("set either `features` or `feature_service`".into())),
+            None => Err(FeatureError::Invalid(
+                "set either `features` or `feature_service`".into(),
+            )),
         }
         .map_err(ApiError::from)?;
         if req.entities.is_empty() {
-            return Err(Status::invalid_argument("no entities: `entities` maps join keys to one value per row"));
+            return Err(Status::invalid_argument(
+                "no entities: `entities` maps join keys to one value per row",
+            ));
         }
         if req.entities.values().any(|l| l.values.len() > MAX_ROWS) {
-            return Err(Status::invalid_argument(format!("at most {MAX_ROWS} entity rows per call")));
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_ROWS} entity rows per call"
+            )));
         }
         let entities = columns(req.entities);
         let context = columns(req.request_context);
@@ -126,21 +136,23 @@ impl FeatureService for Features {
                     event_timestamps: Vec::with_capacity(row.len()),
                 };
                 for f in row {
-                    v.statuses.push(
-                        match f.status {
-                            ValueStatus::Present => pb::FeatureStatus::Present,
-                            ValueStatus::NotFound => pb::FeatureStatus::NotFound,
-                            ValueStatus::Expired => pb::FeatureStatus::Expired,
-                            ValueStatus::Invalid => pb::FeatureStatus::Invalid,
-                        } as i32,
-                    );
-                    v.event_timestamps.push(f.event_ts.map(timestamp).unwrap_or_default());
+                    v.statuses.push(match f.status {
+                        ValueStatus::Present => pb::FeatureStatus::Present,
+                        ValueStatus::NotFound => pb::FeatureStatus::NotFound,
+                        ValueStatus::Expired => pb::FeatureStatus::Expired,
+                        ValueStatus::Invalid => pb::FeatureStatus::Invalid,
+                    } as i32);
+                    v.event_timestamps
+                        .push(f.event_ts.map(timestamp).unwrap_or_default());
                     v.values.push(value_to_pb(f.value));
                 }
                 v
             })
             .collect();
-        Ok(Response::new(pb::GetOnlineFeaturesResponse { feature_names: answer.names, results }))
+        Ok(Response::new(pb::GetOnlineFeaturesResponse {
+            feature_names: answer.names,
+            results,
+        }))
     }
 
     async fn push_features(
@@ -158,7 +170,9 @@ impl FeatureService for Features {
             return Err(Status::invalid_argument("no rows to push"));
         }
         if req.rows.len() > MAX_ROWS {
-            return Err(Status::invalid_argument(format!("at most {MAX_ROWS} rows per push")));
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_ROWS} rows per push"
+            )));
         }
         let mut rows = Vec::with_capacity(req.rows.len());
         for (i, r) in req.rows.into_iter().enumerate() {
@@ -167,7 +181,11 @@ impl FeatureService for Features {
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument(format!("row {i}: event_timestamp is required")))?;
             rows.push(PushRow {
-                fields: r.fields.iter().map(|(k, v)| (k.clone(), value_from_pb(v))).collect(),
+                fields: r
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value_from_pb(v)))
+                    .collect(),
                 event_ts: micros(ts)?,
             });
         }
@@ -175,9 +193,10 @@ impl FeatureService for Features {
         if req.to_offline_store {
             // Offline first: if that fails nothing reached the online store either.
             let v = view.clone();
-            let written = tokio::task::spawn_blocking(move || serving::push_offline(&v, &checked).map(|_| checked))
-                .await
-                .map_err(|e| Status::internal(format!("offline push task failed: {e}")))?;
+            let written =
+                tokio::task::spawn_blocking(move || serving::push_offline(&v, &checked).map(|_| checked))
+                    .await
+                    .map_err(|e| Status::internal(format!("offline push task failed: {e}")))?;
             let checked = written.map_err(ApiError::from)?;
             return finish_push(fs.store.as_ref(), &view, checked).await;
         }
@@ -190,14 +209,19 @@ async fn finish_push(
     view: &ferrite_features::FeatureView,
     checked: Vec<serving::CheckedRow>,
 ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
-    let report = serving::push_online(store, view, checked).await.map_err(ApiError::from)?;
+    let report = serving::push_online(store, view, checked)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Response::new(pb::PushFeaturesResponse {
         written: report.written,
         rejected: report.rejected.len() as u64,
         errors: report
             .rejected
             .into_iter()
-            .map(|(row, message)| pb::RowError { row: row as u32, message })
+            .map(|(row, message)| pb::RowError {
+                row: row as u32,
+                message,
+            })
             .collect(),
     }))
 }

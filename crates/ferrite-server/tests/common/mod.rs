@@ -13,7 +13,17 @@ pub fn test_config() -> Config {
     config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
     config.models.repository = repo_root().join("models");
     config.features.repository = repo_root().join("features");
+    config.features.embedded_path = scratch_dir("online");
     config
+}
+
+/// A fresh directory that outlives the test (servers may still hold files in it at exit).
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("ferrite-{prefix}-"))
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 pub async fn start_with(config: Config) -> (RunningServer, Channel) {
@@ -26,6 +36,7 @@ pub async fn start_with(config: Config) -> (RunningServer, Channel) {
     (server, channel)
 }
 
+#[allow(dead_code)]
 pub async fn start() -> (RunningServer, Channel) {
     start_with(test_config()).await
 }

@@ -4,6 +4,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
+use ferrite_proto::ferrite::v1::{
+    FeatureList, GetOnlineFeaturesRequest, Value, ValueList, get_online_features_request, value,
+};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
 use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
@@ -19,6 +23,11 @@ pub enum Rpc {
     ModelInfer,
     /// ModelInfer on the example `fraud_gbdt` (200 trees, 40 features), batch 1, raw input.
     ModelInferGbdt,
+    /// ferrite.v1.FeatureService/GetOnlineFeatures: 1 user × 30 features (`user_stats:*` and
+    /// `user_profile:*`), user id 1,000,000 + key (the sample data's ids).
+    Features,
+    /// GetOnlineFeatures: 100 users (ids from 1,000,000 + key) × the same 30 features.
+    Features100,
 }
 
 /// What the load generator reads from an answer.
@@ -34,6 +43,8 @@ impl Rpc {
             Rpc::ServerLive => "server-live",
             Rpc::ModelInfer => "model-infer",
             Rpc::ModelInferGbdt => "model-infer-gbdt",
+            Rpc::Features => "features",
+            Rpc::Features100 => "features-100",
         }
     }
 
@@ -60,8 +71,34 @@ impl Rpc {
                 let req = infer_request("fraud_gbdt", "X", 40, key);
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
+            Rpc::Features => {
+                FeatureServiceClient::new(channel)
+                    .get_online_features(features_request(key, 1))
+                    .await?;
+            }
+            Rpc::Features100 => {
+                FeatureServiceClient::new(channel)
+                    .get_online_features(features_request(key, 100))
+                    .await?;
+            }
         }
         Ok(Outcome::default())
+    }
+}
+
+/// 30 user features for `n` users with consecutive ids from 1,000,000 + key.
+fn features_request(key: u64, n: u64) -> GetOnlineFeaturesRequest {
+    let ids = (0..n)
+        .map(|i| Value {
+            kind: Some(value::Kind::IntValue(1_000_000 + (key + i) as i64)),
+        })
+        .collect();
+    GetOnlineFeaturesRequest {
+        selection: Some(get_online_features_request::Selection::Features(FeatureList {
+            features: vec!["user_stats:*".into(), "user_profile:*".into()],
+        })),
+        entities: [("user_id".to_string(), ValueList { values: ids })].into(),
+        request_context: Default::default(),
     }
 }
 
