@@ -189,7 +189,7 @@ fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selec
             .map_err(err)?;
         let reasons = bad.column("__reason").map_err(err)?.str().map_err(err)?.clone();
         let tss = micros_values(bad.column(TS).map_err(err)?).map_err(err)?;
-        for i in 0..bad.height() {
+        for (i, ts) in tss.iter().enumerate() {
             let keys: Vec<String> = view
                 .join_keys
                 .iter()
@@ -207,7 +207,7 @@ fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selec
             examples.push(format!(
                 "{} at {}: {}",
                 keys.join(","),
-                tss[i].map(format_micros).unwrap_or_default(),
+                ts.map(format_micros).unwrap_or_default(),
                 reasons.get(i).unwrap_or("")
             ));
         }

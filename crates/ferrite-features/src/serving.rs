@@ -199,6 +199,8 @@ pub async fn get_online_features(
     };
     let mut rows = Vec::with_capacity(n);
     let mut input_values: Vec<&Value> = Vec::new();
+    // Rows index several columns (stored rows, request fields) at once.
+    #[allow(clippy::needless_range_loop)]
     for row in 0..n {
         let mut out_row = Vec::with_capacity(outs.len());
         let mut request_view = request_views.iter();

@@ -145,7 +145,7 @@ async fn redis_store_keeps_the_documented_layout_and_expiry() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(raw.len() > 48, true);
+    assert!(raw.len() > 48);
     let row = ferrite_features::online::decode_row(&raw).unwrap();
     assert_eq!(row.values[0], Value::Float(6.0));
     let pttl: i64 = redis::cmd("PTTL")
