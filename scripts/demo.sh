@@ -14,6 +14,10 @@ echo "==> building ferrite (release)" >&2
 cargo build --release --locked -p ferrite
 bin="$CARGO_TARGET_DIR/release/ferrite"
 
+echo "==> materializing the sample features (features/data) into the embedded online store" >&2
+"$bin" validate --config ferrite.toml
+"$bin" materialize-incremental --config ferrite.toml
+
 log=$(mktemp -t ferrite-demo.XXXXXX.log)
 "$bin" serve --config ferrite.toml --grpc-addr "$GRPC_ADDR" --metrics-addr "$METRICS_ADDR" >"$log" 2>&1 &
 server=$!
@@ -31,6 +35,9 @@ echo "==> one request per service" >&2
 
 echo "==> latency: 2000 health checks (the empty-RPC floor) from the load generator" >&2
 "$bin" bench --addr "$GRPC_ADDR" --rpc health --requests 2000 --concurrency 1
+
+echo "==> latency: 2000 GetOnlineFeatures calls, 1 user x 30 features, beside the floor" >&2
+"$bin" bench --addr "$GRPC_ADDR" --rpc features --keys 2000 --requests 2000 --concurrency 1 --with-floor
 
 echo "==> metrics: http://$METRICS_ADDR/metrics" >&2
 curl -s "http://$METRICS_ADDR/metrics" | grep '^ferrite_grpc_requests_total' | head -n 5

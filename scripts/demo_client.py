@@ -57,6 +57,18 @@ EXAMPLES = [
             ],
         },
     ),
+    (
+        "ferrite.v1.FeatureService",
+        "GetOnlineFeatures",
+        {
+            "features": {"features": ["user_profile:country", "user_stats:avg_amount_30d", "txn_features:amount_vs_avg_30d"]},
+            "entities": {"user_id": {"values": [{"int_value": 1000001}, {"int_value": 1000002}]}},
+            "request_context": {
+                "amount": {"values": [{"float_value": 120.0}, {"float_value": 15.0}]},
+                "hour_of_day": {"values": [{"int_value": 3}, {"int_value": 14}]},
+            },
+        },
+    ),
 ]
 
 

@@ -659,7 +659,6 @@ impl Registry {
         file: &Path,
         text: &str,
     ) -> Option<FeatureView> {
-        let before = loader.problems.len();
         if !valid_name(&v.name) {
             loader.problem(
                 &location,
@@ -747,9 +746,9 @@ impl Registry {
         if features.is_empty() {
             loader.problem(&location, format!("feature view {:?} has no features", v.name));
         }
-        if loader.problems.len() > before {
-            return None;
-        }
+        // A view with problems is still registered (when its source is known) so that
+        // references to it do not add a cascade of "unknown view" problems; the load fails
+        // anyway because of the problems already recorded.
         let mut parts: Vec<&str> = vec!["v1"];
         parts.extend(join_keys.iter().map(String::as_str));
         for f in &features {
@@ -782,7 +781,6 @@ impl Registry {
         file: &Path,
         text: &str,
     ) -> Option<RequestView> {
-        let before = loader.problems.len();
         if !valid_name(&v.name) {
             loader.problem(
                 &location,
@@ -842,9 +840,6 @@ impl Registry {
                 }
                 Err(e) => loader.problem(&floc, format!("request feature {:?}: {e}", f.name)),
             }
-        }
-        if loader.problems.len() > before {
-            return None;
         }
         Some(RequestView {
             name: v.name.clone(),

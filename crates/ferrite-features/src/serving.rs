@@ -148,6 +148,12 @@ pub async fn get_online_features(
     // One key per (view, entity row); one read for all of them.
     let mut keys = Vec::with_capacity(plan.views.len() * n);
     for view in &plan.views {
+        if !view.online {
+            return Err(FeatureError::Invalid(format!(
+                "feature view {:?} is offline only (online = false): use it in training sets",
+                view.name
+            )));
+        }
         let mut columns = Vec::with_capacity(view.join_keys.len());
         for (k, kt) in view.join_keys.iter().zip(&view.key_types) {
             let values = entities.get(k).ok_or_else(|| {

@@ -141,6 +141,16 @@ impl ModelConfig {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("input {:?} is declared twice", w[0]));
         }
+        if let Some(name) = &self.default_model_filename {
+            let plain = Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || name.is_empty() {
+                return Err(format!(
+                    "default_model_filename = {name:?} must be a file name inside the version directory (no '..', no absolute path)"
+                ));
+            }
+        }
         if self.backend == BackendKind::Candle {
             crate::candle_backend::WeightsFormat::of(Path::new(self.model_filename()))?;
         }
@@ -227,6 +237,10 @@ dynamic_batching = { max_queue_delay_us = 200, preferred_batch_sizes = [16, 64] 
             );
         }
         let err = candle("default_model_filename = \"model.bin\"").unwrap_err();
+        for escape in ["../../secret.onnx", "/etc/model.onnx", ""] {
+            let err = candle(&format!("default_model_filename = {escape:?}")).unwrap_err();
+            assert!(err.to_string().contains("must be a file name inside"), "{err}");
+        }
         assert!(err.contains("model.bin") && err.contains(".pth"), "{err}");
     }
 

@@ -150,17 +150,25 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Validate(args) => {
             let config = args.config()?;
-            let registry = config.registry()?;
-            let problems = registry.check_sources();
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            anyhow::ensure!(
-                problems.is_empty(),
-                "{} problem(s) in {}",
-                problems.len(),
-                config.repository.display()
-            );
+            let checked =
+                match ferrite_features::Registry::load(&config.repository, config.data_dir.as_deref()) {
+                    Ok(registry) => match registry.check_sources() {
+                        problems if problems.is_empty() => Ok(registry),
+                        problems => Err(problems),
+                    },
+                    Err(problems) => Err(problems.0),
+                };
+            let registry = match checked {
+                Ok(r) => r,
+                Err(problems) => {
+                    // Every problem on its own line, file:line first; no error chain.
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("{} problem(s) in {}", problems.len(), config.repository.display());
+                    std::process::exit(1);
+                }
+            };
             println!(
                 "ok: {} entities, {} sources, {} feature views, {} request views, {} feature services in {}",
                 registry.entities.len(),

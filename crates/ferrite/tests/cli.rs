@@ -171,3 +171,98 @@ async fn nothing_listening_is_a_clear_error() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
 }
+
+/// `ferrite validate`, `materialize`, `materialize-incremental` and `training-set` on the
+/// shipped definitions and sample data, into a scratch embedded store.
+#[test]
+fn feature_store_commands_run_end_to_end_on_the_sample_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferrite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[features]\nrepository = {:?}\nembedded_path = {:?}\n",
+            repo_root().join("features"),
+            dir.path().join("online")
+        ),
+    )
+    .unwrap();
+    let ferrite = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = ferrite(&["validate"]);
+    assert!(
+        ok && stdout.contains("ok: 3 entities, 4 sources, 4 feature views"),
+        "{stdout}{stderr}"
+    );
+
+    let (ok, stdout, stderr) = ferrite(&[
+        "materialize",
+        "--start",
+        "2026-08-01",
+        "--end",
+        "2026-10-01",
+        "--view",
+        "user_stats",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("user_stats: 26077 rows"), "{stdout}");
+    assert!(stdout.contains("materialized 1 view(s)"), "{stdout}");
+    // The watermark makes the next incremental run start at 2026-10-01: nothing new there.
+    let (ok, stdout, stderr) = ferrite(&[
+        "materialize-incremental",
+        "--end",
+        "2026-10-02",
+        "--view",
+        "user_stats",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("user_stats: 0 rows in [2026-10-01"), "{stdout}");
+
+    let out = dir.path().join("train.parquet");
+    let entities = repo_root().join("features/data/transactions.parquet");
+    let (ok, stdout, stderr) = ferrite(&[
+        "training-set",
+        "--entities",
+        entities.to_str().unwrap(),
+        "--feature",
+        "user_stats:*",
+        "--feature",
+        "user_profile:country",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    // 8 columns of transactions + 25 features, one row per transaction.
+    assert!(
+        stdout.contains("training set: 30000 rows x 33 columns"),
+        "{stdout}"
+    );
+    assert!(std::fs::metadata(&out).unwrap().len() > 10_000);
+
+    // A broken definition: every problem with file and line, exit code 1, nothing else.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("x.toml"), "[[entity]]\nname = \"u\"\njoin_keys = [\"id\"]\nkey_type = \"int\"\n\n[[feature_view]]\nname = \"v\"\nentities = [\"nobody\"]\nsource = \"s\"\nfeatures = [{ name = \"a\", dtype = \"int\" }]\n").unwrap();
+    let (ok, _, stderr) = ferrite(&["validate", "--features", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("x.toml:6: feature view \"v\": unknown entity \"nobody\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("x.toml:6: feature view \"v\": unknown source \"s\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
