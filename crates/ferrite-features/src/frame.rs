@@ -202,10 +202,7 @@ fn rule_checks(feature: &str, column: Expr, dtype: DType, rules: &Rules) -> Vec<
     out
 }
 
-/// An expression giving, per row, the first rule the row breaks (a string), or null.
-/// `ts` is the row's event time in µs and `reference` the ingestion time for staleness;
-/// without a reference, staleness is not checked (training sets).
-pub fn violation_reason(view: &FeatureView, ts: Expr, reference: Option<Micros>) -> Option<Expr> {
+fn all_checks(view: &FeatureView, ts: &Expr, reference: Option<Micros>) -> Vec<(Expr, String)> {
     let mut checks = Vec::new();
     for f in &view.features {
         checks.extend(rule_checks(&f.name, col(f.name.as_str()), f.dtype, &f.rules));
@@ -216,6 +213,22 @@ pub fn violation_reason(view: &FeatureView, ts: Expr, reference: Option<Micros>)
             ));
         }
     }
+    checks
+}
+
+/// True for rows that break any rule (cheap: no message per row); `None` without rules.
+pub fn violates_any(view: &FeatureView, ts: Expr, reference: Option<Micros>) -> Option<Expr> {
+    all_checks(view, &ts, reference)
+        .into_iter()
+        .map(|(cond, _)| cond)
+        .reduce(|a, b| a.or(b))
+}
+
+/// An expression giving, per row, the first rule the row breaks (a string), or null.
+/// `ts` is the row's event time in µs and `reference` the ingestion time for staleness;
+/// without a reference, staleness is not checked (training sets).
+pub fn violation_reason(view: &FeatureView, ts: Expr, reference: Option<Micros>) -> Option<Expr> {
+    let checks = all_checks(view, &ts, reference);
     if checks.is_empty() {
         return None;
     }

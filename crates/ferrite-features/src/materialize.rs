@@ -8,7 +8,8 @@ use polars::prelude::*;
 use crate::FeatureError;
 use crate::definitions::{FeatureView, Registry, check_view};
 use crate::frame::{
-    column_values, frame_error, key_dtype, key_values, micros_values, ts_micros, violation_reason,
+    column_values, frame_error, key_dtype, key_values, micros_values, ts_micros, violates_any,
+    violation_reason,
 };
 use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
 use crate::value::{Micros, Value, encode_entity_key, format_micros};
@@ -153,15 +154,15 @@ type Selected = (u64, u64, Vec<String>, DataFrame);
 fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selected, FeatureError> {
     let err = |e: PolarsError| frame_error(&view.source.path.display().to_string(), e);
     let window = view_frame(view)?.filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end))));
-    let reason = violation_reason(view, col(TS), Some(end));
+    let broken = violates_any(view, col(TS), Some(end));
 
     // Pass 1: how many rows the window holds and how many break a rule.
     let counts = window
         .clone()
         .select([
             len().cast(DataType::Int64).alias("rows"),
-            match &reason {
-                Some(r) => r.clone().is_not_null().sum().cast(DataType::Int64),
+            match &broken {
+                Some(b) => b.clone().sum().cast(DataType::Int64),
                 None => lit(0i64),
             }
             .alias("rejected"),
@@ -175,14 +176,14 @@ fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selec
     let (rows, rejected) = (first("rows")?, first("rejected")?);
     let mut examples = Vec::new();
     if rejected > 0
-        && let Some(r) = &reason
+        && let (Some(b), Some(r)) = (&broken, violation_reason(view, col(TS), Some(end)))
     {
         let mut cols: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
         cols.push(col(TS));
-        cols.push(r.clone().alias("__reason"));
+        cols.push(r.alias("__reason"));
         let bad = window
             .clone()
-            .filter(r.clone().is_not_null())
+            .filter(b.clone())
             .select(cols)
             .limit(5)
             .collect()
@@ -214,8 +215,8 @@ fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selec
     }
 
     // Pass 2: the latest valid row per entity (ties: the later created time).
-    let valid = match &reason {
-        Some(r) => window.filter(r.clone().is_null()),
+    let valid = match broken {
+        Some(b) => window.filter(b.not()),
         None => window,
     };
     let keys: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();

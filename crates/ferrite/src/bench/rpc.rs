@@ -27,6 +27,7 @@ pub enum Rpc {
     /// `user_profile:*`), user id 1,000,000 + key (the sample data's ids).
     Features,
     /// GetOnlineFeatures: 100 users (ids from 1,000,000 + key) × the same 30 features.
+    #[value(name = "features-100")]
     Features100,
 }
 

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Feature-store benchmarks on the large sample dataset (BENCHMARKS.md records the output):
+# materialization into one Redis and into the embedded store, a point-in-time training set,
+# and GetOnlineFeatures over gRPC from a separate client process (ferrite bench) on the
+# embedded store and on Redis, each beside the empty-RPC floor measured in the same run.
+# Everything listens on loopback; every load is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+DATA="${FERRITE_LARGE_DATA:-$HOME/.cache/ferrite-data/large}"
+OUT="${1:-$(mktemp -d -t ferrite-bench.XXXXXX)}"
+mkdir -p "$OUT"
+bin="$CARGO_TARGET_DIR/release/ferrite"
+cargo build --release --locked -p ferrite >&2
+
+if [ ! -f "$DATA/user_stats.parquet" ]; then
+  .venv/bin/pip install -q -r scripts/requirements-data.txt
+  .venv/bin/python scripts/make_sample_data.py --size large --out "$DATA"
+fi
+
+port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+REDIS_PORT=$(port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+redis=$!
+server=""
+cleanup() {
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  kill "$redis" 2>/dev/null || true
+}
+trap cleanup EXIT
+sleep 0.5
+
+config() { # $1 store kind, $2 file
+  cat >"$2" <<CFG
+[log]
+level = "info"
+[models]
+repository = "$PWD/models"
+poll_interval_s = 0
+[features]
+repository = "$PWD/features"
+data_dir = "$DATA"
+online_store = "$1"
+embedded_path = "$OUT/embedded"
+redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
+CFG
+}
+config redis "$OUT/redis.toml"
+config embedded "$OUT/embedded.toml"
+
+measure() { # label, command...
+  local label=$1; shift
+  echo "==> $label: $*" >&2
+  /usr/bin/time -v "$@" >"$OUT/$label.out" 2>"$OUT/$label.time"
+  cat "$OUT/$label.out"
+  grep -E "Maximum resident|Elapsed" "$OUT/$label.time"
+}
+
+if [ -z "${SERVE_ONLY:-}" ]; then
+measure materialize-redis "$bin" materialize --quiet --config "$OUT/redis.toml" --start 2026-01-01 --end 2027-01-01 --view user_stats --view user_profile
+measure materialize-embedded "$bin" materialize --quiet --config "$OUT/embedded.toml" --start 2026-01-01 --end 2027-01-01 --view user_stats --view user_profile
+measure training-set "$bin" training-set --config "$OUT/embedded.toml" --entities "$DATA/transactions.parquet" --feature 'user_stats:*' --feature 'user_profile:*' --out "$OUT/train.parquet"
+fi
+
+serve() { # $1 config
+  "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 300); do
+    grep -q "ferrite listening" "$OUT/serve.log" && break
+    sleep 0.1
+  done
+  ADDR=$(grep -o 'grpc=[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d= -f2)
+}
+stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; server=""; }
+
+for store in embedded redis; do
+  serve "$OUT/$store.toml"
+  echo "==> GetOnlineFeatures on $store at $ADDR" >&2
+  "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --rate 1000 --concurrency 64 --requests 10000 --duration-s 20 --with-floor --json "$OUT/$store-1x30.json"
+  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --json "$OUT/$store-100x30.json"
+  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-open.json"
+  ps -o rss= -p "$server" | awk '{printf "server RSS %.0f MiB\n", $1/1024}'
+  stop
+done
+echo "results in $OUT" >&2
