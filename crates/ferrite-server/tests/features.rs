@@ -100,7 +100,7 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
     assert!(present > 950, "{present} of 1000 users have a profile");
     let first = &answer.results[0];
     assert!(matches!(first.values[0].kind, Some(pb::value::Kind::StringValue(ref c)) if c.len() == 2));
-    assert!(first.event_timestamps[0].seconds > 1_500_000_000);
+    assert!(first.event_timestamps_us[0] > 1_500_000_000_000_000);
     let missing = answer.results.last().unwrap();
     assert!(
         missing

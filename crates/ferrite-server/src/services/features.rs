@@ -57,13 +57,6 @@ fn value_to_pb(v: Value) -> pb::Value {
     }
 }
 
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
 fn micros(ts: &prost_types::Timestamp) -> Result<i64, Status> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(Status::invalid_argument(format!(
@@ -133,7 +126,7 @@ impl FeatureService for Features {
                 let mut v = pb::FeatureVector {
                     values: Vec::with_capacity(row.len()),
                     statuses: Vec::with_capacity(row.len()),
-                    event_timestamps: Vec::with_capacity(row.len()),
+                    event_timestamps_us: Vec::with_capacity(row.len()),
                 };
                 for f in row {
                     v.statuses.push(match f.status {
@@ -142,8 +135,7 @@ impl FeatureService for Features {
                         ValueStatus::Expired => pb::FeatureStatus::Expired,
                         ValueStatus::Invalid => pb::FeatureStatus::Invalid,
                     } as i32);
-                    v.event_timestamps
-                        .push(f.event_ts.map(timestamp).unwrap_or_default());
+                    v.event_timestamps_us.push(f.event_ts.unwrap_or(0));
                     v.values.push(value_to_pb(f.value));
                 }
                 v
