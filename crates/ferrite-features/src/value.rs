@@ -130,6 +130,9 @@ pub fn now_micros() -> Micros {
 
 /// Formats microseconds as RFC 3339 for messages.
 pub fn format_micros(ts: Micros) -> String {
+    if ts == Micros::MIN {
+        return "the beginning".into();
+    }
     let secs = ts.div_euclid(MICROS_PER_SECOND);
     let nanos = (ts.rem_euclid(MICROS_PER_SECOND) * 1000) as u32;
     match u64::try_from(secs) {

@@ -95,6 +95,7 @@ async fn health_kserve_server_endpoints_and_admin_answer() {
         "{}",
         info.model_repository
     );
+    assert_eq!(info.online_store, "embedded");
     assert!(
         info.feature_repository.ends_with("features"),
         "{}",

@@ -43,7 +43,7 @@ impl AdminService for Admin {
         let config = &self.state.config;
         Ok(Response::new(GetServerInfoResponse {
             version: crate::VERSION.into(),
-            online_store: String::new(),
+            online_store: self.state.features.store.kind().to_string(),
             model_repository: config.models.repository.display().to_string(),
             feature_repository: config.features.repository.display().to_string(),
             uptime_s: self.state.started.elapsed().as_secs(),
