@@ -78,7 +78,6 @@ pub async fn get_online_features(
     request: &HashMap<String, Vec<Value>>,
     now: Micros,
 ) -> Result<OnlineFeatures, FeatureError> {
-    let _ = registry;
     let n = row_count("entity key", entities)?.unwrap_or(0);
     if let Some(m) = row_count("request field", request)?
         && m != n
@@ -395,11 +394,6 @@ pub async fn push_online(
     Ok(report)
 }
 
-/// The current time, for callers that do not pass one.
-pub fn now() -> Micros {
-    now_micros()
-}
-
 /// Appends checked rows that pass the rules to the source's `push_dir` as a new Parquet
 /// file, typed like the source, so training sets see them. Returns the file written.
 pub fn push_offline(
@@ -419,7 +413,7 @@ pub fn push_offline(
         return Ok(None);
     }
     let err = |e: PolarsError| crate::frame::frame_error(&dir.display().to_string(), e);
-    let schema = ParquetSourceSchema::read(view)?;
+    let schema = crate::offline::ParquetSource::new(source.path.clone()).schema()?;
     let mut columns: Vec<Column> = Vec::new();
     for (i, (k, kt)) in view.join_keys.iter().zip(&view.key_types).enumerate() {
         let values: Vec<Value> = rows
@@ -456,7 +450,7 @@ pub fn push_offline(
     }
     // Match the source's types exactly (e.g. Int32 ids, nanosecond times) so one scan reads both.
     for c in columns.iter_mut() {
-        if let Some(t) = schema.0.get(c.name())
+        if let Some(t) = schema.get(c.name())
             && t != c.dtype()
         {
             *c = c.cast(t).map_err(err)?;
@@ -481,14 +475,4 @@ pub fn push_offline(
         message: e.to_string(),
     })?;
     Ok(Some(path))
-}
-
-struct ParquetSourceSchema(polars::prelude::SchemaRef);
-
-impl ParquetSourceSchema {
-    fn read(view: &FeatureView) -> Result<Self, FeatureError> {
-        Ok(ParquetSourceSchema(
-            crate::offline::ParquetSource::new(view.source.path.clone()).schema()?,
-        ))
-    }
 }

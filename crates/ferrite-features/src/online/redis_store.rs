@@ -136,10 +136,13 @@ async fn query<T: redis::FromRedisValue, C: ConnectionLike + Send>(
     cmd.query_async(conn).await.map_err(|e| unavailable("Redis", e))
 }
 
+/// One row to write: key, encoded row, expiry in Unix ms (0 = none).
+type Batched = (String, Vec<u8>, i64);
+
 async fn run_script<C: ConnectionLike + Send>(
     script: &redis::Script,
     conn: &mut C,
-    batch: &[(String, Vec<u8>, i64)],
+    batch: &[Batched],
 ) -> Result<u64, FeatureError> {
     let mut inv = script.prepare_invoke();
     for (key, value, exp) in batch {
@@ -201,50 +204,53 @@ impl OnlineStore for RedisStore {
 
     async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError> {
         let now_ms = now_micros() / 1000;
-        let mut items: Vec<(String, String, Vec<u8>, i64)> = Vec::with_capacity(rows.len());
+        // (entity, (key, value, expiry ms)): the entity is the hash tag, so rows of one
+        // entity share a slot.
+        let mut items: Vec<(String, Batched)> = Vec::with_capacity(rows.len());
         for w in rows {
             let exp_ms = w.expire_at.map(|t: Micros| t.div_euclid(1000)).unwrap_or(0);
             if w.expire_at.is_some() && exp_ms <= now_ms {
                 // Already expired: Redis would drop it at once.
                 continue;
             }
-            items.push((w.key.entity.clone(), row_key(&w.key), encode_row(&w.row), exp_ms));
+            let key = row_key(&w.key);
+            items.push((w.key.entity, (key, encode_row(&w.row), exp_ms)));
         }
-        match self.conn.clone() {
-            Conn::Single(c) => {
-                let batches: Vec<Vec<(String, Vec<u8>, i64)>> = items
-                    .chunks(WRITE_BATCH)
-                    .map(|b| b.iter().map(|(_, k, v, e)| (k.clone(), v.clone(), *e)).collect())
-                    .collect();
-                let counts = try_join_all(batches.iter().map(|b| {
-                    let mut c = c.clone();
-                    let script = self.script.clone();
-                    async move { run_script(&script, &mut c, b).await }
-                }))
-                .await?;
-                Ok(counts.iter().sum())
+        let batches: Vec<Vec<Batched>> = match &self.conn {
+            Conn::Single(_) => {
+                let mut flat = items.into_iter().map(|(_, item)| item).peekable();
+                let mut batches = Vec::new();
+                while flat.peek().is_some() {
+                    batches.push(flat.by_ref().take(WRITE_BATCH).collect());
+                }
+                batches
             }
-            Conn::Cluster(c) => {
-                // A script may only touch keys of one slot: group by entity (the hash tag).
-                let mut groups: std::collections::HashMap<String, Vec<(String, Vec<u8>, i64)>> =
+            // A script may only touch keys of one slot: one batch per entity.
+            Conn::Cluster(_) => {
+                let mut groups: std::collections::HashMap<String, Vec<Batched>> =
                     std::collections::HashMap::new();
-                for (entity, k, v, e) in items {
-                    groups.entry(entity).or_default().push((k, v, e));
+                for (entity, item) in items {
+                    groups.entry(entity).or_default().push(item);
                 }
-                let groups: Vec<_> = groups.into_values().collect();
-                let mut total = 0;
-                for chunk in groups.chunks(256) {
-                    let counts = try_join_all(chunk.iter().map(|b| {
-                        let mut c = c.clone();
-                        let script = self.script.clone();
-                        async move { run_script(&script, &mut c, b).await }
-                    }))
-                    .await?;
-                    total += counts.iter().sum::<u64>();
-                }
-                Ok(total)
+                groups.into_values().collect()
             }
+        };
+        let mut total = 0;
+        for chunk in batches.chunks(256) {
+            let counts = try_join_all(chunk.iter().map(|b| {
+                let conn = self.conn.clone();
+                let script = self.script.clone();
+                async move {
+                    match conn {
+                        Conn::Single(mut c) => run_script(&script, &mut c, b).await,
+                        Conn::Cluster(mut c) => run_script(&script, &mut c, b).await,
+                    }
+                }
+            }))
+            .await?;
+            total += counts.iter().sum::<u64>();
         }
+        Ok(total)
     }
 
     async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError> {

@@ -115,7 +115,7 @@ impl FeatureService for Features {
             &refs,
             &entities,
             &context,
-            serving::now(),
+            ferrite_features::value::now_micros(),
         )
         .await
         .map_err(ApiError::from)?;
@@ -181,7 +181,8 @@ impl FeatureService for Features {
                 event_ts: micros(ts)?,
             });
         }
-        let checked = serving::check_push(&view, &rows, serving::now()).map_err(ApiError::from)?;
+        let checked = serving::check_push(&view, &rows, ferrite_features::value::now_micros())
+            .map_err(ApiError::from)?;
         if req.to_offline_store {
             // Offline first: if that fails nothing reached the online store either.
             let v = view.clone();
