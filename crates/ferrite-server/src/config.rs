@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_parses_and_repositories_resolve_next_to_it() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ferrite.toml");
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../ferrite.toml");
         let c = Config::from_file(&path).unwrap();
         assert!(c.models.repository.ends_with("models"));
         assert!(c.models.repository.starts_with(path.parent().unwrap()));

@@ -188,6 +188,39 @@ fn triton_type(d: DataType) -> pb::DataType {
 }
 
 /// The model's config in Triton's `ModelConfig` message.
+/// A `[[model_warmup]]` entry as Triton's `ModelWarmup`: dims default to the input's, -1 as 1.
+fn warmup(config: &ModelConfig, w: &ferrite_models::warmup::Warmup) -> pb::ModelWarmup {
+    use pb::model_warmup::input::InputDataType;
+    let inputs = w
+        .inputs
+        .iter()
+        .map(|(name, input)| {
+            let spec = config.inputs.iter().find(|s| s.name == *name);
+            let dims = input.dims.clone().unwrap_or_else(|| {
+                spec.map(|s| s.dims.iter().map(|&d| d.max(1)).collect())
+                    .unwrap_or_default()
+            });
+            let data = match (&input.input_data_file, input.random_data) {
+                (Some(file), _) => InputDataType::InputDataFile(file.clone()),
+                (None, true) => InputDataType::RandomData(true),
+                (None, false) => InputDataType::ZeroData(true),
+            };
+            let input = pb::model_warmup::Input {
+                data_type: spec.map(|s| triton_type(s.dtype) as i32).unwrap_or_default(),
+                dims,
+                input_data_type: Some(data),
+            };
+            (name.clone(), input)
+        })
+        .collect();
+    pb::ModelWarmup {
+        name: w.name.clone(),
+        batch_size: w.batch_size as u32,
+        inputs,
+        count: w.count as u32,
+    }
+}
+
 pub fn triton_config(name: &str, config: &ModelConfig) -> pb::ModelConfig {
     use pb::model_version_policy::{All, Latest, PolicyChoice, Specific};
     let policy = match &config.version_policy {
@@ -227,6 +260,7 @@ pub fn triton_config(name: &str, config: &ModelConfig) -> pb::ModelConfig {
                 dims: s.dims.clone(),
             })
             .collect(),
+        model_warmup: config.model_warmup.iter().map(|w| warmup(config, w)).collect(),
         dynamic_batching: config
             .dynamic_batching
             .as_ref()

@@ -256,6 +256,36 @@ async fn metadata_config_index_and_readiness_describe_the_repository() {
     assert_eq!(config.max_batch_size, 256);
     assert_eq!(config.input[0].data_type, DataType::TypeFp32 as i32);
     assert_eq!(config.input[0].dims, vec![8]);
+    assert!(config.model_warmup.is_empty());
+
+    // The XGBoost example declares two warm-up requests; ModelConfig shows them as Triton does.
+    let xgb = kserve
+        .model_config(ModelConfigRequest {
+            name: "fraud_xgboost".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    let names: Vec<&str> = xgb.model_warmup.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["full batch", "zeros"]);
+    assert_eq!(
+        (xgb.model_warmup[0].batch_size, xgb.model_warmup[0].count),
+        (256, 1)
+    );
+    let input = &xgb.model_warmup[0].inputs["features"];
+    assert_eq!(input.data_type, DataType::TypeFp32 as i32);
+    assert_eq!(input.dims, vec![40]);
+    assert_eq!(
+        input.input_data_type,
+        Some(ferrite_proto::inference::model_warmup::input::InputDataType::RandomData(true))
+    );
+    assert_eq!(
+        xgb.model_warmup[1].inputs["features"].input_data_type,
+        Some(ferrite_proto::inference::model_warmup::input::InputDataType::ZeroData(true))
+    );
 
     let ready = |name: &str, version: &str| ModelReadyRequest {
         name: name.into(),
