@@ -2,10 +2,17 @@
 //! and each feature view, the latest valid feature row with event time in [t − TTL, t]
 //! (no lower bound without a TTL), ties broken by the later created time. Every input row
 //! appears exactly once, in input order, with all its own columns.
+//!
+//! Polars reads the Parquet files; the join itself is done here, per view: the entity rows
+//! and the view's valid rows are grouped by key (counting sort), each key's feature rows
+//! sorted by (event time, created time), one binary search per entity row, then each
+//! wanted feature column gathered once. Neither side's wide frame is sorted or copied.
 
 use std::collections::{BTreeSet, HashSet};
 
 use polars::prelude::*;
+use polars_arrow::array::Array;
+use polars_arrow::bitmap::{Bitmap, MutableBitmap};
 
 use crate::FeatureError;
 use crate::definitions::{FeatureRef, FeatureView, Registry, key_type_matches};
@@ -13,8 +20,8 @@ use crate::frame::{column_values, frame_error, key_dtype, ts_micros, values_colu
 use crate::materialize::view_frame;
 use crate::value::Value;
 
-const ROW: &str = "__ferrite_row";
 const LABEL_TS: &str = "__ferrite_label_ts";
+const VALID: &str = "__ferrite_valid";
 
 fn key_col(k: &str) -> String {
     format!("__ferrite_key_{k}")
@@ -117,90 +124,68 @@ pub fn training_set(
         keys.iter()
             .map(|(k, kt)| col(k.as_str()).cast(key_dtype(*kt)).alias(key_col(k))),
     );
-    // The as-of join needs the entity rows in time order. Label tables usually come sorted
-    // (as the sample transactions do): then neither the sort nor the sort back is needed.
-    let left = entities
-        .with_row_index(ROW, None)
-        .with_columns(helper)
-        .collect()
-        .map_err(err)?;
-    let in_time_order = {
-        let ts = left.column(LABEL_TS).map_err(err)?.i64().map_err(err)?;
-        let mut prev = i64::MIN;
-        ts.iter().all(|t| {
-            let t = t.unwrap_or(i64::MIN);
-            let ok = t >= prev;
-            prev = t;
-            ok
-        })
-    };
-    let mut frame = if in_time_order {
-        left.lazy()
-    } else {
-        left.lazy().sort(
-            [LABEL_TS],
-            SortMultipleOptions::default().with_maintain_order(true),
-        )
-    };
+    let left = entities.with_columns(helper).collect().map_err(err)?;
 
-    // Stored features under internal names, so a feature named like a column of another
+    // Each view in three steps. (1) Read the view's needed columns once, with a validity
+    // flag from its data-quality rules. (2) Find for each entity row the index of its
+    // feature row (`point_in_time_rows`). (3) Gather the wanted feature columns by those
+    // indices, once. Nothing sorts or copies the wide frame.
+    // Stored features get internal names, so a feature named like a column of another
     // view cannot collide; renamed at the end.
     let internal = |vi: usize, fi: usize| format!("__ferrite_f{vi}_{fi}");
+    let mut df = left;
+    let label_ts = i64_values(df.column(LABEL_TS).map_err(err)?, i64::MIN).map_err(err)?;
+    let mut clock = std::time::Instant::now();
+    let mut lap = |what: &str, view: &str| {
+        tracing::debug!(
+            view,
+            seconds = clock.elapsed().as_secs_f64(),
+            "training set: {what}"
+        );
+        clock = std::time::Instant::now();
+    };
+    // The entity rows grouped by key, once per set of join keys.
+    let mut grouped: Vec<(Vec<String>, EntityRows)> = Vec::new();
     for (vi, (view, wanted)) in views.iter().enumerate() {
-        let ts = format!("__ferrite_ts{vi}");
-        let valid = match violates_any(view, col("__ts"), None) {
-            Some(b) => view_frame(view)?.filter(b.not()),
-            None => view_frame(view)?,
-        };
+        let valid = violates_any(view, col("__ts"), None)
+            .map(|b| b.not())
+            .unwrap_or(lit(true));
         let mut cols: Vec<Expr> = view
             .join_keys
             .iter()
             .map(|k| col(k.as_str()).alias(key_col(k)))
             .collect();
-        cols.push(col("__ts").alias(ts.as_str()));
+        cols.push(col("__ts"));
         cols.push(col("__created"));
+        cols.push(valid.alias(VALID));
         for fi in wanted {
             cols.push(col(view.features[*fi].name.as_str()).alias(internal(vi, *fi)));
         }
-        let right = valid
-            .select(cols)
-            .sort(
-                [ts.as_str(), "__created"],
-                SortMultipleOptions::default().with_maintain_order(true),
-            )
-            .drop(cols_selector(["__created"]));
-        // Sorted by (event time, created time): for equal event times the backward as-of
-        // join takes the last row, i.e. the latest created one (Polars picks the greatest
-        // right index whose time is <= the label time).
-        let by: Vec<PlSmallStr> = view
-            .join_keys
-            .iter()
-            .map(|k| PlSmallStr::from(key_col(k)))
-            .collect();
-        let options = AsOfOptions {
-            strategy: AsofStrategy::Backward,
-            tolerance: (view.ttl > 0).then(|| Scalar::new(DataType::Int64, AnyValue::Int64(view.ttl))),
-            tolerance_str: None,
-            left_by: Some(by.clone()),
-            right_by: Some(by),
-            allow_eq: true,
-            check_sortedness: false,
+        let rows = view_frame(view)?.select(cols).collect().map_err(err)?;
+        lap("read", &view.name);
+        let view_keys: Vec<String> = view.join_keys.iter().map(|k| key_col(k)).collect();
+        let at = match grouped.iter().position(|(k, _)| *k == view_keys) {
+            Some(at) => at,
+            None => {
+                let keys = KeyRows::of(&df, &view_keys).map_err(err)?;
+                grouped.push((view_keys.clone(), EntityRows::new(keys, &label_ts)));
+                grouped.len() - 1
+            }
         };
-        frame = frame
-            .join_builder()
-            .with(right)
-            .left_on([col(LABEL_TS)])
-            .right_on([col(ts.as_str())])
-            .how(JoinType::AsOf(Box::new(options)))
-            .finish()
-            .drop(cols_selector([ts]));
+        let right_keys = KeyRows::of(&rows, &view_keys).map_err(err)?;
+        let (found, mask) = grouped[at]
+            .1
+            .point_in_time(&right_keys, &rows, view.ttl)
+            .map_err(err)?;
+        lap("join", &view.name);
+        let features: Vec<PlSmallStr> = wanted.iter().map(|fi| internal(vi, *fi).into()).collect();
+        let gathered = gather(&rows.select(features).map_err(err)?, found, mask).map_err(err)?;
+        df.hstack_mut(&gathered).map_err(err)?;
+        lap("gather", &view.name);
     }
     let mut drop: Vec<String> = vec![LABEL_TS.to_string()];
     drop.extend(keys.iter().map(|(k, _)| key_col(k)));
-    if !in_time_order {
-        frame = frame.sort([ROW], SortMultipleOptions::default());
-    }
-    let mut df = frame.drop(cols_selector(drop)).collect().map_err(err)?;
+    let mut df = df.drop_many(drop);
 
     // Request-time features, row by row with the same evaluator as the online path.
     let mut request_cols = Vec::new();
@@ -270,8 +255,318 @@ pub fn training_set(
     df.lazy().select(select).collect().map_err(err)
 }
 
-fn cols_selector<I: IntoIterator<Item = S>, S: Into<PlSmallStr>>(names: I) -> Selector {
-    cols(names.into_iter().map(Into::into).collect::<Vec<PlSmallStr>>())
+/// Join key values per row: one integer key as is, any other keys as one string.
+enum KeyRows {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+}
+
+impl KeyRows {
+    /// The keys `names` of `frame`'s rows (already cast to their key types); `None` where a
+    /// key is null.
+    fn of(frame: &DataFrame, names: &[String]) -> PolarsResult<KeyRows> {
+        if let [name] = names
+            && let c = frame.column(name)?
+            && c.dtype() == &DataType::Int64
+        {
+            return Ok(KeyRows::Int(c.i64()?.iter().collect()));
+        }
+        // Each part length-prefixed, so no two different key tuples give the same string.
+        let parts: Vec<Column> = names
+            .iter()
+            .map(|n| frame.column(n)?.cast(&DataType::String))
+            .collect::<PolarsResult<_>>()?;
+        let parts: Vec<&StringChunked> = parts.iter().map(|c| c.str()).collect::<PolarsResult<_>>()?;
+        let rows = (0..frame.height())
+            .map(|i| {
+                let mut key = String::new();
+                for p in &parts {
+                    let v = p.get(i)?;
+                    key.push_str(&v.len().to_string());
+                    key.push(':');
+                    key.push_str(v);
+                }
+                Some(key)
+            })
+            .collect();
+        Ok(KeyRows::Text(rows))
+    }
+}
+
+/// The entity rows grouped by key (counting sort): ids of the distinct keys, and per id a
+/// run of (event time, entity row).
+struct EntityRows {
+    ids: KeyIds,
+    start: Vec<usize>,
+    rows: Vec<(i64, IdxSize)>,
+    len: usize,
+}
+
+enum KeyIds {
+    /// Integer keys in a range not much wider than the number of rows: a table.
+    Dense {
+        min: i64,
+        ids: Vec<u32>,
+        len: usize,
+    },
+    Int(PlHashMap<i64, u32>),
+    Text(PlHashMap<String, u32>),
+}
+
+impl KeyIds {
+    fn len(&self) -> usize {
+        match self {
+            KeyIds::Dense { len, .. } => *len,
+            KeyIds::Int(m) => m.len(),
+            KeyIds::Text(m) => m.len(),
+        }
+    }
+}
+
+/// Dense ids through a table indexed by `key − min`, when the keys' range allows one.
+fn dense_table(keys: &[Option<i64>]) -> Option<(KeyIds, Vec<u32>)> {
+    let (min, max) = keys
+        .iter()
+        .flatten()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &k| (lo.min(k), hi.max(k)));
+    let width = usize::try_from(max.checked_sub(min)?).ok()?.checked_add(1)?;
+    if width > (1 << 20).max(2 * keys.len()) {
+        return None;
+    }
+    let mut ids = vec![NO_GROUP; width];
+    let mut len = 0u32;
+    let group = keys
+        .iter()
+        .map(|k| match k {
+            Some(k) => {
+                let slot = &mut ids[(k - min) as usize];
+                if *slot == NO_GROUP {
+                    *slot = len;
+                    len += 1;
+                }
+                *slot
+            }
+            None => NO_GROUP,
+        })
+        .collect();
+    Some((
+        KeyIds::Dense {
+            min,
+            ids,
+            len: len as usize,
+        },
+        group,
+    ))
+}
+
+const NO_GROUP: u32 = u32::MAX;
+
+fn dense_ids<K: std::hash::Hash + Eq + Clone>(keys: &[Option<K>]) -> (PlHashMap<K, u32>, Vec<u32>) {
+    let mut ids: PlHashMap<K, u32> = PlHashMap::default();
+    let group = keys
+        .iter()
+        .map(|k| match k {
+            Some(k) => {
+                let next = ids.len() as u32;
+                *ids.entry(k.clone()).or_insert(next)
+            }
+            None => NO_GROUP,
+        })
+        .collect();
+    (ids, group)
+}
+
+fn lookup<K: std::hash::Hash + Eq>(ids: &PlHashMap<K, u32>, keys: &[Option<K>]) -> Vec<u32> {
+    keys.iter()
+        .map(|k| k.as_ref().and_then(|k| ids.get(k)).copied().unwrap_or(NO_GROUP))
+        .collect()
+}
+
+/// Offsets of `groups` runs for rows with the given group ids (`NO_GROUP` left out).
+fn run_starts(group: &[u32], groups: usize) -> Vec<usize> {
+    let mut start = vec![0usize; groups + 1];
+    for &g in group {
+        if g != NO_GROUP {
+            start[g as usize + 1] += 1;
+        }
+    }
+    for g in 0..groups {
+        start[g + 1] += start[g];
+    }
+    start
+}
+
+impl EntityRows {
+    fn new(keys: KeyRows, ts: &[i64]) -> EntityRows {
+        let (ids, group) = match &keys {
+            KeyRows::Int(k) => dense_table(k).unwrap_or_else(|| {
+                let (ids, g) = dense_ids(k);
+                (KeyIds::Int(ids), g)
+            }),
+            KeyRows::Text(k) => {
+                let (ids, g) = dense_ids(k);
+                (KeyIds::Text(ids), g)
+            }
+        };
+        let groups = ids.len();
+        let start = run_starts(&group, groups);
+        let mut next = start.clone();
+        let mut rows = vec![(0i64, 0 as IdxSize); start[groups]];
+        for (l, &g) in group.iter().enumerate() {
+            if g != NO_GROUP {
+                rows[next[g as usize]] = (ts[l], l as IdxSize);
+                next[g as usize] += 1;
+            }
+        }
+        EntityRows {
+            ids,
+            start,
+            rows,
+            len: ts.len(),
+        }
+    }
+
+    /// For each entity row, the index in `right` of its feature row and whether there is
+    /// one: among the valid rows with the same keys and event time in `[t − ttl, t]` (no
+    /// lower bound when `ttl` is 0), the one with the greatest (event time, created time),
+    /// the later file row on a full tie. `right` has `__ts`, `__created` and the validity
+    /// flag; a null event time never matches.
+    fn point_in_time(
+        &self,
+        keys: &KeyRows,
+        right: &DataFrame,
+        ttl: i64,
+    ) -> PolarsResult<(Vec<IdxSize>, Bitmap)> {
+        use rayon::prelude::*;
+
+        let group = match (&self.ids, keys) {
+            (KeyIds::Dense { min, ids, .. }, KeyRows::Int(k)) => k
+                .iter()
+                .map(|k| {
+                    k.and_then(|k| usize::try_from(k.checked_sub(*min)?).ok())
+                        .and_then(|i| ids.get(i).copied())
+                        .unwrap_or(NO_GROUP)
+                })
+                .collect(),
+            (KeyIds::Int(ids), KeyRows::Int(k)) => lookup(ids, k),
+            (KeyIds::Text(ids), KeyRows::Text(k)) => lookup(ids, k),
+            _ => polars_bail!(SchemaMismatch: "join keys of different types"),
+        };
+        let groups = self.start.len() - 1;
+        let ts = i64_values(right.column("__ts")?, i64::MIN)?;
+        let created = i64_values(right.column("__created")?, i64::MIN)?;
+        let valid = right.column(VALID)?.bool()?;
+        let mut group = group;
+        for ((g, t), v) in group.iter_mut().zip(&ts).zip(valid.iter()) {
+            if *t == i64::MIN || v != Some(true) {
+                *g = NO_GROUP;
+            }
+        }
+        // The usable feature rows grouped the same way, each run sorted by (time, created,
+        // row); the file is usually in time order already.
+        let start = run_starts(&group, groups);
+        let mut next = start.clone();
+        let mut sorted = vec![(0i64, 0i64, 0 as IdxSize); start[groups]];
+        for (r, &g) in group.iter().enumerate() {
+            if g != NO_GROUP {
+                sorted[next[g as usize]] = (ts[r], created[r], r as IdxSize);
+                next[g as usize] += 1;
+            }
+        }
+        split_runs(&mut sorted, &start)
+            .into_par_iter()
+            .for_each(|run| run.sort_unstable());
+
+        // Per key, a binary search per entity row in that key's feature rows, which are
+        // read from memory once for all of them.
+        const NONE: IdxSize = IdxSize::MAX;
+        let mut found = vec![NONE; self.rows.len()];
+        split_runs(&mut found, &self.start)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(g, out)| {
+                let features = &sorted[start[g]..start[g + 1]];
+                let entities = &self.rows[self.start[g]..self.start[g + 1]];
+                for ((t, _), o) in entities.iter().zip(out.iter_mut()) {
+                    let after = features.partition_point(|c| c.0 <= *t);
+                    if let Some(&(at, _, row)) = after.checked_sub(1).map(|a| &features[a])
+                        && (ttl == 0 || t.saturating_sub(at) <= ttl)
+                    {
+                        *o = row;
+                    }
+                }
+            });
+        let mut index = vec![0 as IdxSize; self.len];
+        let mut mask = MutableBitmap::from_len_zeroed(self.len);
+        for ((_, l), row) in self.rows.iter().zip(found) {
+            if row != NONE {
+                index[*l as usize] = row;
+                mask.set(*l as usize, true);
+            }
+        }
+        Ok((index, mask.freeze()))
+    }
+}
+
+/// `v` cut into the consecutive runs `start[g]..start[g + 1]`.
+fn split_runs<'a, T>(mut v: &'a mut [T], start: &[usize]) -> Vec<&'a mut [T]> {
+    let mut runs = Vec::with_capacity(start.len().saturating_sub(1));
+    for w in start.windows(2) {
+        let (run, rest) = v.split_at_mut(w[1] - w[0]);
+        runs.push(run);
+        v = rest;
+    }
+    runs
+}
+
+/// An Int64 column's values, `null` for its nulls.
+fn i64_values(c: &Column, null: i64) -> PolarsResult<Vec<i64>> {
+    let mut out = Vec::with_capacity(c.len());
+    for arr in c.i64()?.downcast_iter() {
+        if arr.null_count() == 0 {
+            out.extend_from_slice(arr.values());
+        } else {
+            out.extend(arr.iter().map(|v| v.copied().unwrap_or(null)));
+        }
+    }
+    Ok(out)
+}
+
+/// `frame`'s rows at `index`, null where `found` is unset. Columns without nulls of the
+/// common feature types take the plain gather and get `found` as their validity; the
+/// others a gather by nullable indices.
+fn gather(frame: &DataFrame, index: Vec<IdxSize>, found: Bitmap) -> PolarsResult<Vec<Column>> {
+    use rayon::prelude::*;
+
+    let len = index.len();
+    if frame.height() == 0 {
+        return Ok(frame
+            .columns()
+            .iter()
+            .map(|c| Column::full_null(c.name().clone(), len, c.dtype()))
+            .collect());
+    }
+    let validity = (found.unset_bits() > 0).then_some(found);
+    let plain = IdxCa::from_vec(PlSmallStr::from_static("row"), index);
+    let nullable = plain.clone().with_validity(validity.clone());
+    frame
+        .columns()
+        .par_iter()
+        .map(|c| {
+            let c = c.rechunk();
+            if c.has_nulls() {
+                return c.take(&nullable);
+            }
+            let s = c.take(&plain)?.take_materialized_series();
+            Ok(match s.dtype() {
+                DataType::Int64 => s.i64()?.clone().with_validity(validity.clone()).into_column(),
+                DataType::Float64 => s.f64()?.clone().with_validity(validity.clone()).into_column(),
+                DataType::Boolean => s.bool()?.clone().with_validity(validity.clone()).into_column(),
+                DataType::String => s.str()?.clone().with_validity(validity.clone()).into_column(),
+                _ => c.take(&nullable)?,
+            })
+        })
+        .collect()
 }
 
 /// What `training_set_file` did.
@@ -320,4 +615,79 @@ pub fn training_set_file(
         columns: df.get_column_names().iter().map(|c| c.to_string()).collect(),
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Feature rows (key, time, created, valid) as the frame `point_in_time` reads.
+    fn right_frame(rows: &[(Option<i64>, i64, i64, bool)]) -> DataFrame {
+        DataFrame::new_infer_height(vec![
+            Column::new("__ts".into(), rows.iter().map(|r| r.1).collect::<Vec<_>>()),
+            Column::new("__created".into(), rows.iter().map(|r| r.2).collect::<Vec<_>>()),
+            Column::new(VALID.into(), rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+        ])
+        .unwrap()
+    }
+
+    fn naive(right: &[(Option<i64>, i64, i64, bool)], key: Option<i64>, t: i64, ttl: i64) -> Option<IdxSize> {
+        let key = key?;
+        right
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.0 == Some(key) && r.3 && r.1 <= t && (ttl == 0 || r.1 >= t - ttl))
+            .max_by_key(|(i, r)| (r.1, r.2, *i))
+            .map(|(i, _)| i as IdxSize)
+    }
+
+    fn run(
+        left: KeyRows,
+        right: KeyRows,
+        left_ts: &[i64],
+        frame: &DataFrame,
+        ttl: i64,
+    ) -> (Vec<Option<IdxSize>>, bool) {
+        let rows = EntityRows::new(left, left_ts);
+        let dense = matches!(rows.ids, KeyIds::Dense { .. });
+        let (index, found) = rows.point_in_time(&right, frame, ttl).unwrap();
+        let got = index
+            .iter()
+            .zip(found.iter())
+            .map(|(i, f)| f.then_some(*i))
+            .collect();
+        (got, dense)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The three key paths (range table, hash map, text) find the same rows as a naive
+        /// scan, including null keys, invalid rows, full ties and keys missing on one side.
+        #[test]
+        fn key_paths_agree_with_a_naive_scan(
+            right in prop::collection::vec((prop::option::weighted(0.9, 0i64..5), 0i64..20, 0i64..3, prop::bool::weighted(0.8)), 0..40),
+            left in prop::collection::vec((prop::option::weighted(0.9, 0i64..6), 0i64..25), 0..30),
+            ttl in prop_oneof![Just(0i64), 1i64..10],
+        ) {
+            let frame = right_frame(&right);
+            let left_ts: Vec<i64> = left.iter().map(|l| l.1).collect();
+            let want: Vec<Option<IdxSize>> = left.iter().map(|l| naive(&right, l.0, l.1, ttl)).collect();
+            let ints = |keys: Vec<Option<i64>>, scale: i64| KeyRows::Int(keys.iter().map(|k| k.map(|k| k * scale)).collect());
+            let texts = |keys: Vec<Option<i64>>| KeyRows::Text(keys.iter().map(|k| k.map(|k| format!("1:{k}"))).collect());
+            let lk: Vec<Option<i64>> = left.iter().map(|l| l.0).collect();
+            let rk: Vec<Option<i64>> = right.iter().map(|r| r.0).collect();
+
+            let (got, dense) = run(ints(lk.clone(), 1), ints(rk.clone(), 1), &left_ts, &frame, ttl);
+            prop_assert!(dense || lk.iter().all(Option::is_none));
+            prop_assert_eq!(&got, &want);
+            let (got, dense) = run(ints(lk.clone(), 1 << 40), ints(rk.clone(), 1 << 40), &left_ts, &frame, ttl);
+            prop_assert!(!dense || lk.iter().flatten().all(|k| *k == lk.iter().flatten().next().copied().unwrap_or(0)));
+            prop_assert_eq!(&got, &want);
+            let (got, _) = run(texts(lk), texts(rk), &left_ts, &frame, ttl);
+            prop_assert_eq!(&got, &want);
+        }
+    }
 }

@@ -77,6 +77,12 @@ pub struct RedisStore {
     script: Arc<redis::Script>,
 }
 
+/// `TCP_NODELAY`: the client's default leaves Nagle's algorithm on, which holds back a
+/// request written while an earlier one on the multiplexed connection is unacknowledged.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 fn unavailable(what: &str, e: redis::RedisError) -> FeatureError {
     FeatureError::Unavailable(format!("{what}: {e}"))
 }
@@ -84,7 +90,10 @@ fn unavailable(what: &str, e: redis::RedisError) -> FeatureError {
 impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`) and fails if the server does not answer.
     pub async fn connect(url: &str) -> Result<Self, FeatureError> {
-        let client = redis::Client::open(url)
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| FeatureError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?
+            .set_tcp_settings(tcp_settings());
+        let client = redis::Client::open(info)
             .map_err(|e| FeatureError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?;
         // Fail fast when the server is not there at start; once connected, the manager
         // reconnects in the background.
@@ -108,6 +117,7 @@ impl RedisStore {
             .connection_timeout(Duration::from_secs(2))
             .response_timeout(Duration::from_secs(5))
             .retries(2)
+            .tcp_settings(tcp_settings())
             .build()
             .map_err(|e| unavailable(&format!("bad Redis Cluster nodes {urls:?}"), e))?;
         let conn = client
