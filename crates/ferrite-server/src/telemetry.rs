@@ -12,16 +12,31 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init_logging(config: &LogConfig) {
+    init(config, false)
+}
+
+/// The same, to stderr: for the offline commands, whose stdout is their result.
+pub fn init_logging_stderr(config: &LogConfig) {
+    init(config, true)
+}
+
+fn init(config: &LogConfig, stderr: bool) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_ansi(!stderr && std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let _ = match (config.format, stderr) {
+        (LogFormat::Text, false) => builder.try_init(),
+        (LogFormat::Json, false) => builder.json().flatten_event(true).try_init(),
+        (LogFormat::Text, true) => builder.with_writer(std::io::stderr).try_init(),
+        (LogFormat::Json, true) => builder
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .try_init(),
     };
 }
 

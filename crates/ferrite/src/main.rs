@@ -102,11 +102,12 @@ struct FeatureArgs {
 
 impl FeatureArgs {
     fn config(&self) -> anyhow::Result<ferrite_server::config::FeaturesConfig> {
-        let mut config = match &self.config {
+        let whole = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
-        }
-        .features;
+        };
+        telemetry::init_logging_stderr(&whole.log);
+        let mut config = whole.features;
         if let Some(f) = &self.features {
             config.repository = f.clone();
         }
