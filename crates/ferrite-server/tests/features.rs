@@ -85,6 +85,7 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
             )),
             entities: HashMap::from([("user_id".into(), ints(ids.clone()))]),
             request_context: HashMap::new(),
+            columnar: false,
         })
         .await
         .unwrap()
@@ -183,6 +184,7 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
                 ),
                 ("hour_of_day".into(), ints([3, 14])),
             ]),
+            columnar: false,
         })
         .await
         .unwrap()
@@ -211,6 +213,88 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
     server.shutdown().await.unwrap();
 }
 
+/// The value of a feature-major column at `row`, as the row-major answer would give it.
+fn column_value(c: &pb::FeatureColumn, row: usize) -> Option<pb::value::Kind> {
+    use pb::value::Kind;
+    if c.nulls.get(row).copied().unwrap_or(false) {
+        return None;
+    }
+    if !c.float_values.is_empty() {
+        Some(Kind::FloatValue(c.float_values[row]))
+    } else if !c.int_values.is_empty() {
+        Some(Kind::IntValue(c.int_values[row]))
+    } else if !c.string_values.is_empty() {
+        Some(Kind::StringValue(c.string_values[row].clone()))
+    } else if !c.bool_values.is_empty() {
+        Some(Kind::BoolValue(c.bool_values[row]))
+    } else {
+        Some(Kind::FloatVectorValue(c.float_vector_values[row].clone()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn columnar_answers_hold_the_same_values_as_row_answers() {
+    let (server, channel, _data) = feature_server().await;
+    let mut client = FeatureServiceClient::new(channel);
+    // Users with and without rows, every feature type, request-time features that are
+    // null where their input is missing.
+    let ids: Vec<i64> = (1_000_001..1_000_301).chain([42, 7]).collect();
+    let n = ids.len();
+    let request = |columnar| pb::GetOnlineFeaturesRequest {
+        selection: Some(pb::get_online_features_request::Selection::FeatureService(
+            "fraud_v1".into(),
+        )),
+        entities: HashMap::from([("user_id".into(), ints(ids.clone()))]),
+        request_context: HashMap::from([
+            (
+                "amount".into(),
+                pb::ValueList {
+                    values: (0..n).map(|i| float(i as f64)).collect(),
+                },
+            ),
+            ("hour_of_day".into(), ints((0..n as i64).map(|i| i % 24))),
+        ]),
+        columnar,
+    };
+    let rows = client
+        .get_online_features(request(false))
+        .await
+        .unwrap()
+        .into_inner();
+    let cols = client
+        .get_online_features(request(true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rows.feature_names, cols.feature_names);
+    assert!(cols.results.is_empty() && rows.columns.is_empty());
+    assert_eq!(cols.columns.len(), cols.feature_names.len());
+    let mut kinds = std::collections::HashSet::new();
+    let mut nulls = 0;
+    for (j, c) in cols.columns.iter().enumerate() {
+        assert_eq!(c.statuses.len(), n);
+        assert_eq!(c.event_timestamps_us.len(), n);
+        for (i, row) in rows.results.iter().enumerate() {
+            let name = &cols.feature_names[j];
+            assert_eq!(c.statuses[i], row.statuses[j], "{name} row {i}");
+            assert_eq!(
+                c.event_timestamps_us[i], row.event_timestamps_us[j],
+                "{name} row {i}"
+            );
+            let want = row.values[j].kind.clone();
+            assert_eq!(column_value(c, i), want, "{name} row {i}");
+            if let Some(k) = &want {
+                kinds.insert(std::mem::discriminant(k));
+            } else {
+                nulls += 1;
+            }
+        }
+    }
+    assert!(kinds.len() >= 3, "several value types compared");
+    assert!(nulls > 0, "missing users give nulls in the columns");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_statuses() {
     let (server, channel, _data) = feature_server().await;
@@ -219,6 +303,7 @@ async fn bad_requests_get_clear_statuses() {
         selection,
         entities,
         request_context: HashMap::new(),
+        columnar: false,
     };
     let by_refs = |refs: &[&str]| {
         Some(pb::get_online_features_request::Selection::Features(

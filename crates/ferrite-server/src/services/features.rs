@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferrite_features::serving::{self, PushRow, Status as ValueStatus};
-use ferrite_features::{FeatureError, OnlineStore, Registry, Value};
+use ferrite_features::{DType, FeatureError, OnlineStore, Registry, Value};
 use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureService;
 use tonic::{Request, Response, Status};
@@ -55,6 +55,70 @@ fn value_to_pb(v: Value) -> pb::Value {
             Value::FloatVec(values) => Some(Kind::FloatVectorValue(pb::FloatVector { values })),
         },
     }
+}
+
+/// The row-major answer turned feature-major, one packed column per feature of `dtypes`.
+fn feature_columns(
+    rows: Vec<Vec<serving::FeatureValue>>,
+    dtypes: &[DType],
+    status: impl Fn(ValueStatus) -> i32,
+) -> Vec<pb::FeatureColumn> {
+    let n = rows.len();
+    let mut columns: Vec<pb::FeatureColumn> = dtypes
+        .iter()
+        .map(|d| {
+            let mut c = pb::FeatureColumn {
+                statuses: Vec::with_capacity(n),
+                event_timestamps_us: Vec::with_capacity(n),
+                ..Default::default()
+            };
+            match d {
+                DType::Float => c.float_values.reserve(n),
+                DType::Int => c.int_values.reserve(n),
+                DType::String => c.string_values.reserve(n),
+                DType::Bool => c.bool_values.reserve(n),
+                DType::FloatVector => c.float_vector_values.reserve(n),
+            }
+            c
+        })
+        .collect();
+    for (r, row) in rows.into_iter().enumerate() {
+        for ((f, c), dtype) in row.into_iter().zip(columns.iter_mut()).zip(dtypes) {
+            c.statuses.push(status(f.status));
+            c.event_timestamps_us.push(f.event_ts.unwrap_or(0));
+            let missing = matches!(f.value, Value::Null) || f.status != ValueStatus::Present;
+            if missing && c.nulls.is_empty() {
+                c.nulls = vec![false; n];
+            }
+            if missing {
+                c.nulls[r] = true;
+            }
+            let value = if missing { Value::Null } else { f.value };
+            match dtype {
+                DType::Float => c.float_values.push(match value {
+                    Value::Float(x) => x,
+                    Value::Int(i) => i as f64,
+                    _ => 0.0,
+                }),
+                DType::Int => c.int_values.push(match value {
+                    Value::Int(i) => i,
+                    _ => 0,
+                }),
+                DType::String => c.string_values.push(match value {
+                    Value::Str(s) => s,
+                    _ => String::new(),
+                }),
+                DType::Bool => c.bool_values.push(matches!(value, Value::Bool(true))),
+                DType::FloatVector => c.float_vector_values.push(pb::FloatVector {
+                    values: match value {
+                        Value::FloatVec(v) => v,
+                        _ => Vec::new(),
+                    },
+                }),
+            }
+        }
+    }
+    columns
 }
 
 fn micros(ts: &prost_types::Timestamp) -> Result<i64, Status> {
@@ -119,6 +183,22 @@ impl FeatureService for Features {
         )
         .await
         .map_err(ApiError::from)?;
+        let status = |s: ValueStatus| {
+            (match s {
+                ValueStatus::Present => pb::FeatureStatus::Present,
+                ValueStatus::NotFound => pb::FeatureStatus::NotFound,
+                ValueStatus::Expired => pb::FeatureStatus::Expired,
+                ValueStatus::Invalid => pb::FeatureStatus::Invalid,
+            }) as i32
+        };
+        if req.columnar {
+            let dtypes: Vec<DType> = refs.iter().map(|r| r.dtype()).collect();
+            return Ok(Response::new(pb::GetOnlineFeaturesResponse {
+                feature_names: answer.names,
+                results: Vec::new(),
+                columns: feature_columns(answer.rows, &dtypes, status),
+            }));
+        }
         let results = answer
             .rows
             .into_iter()
@@ -129,12 +209,7 @@ impl FeatureService for Features {
                     event_timestamps_us: Vec::with_capacity(row.len()),
                 };
                 for f in row {
-                    v.statuses.push(match f.status {
-                        ValueStatus::Present => pb::FeatureStatus::Present,
-                        ValueStatus::NotFound => pb::FeatureStatus::NotFound,
-                        ValueStatus::Expired => pb::FeatureStatus::Expired,
-                        ValueStatus::Invalid => pb::FeatureStatus::Invalid,
-                    } as i32);
+                    v.statuses.push(status(f.status));
                     v.event_timestamps_us.push(f.event_ts.unwrap_or(0));
                     v.values.push(value_to_pb(f.value));
                 }
@@ -144,6 +219,7 @@ impl FeatureService for Features {
         Ok(Response::new(pb::GetOnlineFeaturesResponse {
             feature_names: answer.names,
             results,
+            columns: Vec::new(),
         }))
     }
 

@@ -29,6 +29,9 @@ pub enum Rpc {
     /// GetOnlineFeatures: 100 users (ids from 1,000,000 + key) × the same 30 features.
     #[value(name = "features-100")]
     Features100,
+    /// The same 100 × 30 call answered feature-major (`columnar`: packed arrays).
+    #[value(name = "features-100-columnar")]
+    Features100Columnar,
 }
 
 /// What the load generator reads from an answer.
@@ -46,6 +49,7 @@ impl Rpc {
             Rpc::ModelInferGbdt => "model-infer-gbdt",
             Rpc::Features => "features",
             Rpc::Features100 => "features-100",
+            Rpc::Features100Columnar => "features-100-columnar",
         }
     }
 
@@ -74,12 +78,17 @@ impl Rpc {
             }
             Rpc::Features => {
                 FeatureServiceClient::new(channel)
-                    .get_online_features(features_request(key, 1))
+                    .get_online_features(features_request(key, 1, false))
                     .await?;
             }
             Rpc::Features100 => {
                 FeatureServiceClient::new(channel)
-                    .get_online_features(features_request(key, 100))
+                    .get_online_features(features_request(key, 100, false))
+                    .await?;
+            }
+            Rpc::Features100Columnar => {
+                FeatureServiceClient::new(channel)
+                    .get_online_features(features_request(key, 100, true))
                     .await?;
             }
         }
@@ -88,7 +97,7 @@ impl Rpc {
 }
 
 /// 30 user features for `n` users with consecutive ids from 1,000,000 + key.
-fn features_request(key: u64, n: u64) -> GetOnlineFeaturesRequest {
+fn features_request(key: u64, n: u64, columnar: bool) -> GetOnlineFeaturesRequest {
     let ids = (0..n)
         .map(|i| Value {
             kind: Some(value::Kind::IntValue(1_000_000 + (key + i) as i64)),
@@ -100,6 +109,7 @@ fn features_request(key: u64, n: u64) -> GetOnlineFeaturesRequest {
         })),
         entities: [("user_id".to_string(), ValueList { values: ids })].into(),
         request_context: Default::default(),
+        columnar,
     }
 }
 
