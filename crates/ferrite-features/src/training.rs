@@ -382,8 +382,14 @@ fn lookup<K: std::hash::Hash + Eq>(ids: &PlHashMap<K, u32>, keys: &[Option<K>]) 
         .collect()
 }
 
-/// Offsets of `groups` runs for rows with the given group ids (`NO_GROUP` left out).
-fn run_starts(group: &[u32], groups: usize) -> Vec<usize> {
+/// The rows that have a group id (`NO_GROUP` left out) laid out group after group, in row
+/// order within a group (a counting sort): group `g` is `start[g]..start[g + 1]`, and each
+/// row is represented by `entry(row)`.
+fn counting_sort<T: Copy + Default>(
+    group: &[u32],
+    groups: usize,
+    entry: impl Fn(usize) -> T,
+) -> (Vec<usize>, Vec<T>) {
     let mut start = vec![0usize; groups + 1];
     for &g in group {
         if g != NO_GROUP {
@@ -393,7 +399,15 @@ fn run_starts(group: &[u32], groups: usize) -> Vec<usize> {
     for g in 0..groups {
         start[g + 1] += start[g];
     }
-    start
+    let mut next = start.clone();
+    let mut out = vec![T::default(); start[groups]];
+    for (row, &g) in group.iter().enumerate() {
+        if g != NO_GROUP {
+            out[next[g as usize]] = entry(row);
+            next[g as usize] += 1;
+        }
+    }
+    (start, out)
 }
 
 impl EntityRows {
@@ -408,16 +422,7 @@ impl EntityRows {
                 (KeyIds::Text(ids), g)
             }
         };
-        let groups = ids.len();
-        let start = run_starts(&group, groups);
-        let mut next = start.clone();
-        let mut rows = vec![(0i64, 0 as IdxSize); start[groups]];
-        for (l, &g) in group.iter().enumerate() {
-            if g != NO_GROUP {
-                rows[next[g as usize]] = (ts[l], l as IdxSize);
-                next[g as usize] += 1;
-            }
-        }
+        let (start, rows) = counting_sort(&group, ids.len(), |l| (ts[l], l as IdxSize));
         EntityRows {
             ids,
             start,
@@ -439,7 +444,7 @@ impl EntityRows {
     ) -> PolarsResult<(Vec<IdxSize>, Bitmap)> {
         use rayon::prelude::*;
 
-        let group = match (&self.ids, keys) {
+        let mut group = match (&self.ids, keys) {
             (KeyIds::Dense { min, ids, .. }, KeyRows::Int(k)) => k
                 .iter()
                 .map(|k| {
@@ -456,7 +461,6 @@ impl EntityRows {
         let ts = i64_values(right.column("__ts")?, i64::MIN)?;
         let created = i64_values(right.column("__created")?, i64::MIN)?;
         let valid = right.column(VALID)?.bool()?;
-        let mut group = group;
         for ((g, t), v) in group.iter_mut().zip(&ts).zip(valid.iter()) {
             if *t == i64::MIN || v != Some(true) {
                 *g = NO_GROUP;
@@ -464,15 +468,7 @@ impl EntityRows {
         }
         // The usable feature rows grouped the same way, each run sorted by (time, created,
         // row); the file is usually in time order already.
-        let start = run_starts(&group, groups);
-        let mut next = start.clone();
-        let mut sorted = vec![(0i64, 0i64, 0 as IdxSize); start[groups]];
-        for (r, &g) in group.iter().enumerate() {
-            if g != NO_GROUP {
-                sorted[next[g as usize]] = (ts[r], created[r], r as IdxSize);
-                next[g as usize] += 1;
-            }
-        }
+        let (start, mut sorted) = counting_sort(&group, groups, |r| (ts[r], created[r], r as IdxSize));
         split_runs(&mut sorted, &start)
             .into_par_iter()
             .for_each(|run| run.sort_unstable());
