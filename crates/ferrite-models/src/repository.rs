@@ -18,16 +18,29 @@ pub struct LoadedVersion {
     pub stats: Arc<crate::stats::VersionStats>,
     /// The dynamic-batching queue, when the config asks for one.
     queue: Option<crate::queue::BatchQueue>,
-    /// Running mean (exponentially weighted, ns) of this version's direct runs; `u64::MAX`
-    /// until the first run. Decides where the next direct run goes (see `INLINE_BELOW_NS`).
+    /// Running mean (exponentially weighted, ns) of this version's direct runs, each run
+    /// counted as at most `2 * INLINE_BELOW_NS`; `u64::MAX` until the first run. Decides where
+    /// the next direct run goes (see `INLINE_BELOW_NS`).
     compute_ns: std::sync::atomic::AtomicU64,
 }
 
 /// A direct (unbatched) run whose model usually computes in less than this runs on the
-/// calling async worker: handing it to the blocking pool and back costs more (tens of µs of
-/// thread wake-ups on a small machine) than the model itself, e.g. a 200-tree GBDT at ~10 µs.
-/// Slower models (or a model that becomes slower, e.g. with big batches) go to the pool.
-const INLINE_BELOW_NS: u64 = 50_000;
+/// calling async worker: handing it to the blocking pool and back costs more (two thread
+/// wake-ups, ~30 µs of CPU on a small machine) than the model itself. The example 200-tree
+/// GBDT takes ~12 µs with warm caches but 23 µs (p50) to 34 µs (p90) when the network stack
+/// has run in between, as in a server, and more when the host preempts it: at 50 µs half of
+/// its runs went to the pool. Slower models (or a model that becomes slower, e.g. with big
+/// batches) go to the pool; 100 µs is the longest stretch tokio advises between awaits.
+const INLINE_BELOW_NS: u64 = 100_000;
+
+/// The running mean after one more run that took `took`.
+fn next_mean(old: u64, took: std::time::Duration) -> u64 {
+    // Clamped so that one run stalled by the OS (a preemption costs milliseconds) moves a fast
+    // model's mean by a few µs instead of sending its next dozens of runs to the pool; a model
+    // that is really slow still settles above the threshold.
+    let x = took.as_nanos().min(2 * INLINE_BELOW_NS as u128) as u64;
+    if old == u64::MAX { x } else { old - old / 8 + x / 8 }
+}
 
 impl LoadedVersion {
     /// Runs the backend here, recording the run in the statistics and the running mean.
@@ -38,9 +51,8 @@ impl LoadedVersion {
         let took = compute.elapsed();
         let rows = if batched { inputs[0].shape[0] } else { 1 };
         self.stats.record_execution(rows, took);
-        let x = took.as_nanos().min(u64::MAX as u128 / 2) as u64;
         let old = self.compute_ns.load(Ordering::Relaxed);
-        let mean = if old == u64::MAX { x } else { old - old / 8 + x / 8 };
+        let mean = next_mean(old, took);
         self.compute_ns.store(mean, Ordering::Relaxed);
         outputs
     }
@@ -440,7 +452,26 @@ fn versions_on_disk(dir: &Path) -> Result<Vec<u64>, ModelError> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_name;
+    use super::{INLINE_BELOW_NS, check_name, next_mean};
+    use std::time::Duration;
+
+    fn settle(runs: impl IntoIterator<Item = u64>) -> u64 {
+        runs.into_iter()
+            .fold(u64::MAX, |mean, us| next_mean(mean, Duration::from_micros(us)))
+    }
+
+    #[test]
+    fn an_os_stall_does_not_push_a_fast_model_off_the_async_workers() {
+        // A 10 µs model with one 5 ms stall, even two in a row, stays inline.
+        let fast = || std::iter::repeat_n(10, 50);
+        let mean = settle(fast().chain([5_000, 5_000]));
+        assert!(mean < INLINE_BELOW_NS, "mean {mean} ns");
+        // A model that really takes 300 µs goes to the blocking pool, even after fast runs.
+        let mean = settle(fast().chain(std::iter::repeat_n(300, 20)));
+        assert!(mean >= INLINE_BELOW_NS, "mean {mean} ns");
+        // Until the first run, nothing is known: the pool.
+        assert!(settle([]) >= INLINE_BELOW_NS);
+    }
 
     #[test]
     fn names_cannot_escape_the_repository() {

@@ -28,7 +28,7 @@ impl Duration64 {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VersionStats {
     /// Requests answered, with their end-to-end time inside the model layer.
     pub success: Duration64,
@@ -46,14 +46,47 @@ pub struct VersionStats {
     pub last_inference_ms: AtomicU64,
     /// Batch size -> (executions, compute time).
     batches: Mutex<BTreeMap<usize, (u64, u64)>>,
-    labels: [(&'static str, String); 2],
+    /// Prometheus handles, looked up once: building a labelled key on every call allocates.
+    metrics: Handles,
+}
+
+#[derive(Debug)]
+struct Handles {
+    compute_seconds: metrics::Histogram,
+    batch_size: metrics::Histogram,
+    queue_seconds: metrics::Histogram,
+    requests_ok: metrics::Counter,
+    requests_error: metrics::Counter,
 }
 
 impl VersionStats {
+    /// Statistics for one version. The Prometheus series are registered with the recorder
+    /// installed at this point (the server installs its recorder before loading models).
     pub fn new(model: &str, version: u64) -> Self {
+        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        let with_status = |status: &'static str| {
+            [
+                labels[0].clone(),
+                labels[1].clone(),
+                ("status", status.to_string()),
+            ]
+        };
         VersionStats {
-            labels: [("model", model.to_string()), ("version", version.to_string())],
-            ..Default::default()
+            success: Duration64::default(),
+            fail: Duration64::default(),
+            queue: Duration64::default(),
+            compute: Duration64::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            batches: Mutex::default(),
+            metrics: Handles {
+                compute_seconds: metrics::histogram!("ferrite_model_compute_seconds", &labels),
+                batch_size: metrics::histogram!("ferrite_model_batch_size", &labels),
+                queue_seconds: metrics::histogram!("ferrite_model_queue_seconds", &labels),
+                requests_ok: metrics::counter!("ferrite_model_requests_total", &with_status("ok")),
+                requests_error: metrics::counter!("ferrite_model_requests_total", &with_status("error")),
+            },
         }
     }
 
@@ -73,30 +106,25 @@ impl VersionStats {
             entry.0 += 1;
             entry.1 += compute.as_nanos() as u64;
         }
-        metrics::histogram!("ferrite_model_compute_seconds", &self.labels).record(compute.as_secs_f64());
-        metrics::histogram!("ferrite_model_batch_size", &self.labels).record(batch as f64);
+        self.metrics.compute_seconds.record(compute.as_secs_f64());
+        self.metrics.batch_size.record(batch as f64);
     }
 
     /// A request's wait before its batch ran.
     pub fn record_queue(&self, waited: Duration) {
         self.queue.add(1, waited);
-        metrics::histogram!("ferrite_model_queue_seconds", &self.labels).record(waited.as_secs_f64());
+        self.metrics.queue_seconds.record(waited.as_secs_f64());
     }
 
     /// A request's outcome and its total time in the model layer.
     pub fn record_request(&self, ok: bool, took: Duration) {
-        let (slot, status) = if ok {
-            (&self.success, "ok")
+        let (slot, counter) = if ok {
+            (&self.success, &self.metrics.requests_ok)
         } else {
-            (&self.fail, "error")
+            (&self.fail, &self.metrics.requests_error)
         };
         slot.add(1, took);
-        let labels = [
-            self.labels[0].clone(),
-            self.labels[1].clone(),
-            ("status", status.to_string()),
-        ];
-        metrics::counter!("ferrite_model_requests_total", &labels).increment(1);
+        counter.increment(1);
     }
 
     /// Batch size -> (executions, compute nanoseconds), smallest batch first.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{python_json, start};
+use common::{python_json, scrape, start};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use ferrite_proto::inference::*;
@@ -666,6 +666,22 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+
+    // The same events as Prometheus series per model and version. Tests share the process's
+    // recorder, so other tests' calls may add to these counts.
+    let text = scrape(&server).await;
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let v1 = r#"model="fraud_logreg",version="1""#;
+    assert!(value(&format!("ferrite_model_requests_total{{{v1},status=\"ok\"}}")) >= 4.0);
+    assert!(value(&format!("ferrite_model_requests_total{{{v1},status=\"error\"}}")) >= 1.0);
+    assert!(value(&format!("ferrite_model_compute_seconds_count{{{v1}}}")) >= 4.0);
+    assert!(value(&format!("ferrite_model_batch_size_sum{{{v1}}}")) >= 3.0 * good.len() as f64 + 1.0);
     server.shutdown().await.unwrap();
 }
 

@@ -3,35 +3,15 @@
 
 mod common;
 
-use common::{python_json, start};
+use common::{python_json, scrape, start};
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
 use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
 use ferrite_proto::ferrite::v1::{GetServerInfoRequest, ScoreFraudRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
-use ferrite_server::RunningServer;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-async fn scrape(server: &RunningServer) -> String {
-    // A plain HTTP/1.0 GET: the endpoint is for Prometheus, which needs nothing more.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(server.metrics_addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    assert!(
-        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
-        "{body}"
-    );
-    body
-}
 
 #[tokio::test]
 async fn health_kserve_server_endpoints_and_admin_answer() {

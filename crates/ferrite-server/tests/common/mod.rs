@@ -57,3 +57,24 @@ pub async fn python_json(script: &str, args: Vec<String>) -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// The Prometheus text the server's metrics endpoint serves.
+#[allow(dead_code)]
+pub async fn scrape(server: &RunningServer) -> String {
+    // A plain HTTP/1.0 GET: the endpoint is for Prometheus, which needs nothing more.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.metrics_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    body
+}
