@@ -420,6 +420,57 @@ async fn a_stream_answers_each_request_in_order_and_survives_a_bad_one() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_on_one_stream_are_batched_and_answered_in_order() {
+    let (_repo, server, channel) = serve_batched_logreg(5).await;
+    let expected = expected();
+    let features = rows(&expected["features"]);
+    let want = rows(&expected["version_2"]);
+    // Five one-row requests sent at once on one stream; the batch runs when all five are
+    // queued, which only happens if the server works on several requests of a stream at once.
+    let requests: Vec<ModelInferRequest> = features
+        .iter()
+        .enumerate()
+        .map(|(i, row)| ModelInferRequest {
+            id: format!("row-{i}"),
+            ..request("2", std::slice::from_ref(row))
+        })
+        .collect();
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+    let mut answers = kserve
+        .model_stream_infer(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for (i, want_row) in want.iter().enumerate() {
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!(answer.error_message, "");
+        let answer = answer.infer_response.unwrap();
+        assert_eq!(answer.id, format!("row-{i}"), "answers come in request order");
+        assert_close(
+            &f32s(&answer.raw_output_contents[0]),
+            std::slice::from_ref(want_row),
+        );
+    }
+    assert!(answers.message().await.unwrap().is_none());
+    let stats = kserve
+        .model_statistics(ModelStatisticsRequest {
+            name: "fraud_logreg".into(),
+            version: "2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    let batches: Vec<(u64, u64)> = stats[0]
+        .batch_stats
+        .iter()
+        .map(|b| (b.batch_size, b.compute_infer.as_ref().unwrap().count))
+        .collect();
+    assert_eq!(batches, [(5, 1)], "five streamed requests ran as one batch");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn tritonclient_works_unchanged() {
     let (server, _channel) = start().await;
@@ -733,8 +784,12 @@ async fn the_server_picks_up_a_new_version_dropped_into_the_repository() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
+/// A server on a copy of `fraud_logreg` whose config asks for dynamic batching with a long
+/// queue delay (200 ms) and the given preferred batch size, so that concurrent requests surely
+/// meet in one batch.
+async fn serve_batched_logreg(
+    preferred: usize,
+) -> (tempfile::TempDir, ferrite_server::RunningServer, Channel) {
     let repo = tempfile::tempdir().unwrap();
     copy_dir(
         &repo_root().join("models/fraud_logreg"),
@@ -742,14 +797,21 @@ async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
     );
     let config_path = repo.path().join("fraud_logreg/config.toml");
     let mut model_config = std::fs::read_to_string(&config_path).unwrap();
-    // A long queue delay so that the concurrent requests below surely meet in one batch.
-    model_config
-        .push_str("dynamic_batching = { max_queue_delay_us = 200000, preferred_batch_sizes = [8] }\n");
+    model_config.push_str(&format!(
+        "dynamic_batching = {{ max_queue_delay_us = 200000, preferred_batch_sizes = [{preferred}] }}\n"
+    ));
     std::fs::write(&config_path, model_config).unwrap();
     let mut config = common::test_config();
     config.models.repository = repo.path().to_path_buf();
     config.models.poll_interval_s = 0.0;
     let (server, channel) = common::start_with(config).await;
+    (repo, server, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
+    // A long queue delay so that the concurrent requests below surely meet in one batch.
+    let (_repo, server, channel) = serve_batched_logreg(8).await;
 
     let expected = expected();
     let features = rows(&expected["features"]);

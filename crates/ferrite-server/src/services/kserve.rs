@@ -7,7 +7,8 @@ use std::sync::Arc;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use ferrite_proto::inference::repository_index_response::ModelIndex;
 use ferrite_proto::inference::*;
-use tokio_stream::{Stream, StreamExt};
+use futures::StreamExt;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
@@ -202,32 +203,42 @@ impl GrpcInferenceService for KServe {
     }
 }
 
-/// Answers each streamed request in order; a failed request yields an `error_message`
-/// answer and the stream goes on, as Triton's streaming API does.
+/// Requests of one stream in flight at once. A client that pipelines its requests on one
+/// stream (as tritonclient's streaming API does) gets them batched together by the model's
+/// queue; answers still come back in request order.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// Answers each streamed request, in order; a failed request yields an `error_message`
+/// answer and the stream goes on, as Triton's streaming API does. Up to `STREAM_IN_FLIGHT`
+/// requests run at once.
 fn stream_answers(
     state: Arc<AppState>,
-    mut requests: Streaming<ModelInferRequest>,
+    requests: Streaming<ModelInferRequest>,
 ) -> impl Stream<Item = Result<ModelStreamInferResponse, Status>> + Send {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
     tokio::spawn(async move {
-        while let Some(item) = requests.next().await {
-            let answer = match item {
-                Ok(req) => match infer(state.clone(), req).await {
-                    Ok(r) => ModelStreamInferResponse {
-                        error_message: String::new(),
-                        infer_response: Some(r),
-                    },
-                    Err(s) => ModelStreamInferResponse {
-                        error_message: s.message().to_string(),
-                        infer_response: None,
-                    },
-                },
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    return;
+        let mut answers = requests
+            .map(move |item| {
+                let state = state.clone();
+                async move {
+                    let req = item?;
+                    Ok(match infer(state, req).await {
+                        Ok(r) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(r),
+                        },
+                        Err(s) => ModelStreamInferResponse {
+                            error_message: s.message().to_string(),
+                            infer_response: None,
+                        },
+                    })
                 }
-            };
-            if tx.send(Ok(answer)).await.is_err() {
+            })
+            .buffered(STREAM_IN_FLIGHT);
+        while let Some(answer) = answers.next().await {
+            // A broken incoming stream ends the answers after saying why.
+            let end = answer.is_err();
+            if tx.send(answer).await.is_err() || end {
                 return;
             }
         }
