@@ -2,7 +2,8 @@
 tensor) and with ZipMap (a {class: probability} map per row), as scikit-learn users export it.
 
 200 trees of depth 3 over 40 transaction features, trained on seeded synthetic data. Writes
-models/fraud_gbdt/1/model.onnx, models/fraud_gbdt_zipmap/1/model.onnx, and the expected
+models/fraud_gbdt/1/model.onnx, models/fraud_gbdt_zipmap/1/model.onnx, the same plain file
+as models/fraud_gbdt_batched/1/model.onnx (served with dynamic batching), and the expected
 scores (scikit-learn's own predict_proba and Python onnxruntime's) for the tests.
 
     .venv/bin/pip install -r scripts/requirements-models.txt
@@ -10,6 +11,7 @@ scores (scikit-learn's own predict_proba and Python onnxruntime's) for the tests
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,10 @@ def main():
             probabilities = [[row[c] for c in sorted(row)] for row in probabilities]
         expected[name] = np.asarray(probabilities, dtype=np.float64).tolist()
         print(f"wrote {path.relative_to(ROOT)}: inputs {[i.name for i in session.get_inputs()]}, outputs {[o.name for o in session.get_outputs()]}")
+    batched = ROOT / "models" / "fraud_gbdt_batched" / "1" / "model.onnx"
+    batched.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "models" / "fraud_gbdt" / "1" / "model.onnx", batched)
+    print(f"wrote {batched.relative_to(ROOT)}")
     out = ROOT / "crates/ferrite-server/tests/data/fraud_gbdt.expected.json"
     out.write_text(json.dumps(expected, indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

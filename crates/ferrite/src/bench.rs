@@ -6,6 +6,7 @@
 //! that stalls is charged for the calls queued behind the stall (no coordinated omission).
 //! Both stop at `--requests` calls or `--duration-s` seconds, whichever comes first.
 
+mod raw;
 mod rpc;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 pub use rpc::Rpc;
+use rpc::Target;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -52,6 +54,9 @@ pub struct BenchArgs {
     /// HTTP/2 connections to spread the calls over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// The model the model RPCs call, instead of their example model (same inputs needed).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Entity ids are drawn from 1..=keys with a Zipf distribution (for RPCs that take ids).
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
@@ -64,6 +69,13 @@ pub struct BenchArgs {
     /// Also measure the empty-RPC floor (the health check) first, with the same settings.
     #[arg(long)]
     pub with_floor: bool,
+    /// Model RPCs: also call the model in this process, with no server in between (batch 1
+    /// and 64, `--requests` calls, one thread), and report the run against it.
+    #[arg(long)]
+    pub with_raw: bool,
+    /// The model repository `--with-raw` loads the model from.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -101,10 +113,12 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
-/// Everything one `ferrite bench` invocation measured: the floor (if asked) and the RPC.
+/// Everything one `ferrite bench` invocation measured: the raw model and the floor (if
+/// asked) and the RPC.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub addr: String,
+    pub raw: Vec<raw::RawReport>,
     pub floor: Option<RunReport>,
     pub run: RunReport,
 }
@@ -136,10 +150,22 @@ impl Report {
             )
         };
         out.push_str(&format!("ferrite bench against {}\n", self.addr));
+        for raw in &self.raw {
+            out.push_str(&raw.to_text());
+        }
         if let Some(floor) = &self.floor {
             out.push_str(&format!("floor  {}", line(floor)));
         }
         out.push_str(&format!("run    {}", line(&self.run)));
+        if let Some(raw) = self.raw.iter().find(|r| r.batch == 1) {
+            out.push_str(&format!(
+                "vs raw throughput {:.1} % of raw batch-1 calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch 1\n",
+                100.0 * self.run.rps / raw.calls_per_s,
+                self.run.rps,
+                raw.calls_per_s,
+                self.run.latency_us.p50 / raw.latency_us.p50.max(1.0)
+            ));
+        }
         for (code, n) in &self.run.errors_by_code {
             out.push_str(&format!("  error {code}: {n}\n"));
         }
@@ -155,7 +181,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
     }
-    let channels = connect(args).await?;
+    let raw = match (args.with_raw, args.rpc.model_input()) {
+        (false, _) => Vec::new(),
+        (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
+        (true, Some((default, input, width))) => {
+            let model = args.model.clone().unwrap_or_else(|| default.to_string());
+            let (models, calls) = (args.models.clone(), args.requests);
+            tokio::task::spawn_blocking(move || raw::measure(&models, &model, input, width, calls)).await??
+        }
+    };
+    let channels: Vec<Arc<Target>> = connect(args)
+        .await?
+        .into_iter()
+        .map(|c| Arc::new(Target::new(c, args.model.clone())))
+        .collect();
     let floor = if args.with_floor {
         Some(measure(args, Rpc::Health, &channels).await?)
     } else {
@@ -164,6 +203,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let run = measure(args, args.rpc, &channels).await?;
     Ok(Report {
         addr: args.addr.to_string(),
+        raw,
         floor,
         run,
     })
@@ -247,11 +287,11 @@ impl Keys {
     }
 }
 
-async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Channel]) -> anyhow::Result<RunReport> {
+async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Arc<Target>]) -> anyhow::Result<RunReport> {
     // Warm-up: one caller, not measured, stops at the first error (which the run will report).
     let mut keys = Keys::new(args, u64::MAX)?;
     for _ in 0..args.warmup {
-        if rpc.call(channels[0].clone(), keys.next()).await.is_err() {
+        if rpc.call(&channels[0], keys.next()).await.is_err() {
             break;
         }
     }
@@ -278,21 +318,25 @@ async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Channel]) -> anyhow::Re
         errors_by_code: tally.errors,
         duration_s: elapsed,
         rps: (tally.ok + errors) as f64 / elapsed,
-        latency_us: Percentiles {
-            p50: h.value_at_quantile(0.5) as f64,
-            p90: h.value_at_quantile(0.9) as f64,
-            p99: h.value_at_quantile(0.99) as f64,
-            p999: h.value_at_quantile(0.999) as f64,
-            max: h.max() as f64,
-            mean: h.mean(),
-        },
+        latency_us: percentiles(h),
     })
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    Percentiles {
+        p50: h.value_at_quantile(0.5) as f64,
+        p90: h.value_at_quantile(0.9) as f64,
+        p99: h.value_at_quantile(0.99) as f64,
+        p999: h.value_at_quantile(0.999) as f64,
+        max: h.max() as f64,
+        mean: h.mean(),
+    }
 }
 
 async fn closed_loop(
     args: &BenchArgs,
     rpc: Rpc,
-    channels: &[Channel],
+    channels: &[Arc<Target>],
     budget: Duration,
 ) -> anyhow::Result<(Tally, u64, u64)> {
     let deadline = tokio::time::Instant::now() + budget;
@@ -311,7 +355,7 @@ async fn closed_loop(
                 let key = keys.next();
                 let t0 = Instant::now();
                 // A call that outlives the run's deadline is cut off and counted as such.
-                let outcome = match tokio::time::timeout_at(deadline, rpc.call(channel.clone(), key)).await {
+                let outcome = match tokio::time::timeout_at(deadline, rpc.call(&channel, key)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(tonic::Status::deadline_exceeded(
                         "benchmark ended before the answer",
@@ -333,7 +377,7 @@ async fn closed_loop(
 async fn open_loop(
     args: &BenchArgs,
     rpc: Rpc,
-    channels: &[Channel],
+    channels: &[Arc<Target>],
     rate: f64,
     budget: Duration,
 ) -> anyhow::Result<(Tally, u64, u64)> {
@@ -370,7 +414,7 @@ async fn open_loop(
             let tx = tx.clone();
             let give_up = tokio::time::Instant::from_std(end + Duration::from_secs(5));
             runtime.spawn(async move {
-                let outcome = match tokio::time::timeout_at(give_up, rpc.call(channel, key)).await {
+                let outcome = match tokio::time::timeout_at(give_up, rpc.call(&channel, key)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(tonic::Status::deadline_exceeded(
                         "no answer 5 s after the run ended",

@@ -24,6 +24,9 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         zipf_s: 1.0,
         seed: 7,
         with_floor: false,
+        with_raw: false,
+        models: repo_root().join("models"),
+        model: None,
         json: None,
     }
 }
@@ -145,6 +148,41 @@ async fn open_loop_accounts_for_every_scheduled_call_and_measures_the_floor() {
     assert_eq!(report.run.rpc, "server-live");
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["run"]["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
+    let server = start_server().await;
+    let mut a = args(server.grpc_addr());
+    a.rpc = Rpc::ModelStreamInferGbdt;
+    a.model = Some("fraud_gbdt_batched".into());
+    a.concurrency = 16;
+    a.connections = 1;
+    a.with_raw = true;
+    let report = bench::run(&a).await.unwrap();
+    let run = &report.run;
+    assert_eq!((run.sent, run.ok, run.errors), (300, 300, 0), "{run:?}");
+    let raw: Vec<(usize, u64)> = report.raw.iter().map(|r| (r.batch, r.calls)).collect();
+    assert_eq!(raw, [(1, 300), (64, 100)]);
+    assert!(
+        report
+            .raw
+            .iter()
+            .all(|r| r.model == "fraud_gbdt_batched" && r.rows_per_s > 0.0)
+    );
+    assert!(
+        report.to_text().contains("of raw batch-1 calls/s"),
+        "{}",
+        report.to_text()
+    );
+
+    // A stream call the server refuses is counted as an error, not waited for forever.
+    a.model = Some("no_such_model".into());
+    a.with_raw = false;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (0, 300), "{:?}", report.run);
+    assert_eq!(report.run.errors_by_code.get("Unknown"), Some(&300));
     server.shutdown().await.unwrap();
 }
 

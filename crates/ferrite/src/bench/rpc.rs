@@ -1,5 +1,9 @@
 //! The RPCs `ferrite bench` can drive. Each later capability adds its own.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OnceCell, mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -10,7 +14,7 @@ use ferrite_proto::ferrite::v1::{
 };
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
-use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
+use ferrite_proto::inference::{ModelInferRequest, ModelStreamInferResponse, ServerLiveRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
@@ -23,6 +27,10 @@ pub enum Rpc {
     ModelInfer,
     /// ModelInfer on the example `fraud_gbdt` (200 trees, 40 features), batch 1, raw input.
     ModelInferGbdt,
+    /// The same requests on ModelStreamInfer: one bidirectional stream per connection that
+    /// all callers pipeline their requests on (as tritonclient's streaming API does), each
+    /// caller with one request in flight.
+    ModelStreamInferGbdt,
     /// ferrite.v1.FeatureService/GetOnlineFeatures: 1 user × 30 features (`user_stats:*` and
     /// `user_profile:*`), user id 1,000,000 + key (the sample data's ids).
     Features,
@@ -47,14 +55,26 @@ impl Rpc {
             Rpc::ServerLive => "server-live",
             Rpc::ModelInfer => "model-infer",
             Rpc::ModelInferGbdt => "model-infer-gbdt",
+            Rpc::ModelStreamInferGbdt => "model-stream-infer-gbdt",
             Rpc::Features => "features",
             Rpc::Features100 => "features-100",
             Rpc::Features100Columnar => "features-100-columnar",
         }
     }
 
+    /// For the model RPCs: the example model they call, its input's name and its width.
+    pub fn model_input(self) -> Option<(&'static str, &'static str, usize)> {
+        match self {
+            Rpc::ModelInfer => Some(("fraud_logreg", "features", 8)),
+            Rpc::ModelInferGbdt | Rpc::ModelStreamInferGbdt => Some(("fraud_gbdt", "X", 40)),
+            _ => None,
+        }
+    }
+
     /// One call. `key` is the entity id for RPCs that take one.
-    pub async fn call(self, channel: Channel, key: u64) -> Result<Outcome, tonic::Status> {
+    pub async fn call(self, target: &Target, key: u64) -> Result<Outcome, tonic::Status> {
+        let channel = target.channel.clone();
+        let model = |default: &'static str| target.model.as_deref().unwrap_or(default);
         match self {
             Rpc::Health => {
                 HealthClient::new(channel)
@@ -69,12 +89,20 @@ impl Rpc {
                     .await?;
             }
             Rpc::ModelInfer => {
-                let req = infer_request("fraud_logreg", "features", 8, key);
+                let req = infer_request(model("fraud_logreg"), "features", 8, key);
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
             Rpc::ModelInferGbdt => {
-                let req = infer_request("fraud_gbdt", "X", 40, key);
+                let req = infer_request(model("fraud_gbdt"), "X", 40, key);
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
+            }
+            Rpc::ModelStreamInferGbdt => {
+                let req = infer_request(model("fraud_gbdt"), "X", 40, key);
+                let stream = target
+                    .stream
+                    .get_or_try_init(|| InferStream::open(channel))
+                    .await?;
+                stream.call(req).await?;
             }
             Rpc::Features => {
                 FeatureServiceClient::new(channel)
@@ -113,11 +141,16 @@ fn features_request(key: u64, n: u64, columnar: bool) -> GetOnlineFeaturesReques
     }
 }
 
+/// `width` FP32 features in [0, 1), varied by the key so that calls differ.
+pub fn features(width: u64, key: u64) -> Vec<f32> {
+    (0..width)
+        .map(|i| ((key.wrapping_mul(31).wrapping_add(i) % 97) as f32) / 97.0)
+        .collect()
+}
+
 /// A batch-1 request of `width` FP32 features, varied by the key so that calls differ.
 fn infer_request(model: &str, input: &str, width: u64, key: u64) -> ModelInferRequest {
-    let features: Vec<f32> = (0..width)
-        .map(|i| ((key.wrapping_mul(31).wrapping_add(i) % 97) as f32) / 97.0)
-        .collect();
+    let features = features(width, key);
     ModelInferRequest {
         model_name: model.into(),
         inputs: vec![InferInputTensor {
@@ -128,5 +161,86 @@ fn infer_request(model: &str, input: &str, width: u64, key: u64) -> ModelInferRe
         }],
         raw_input_contents: vec![features.iter().flat_map(|x| x.to_le_bytes()).collect()],
         ..Default::default()
+    }
+}
+
+/// Where calls go: one HTTP/2 connection, the model to call (for the model RPCs, instead of
+/// the RPC's default), and the connection's inference stream once a streaming RPC opened it.
+pub struct Target {
+    channel: Channel,
+    model: Option<String>,
+    stream: OnceCell<InferStream>,
+}
+
+impl Target {
+    pub fn new(channel: Channel, model: Option<String>) -> Self {
+        Target {
+            channel,
+            model,
+            stream: OnceCell::new(),
+        }
+    }
+}
+
+type StreamAnswer = Result<ModelStreamInferResponse, tonic::Status>;
+
+/// A ModelStreamInfer stream shared by many callers. The server answers a stream's requests
+/// in order, so each answer goes to the oldest caller still waiting.
+struct InferStream {
+    /// Requests and their callers, queued under one lock so both orders agree.
+    sender: Mutex<(mpsc::UnboundedSender<ModelInferRequest>, Arc<Mutex<Waiting>>)>,
+}
+
+type Waiting = VecDeque<oneshot::Sender<StreamAnswer>>;
+
+impl InferStream {
+    async fn open(channel: Channel) -> Result<Self, tonic::Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut answers = GrpcInferenceServiceClient::new(channel)
+            .model_stream_infer(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let waiting: Arc<Mutex<Waiting>> = Arc::default();
+        let readers = waiting.clone();
+        tokio::spawn(async move {
+            let failure = loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        let caller = readers.lock().expect("stream callers").pop_front();
+                        if let Some(caller) = caller {
+                            let _ = caller.send(Ok(answer));
+                        }
+                    }
+                    Ok(None) => break tonic::Status::unavailable("the server ended the stream"),
+                    Err(status) => break status,
+                }
+            };
+            for caller in readers.lock().expect("stream callers").drain(..) {
+                let _ = caller.send(Err(failure.clone()));
+            }
+        });
+        Ok(InferStream {
+            sender: Mutex::new((tx, waiting)),
+        })
+    }
+
+    async fn call(&self, req: ModelInferRequest) -> Result<(), tonic::Status> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let sender = self.sender.lock().expect("stream sender");
+            sender.1.lock().expect("stream callers").push_back(reply);
+            sender
+                .0
+                .send(req)
+                .map_err(|_| tonic::Status::unavailable("the stream is closed"))?;
+        }
+        let answer = answer
+            .await
+            .map_err(|_| tonic::Status::unavailable("the stream closed before the answer"))??;
+        if answer.error_message.is_empty() {
+            Ok(())
+        } else {
+            Err(tonic::Status::unknown(answer.error_message))
+        }
     }
 }
