@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// and 64, `--requests` calls, one thread), and report the run against it.
     #[arg(long)]
     pub with_raw: bool,
+    /// Threads of the load generator's async runtime; 0 is one per core. On a machine the
+    /// server shares, fewer client threads leave it more of the cores.
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
     /// The model repository `--with-raw` loads the model from.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,

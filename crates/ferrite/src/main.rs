@@ -122,9 +122,19 @@ fn time_arg(s: &str) -> anyhow::Result<i64> {
     ferrite_features::value::parse_timestamp(s).map_err(|e| anyhow::anyhow!(e))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Bench(args) = &cli.command
+        && args.client_threads > 0
+    {
+        runtime.worker_threads(args.client_threads);
+    }
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve {
             config,
             grpc_addr,

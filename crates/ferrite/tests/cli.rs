@@ -25,6 +25,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         seed: 7,
         with_floor: false,
         with_raw: false,
+        client_threads: 0,
         models: repo_root().join("models"),
         model: None,
         json: None,
