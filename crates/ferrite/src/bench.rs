@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// HTTP/2 connections to spread the calls over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// The largest HTTP/2 frame the client accepts (SETTINGS_MAX_FRAME_SIZE; the protocol's
+    /// default is 16 KiB). The server writes a response in frames of at most this size,
+    /// one socket write each.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_frame_size: u32,
     /// The model the model RPCs call, instead of their example model (same inputs needed).
     #[arg(long)]
     pub model: Option<String>,
@@ -218,6 +223,7 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
     for _ in 0..args.connections {
         let channel = Endpoint::from_shared(format!("http://{}", args.addr))?
             .tcp_nodelay(true)
+            .max_frame_size(args.max_frame_size)
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await

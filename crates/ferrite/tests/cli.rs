@@ -26,6 +26,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         with_floor: false,
         with_raw: false,
         client_threads: 0,
+        max_frame_size: 16_384,
         models: repo_root().join("models"),
         model: None,
         json: None,
