@@ -124,6 +124,9 @@ fn time_arg(s: &str) -> anyhow::Result<i64> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::TrainingSet { .. }) {
+        use_huge_pages();
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Bench(args) = &cli.command
         && args.client_threads > 0
@@ -131,6 +134,30 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(args.client_threads);
     }
     runtime.enable_all().build()?.block_on(run(cli))
+}
+
+/// A training set faults in gigabytes of fresh memory; with transparent huge pages that is
+/// 512 times fewer page faults (on the large sample set: 1.5–2.9 s less kernel time, the
+/// build 15–50 % faster). glibc asks the kernel for them only when its
+/// `glibc.malloc.hugetlb` tunable is set, which it reads before `main`, so the command
+/// re-executes itself once with it set. A `GLIBC_TUNABLES` already in the environment is
+/// left as it is (set it to anything, e.g. empty, to opt out); if the re-execution fails,
+/// the command goes on without.
+fn use_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            // `exec` only returns if it failed.
+            let _ = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+                .exec();
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -242,6 +269,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let config = features.config()?;
+            tracing::debug!(
+                glibc_tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
+                "training set: memory settings"
+            );
             let registry = config.registry()?;
             let refs = match service {
                 Some(s) => registry.service_refs(&s),

@@ -212,6 +212,52 @@ async fn nothing_listening_is_a_clear_error() {
     assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
 }
 
+/// `training-set` runs with glibc's huge-page tunable unless `GLIBC_TUNABLES` was given.
+#[test]
+fn training_set_asks_for_huge_pages_unless_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferrite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"debug\"\n[features]\nrepository = {:?}\nembedded_path = {:?}\n",
+            repo_root().join("features"),
+            dir.path().join("online")
+        ),
+    )
+    .unwrap();
+    let entities = repo_root().join("features/data/transactions.parquet");
+    let run = |tunables: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
+        cmd.args(["training-set", "--feature", "user_profile:country", "--entities"])
+            .arg(&entities)
+            .arg("--out")
+            .arg(dir.path().join("train.parquet"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG");
+        match tunables {
+            Some(t) => cmd.env("GLIBC_TUNABLES", t),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("training set: 30000 rows"),
+            "{stderr}"
+        );
+        stderr
+    };
+    let stderr = run(None);
+    assert!(
+        stderr.contains("glibc_tunables=\"glibc.malloc.hugetlb=1\""),
+        "{stderr}"
+    );
+    let stderr = run(Some(""));
+    assert!(stderr.contains("glibc_tunables=\"\""), "{stderr}");
+}
+
 /// `ferrite validate`, `materialize`, `materialize-incremental` and `training-set` on the
 /// shipped definitions and sample data, into a scratch embedded store.
 #[test]
