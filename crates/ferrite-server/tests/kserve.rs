@@ -57,6 +57,23 @@ fn assert_close(got: &[f32], want: &[Vec<f32>]) {
     }
 }
 
+/// ModelStatistics of one model version.
+async fn statistics(
+    kserve: &mut GrpcInferenceServiceClient<Channel>,
+    name: &str,
+    version: &str,
+) -> Vec<ModelStatistics> {
+    kserve
+        .model_statistics(ModelStatisticsRequest {
+            name: name.into(),
+            version: version.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats
+}
+
 async fn client() -> (ferrite_server::RunningServer, GrpcInferenceServiceClient<Channel>) {
     let (server, channel) = start().await;
     (server, GrpcInferenceServiceClient::new(channel))
@@ -453,15 +470,7 @@ async fn requests_pipelined_on_one_stream_are_batched_and_answered_in_order() {
         );
     }
     assert!(answers.message().await.unwrap().is_none());
-    let stats = kserve
-        .model_statistics(ModelStatisticsRequest {
-            name: "fraud_logreg".into(),
-            version: "2".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats;
+    let stats = statistics(&mut kserve, "fraud_logreg", "2").await;
     let batches: Vec<(u64, u64)> = stats[0]
         .batch_stats
         .iter()
@@ -663,15 +672,7 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
         .await
         .unwrap_err();
 
-    let stats = kserve
-        .model_statistics(ModelStatisticsRequest {
-            name: "fraud_logreg".into(),
-            version: "1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats;
+    let stats = statistics(&mut kserve, "fraud_logreg", "1").await;
     assert_eq!(stats.len(), 1);
     let s = &stats[0];
     assert_eq!((s.name.as_str(), s.version.as_str()), ("fraud_logreg", "1"));
@@ -838,15 +839,7 @@ async fn concurrent_requests_are_batched_and_each_caller_gets_its_own_rows() {
         assert_close(&f32s(&answer.raw_output_contents[0]), &expected_rows);
     }
 
-    let stats = GrpcInferenceServiceClient::new(channel)
-        .model_statistics(ModelStatisticsRequest {
-            name: "fraud_logreg".into(),
-            version: "2".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats;
+    let stats = statistics(&mut GrpcInferenceServiceClient::new(channel), "fraud_logreg", "2").await;
     let s = &stats[0];
     assert_eq!(s.inference_count, 10);
     assert!(
