@@ -212,20 +212,27 @@ async fn nothing_listening_is_a_clear_error() {
     assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
 }
 
+/// A config in `dir` for the shipped feature definitions and an embedded store in `dir`,
+/// after the `extra` TOML.
+fn feature_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("ferrite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{extra}[features]\nrepository = {:?}\nembedded_path = {:?}\n",
+            repo_root().join("features"),
+            dir.join("online")
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// `training-set` runs with glibc's huge-page tunable unless `GLIBC_TUNABLES` was given.
 #[test]
 fn training_set_asks_for_huge_pages_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferrite.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"debug\"\n[features]\nrepository = {:?}\nembedded_path = {:?}\n",
-            repo_root().join("features"),
-            dir.path().join("online")
-        ),
-    )
-    .unwrap();
+    let config = feature_config(dir.path(), "[log]\nlevel = \"debug\"\n");
     let entities = repo_root().join("features/data/transactions.parquet");
     let run = |tunables: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
@@ -263,16 +270,7 @@ fn training_set_asks_for_huge_pages_unless_told_otherwise() {
 #[test]
 fn feature_store_commands_run_end_to_end_on_the_sample_data() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferrite.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[features]\nrepository = {:?}\nembedded_path = {:?}\n",
-            repo_root().join("features"),
-            dir.path().join("online")
-        ),
-    )
-    .unwrap();
+    let config = feature_config(dir.path(), "");
     let ferrite = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
             .args(args)
