@@ -176,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
-        .layer(telemetry::GrpcMetricsLayer)
+        .layer(telemetry::GrpcMetricsLayer::default())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

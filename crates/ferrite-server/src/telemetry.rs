@@ -1,7 +1,8 @@
 //! Logs (`tracing`) and metrics (Prometheus text on an HTTP endpoint).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -82,19 +83,63 @@ pub async fn serve_metrics(
 
 /// A tower layer that counts every gRPC call and records its latency by method and status.
 #[derive(Clone, Default)]
-pub struct GrpcMetricsLayer;
+pub struct GrpcMetricsLayer {
+    series: Arc<Series>,
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
+        GrpcMetrics {
+            inner,
+            series: self.series.clone(),
+        }
+    }
+}
+
+/// The counter and histogram of each (method, status) seen, registered on first use: looking
+/// a labelled series up in the recorder on every call costs a few allocations.
+#[derive(Default)]
+struct Series {
+    by_method: RwLock<HashMap<String, HashMap<tonic::Code, Handles>>>,
+}
+
+/// A call counter and a latency histogram.
+type Handles = (metrics::Counter, metrics::Histogram);
+
+impl Series {
+    fn record(&self, method: &str, code: tonic::Code, seconds: f64) {
+        let known = self
+            .by_method
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .and_then(|codes| codes.get(&code))
+            .cloned();
+        let (counter, histogram) = known.unwrap_or_else(|| {
+            let labels = [("method", method.to_string()), ("status", format!("{code:?}"))];
+            let handles = (
+                metrics::counter!("ferrite_grpc_requests_total", &labels),
+                metrics::histogram!("ferrite_grpc_request_duration_seconds", &labels),
+            );
+            self.by_method
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(method.to_string())
+                .or_default()
+                .insert(code, handles.clone());
+            handles
+        });
+        counter.increment(1);
+        histogram.record(seconds);
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
+    series: Arc<Series>,
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -113,7 +158,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        // The path is kept as the URI's shared bytes: no copy unless a new series is made.
+        let uri = req.uri().clone();
+        let series = self.series.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -124,15 +171,11 @@ where
             };
             // Paths nobody serves would each make a new series: fold them into one.
             let method = if code == tonic::Code::Unimplemented {
-                "unknown".to_string()
+                "unknown"
             } else {
-                method
+                uri.path()
             };
-            let status = format!("{code:?}");
-            metrics::counter!("ferrite_grpc_requests_total", "method" => method.clone(), "status" => status.clone())
-                .increment(1);
-            metrics::histogram!("ferrite_grpc_request_duration_seconds", "method" => method, "status" => status)
-                .record(start.elapsed().as_secs_f64());
+            series.record(method, code, start.elapsed().as_secs_f64());
             result
         })
     }
