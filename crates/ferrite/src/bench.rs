@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// one socket write each.
     #[arg(long, default_value_t = 16_384)]
     pub max_frame_size: u32,
+    /// Rows per model request (the model RPCs send `[batch, width]` inputs).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// The model the model RPCs call, instead of their example model (same inputs needed).
     #[arg(long)]
     pub model: Option<String>,
@@ -127,6 +130,8 @@ pub struct Percentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub addr: String,
+    /// Rows per model request.
+    pub batch: usize,
     pub raw: Vec<raw::RawReport>,
     pub floor: Option<RunReport>,
     pub run: RunReport,
@@ -166,13 +171,14 @@ impl Report {
             out.push_str(&format!("floor  {}", line(floor)));
         }
         out.push_str(&format!("run    {}", line(&self.run)));
-        if let Some(raw) = self.raw.iter().find(|r| r.batch == 1) {
+        if let Some(raw) = self.raw.iter().find(|r| r.batch == self.batch) {
             out.push_str(&format!(
-                "vs raw throughput {:.1} % of raw batch-1 calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch 1\n",
+                "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch {b}\n",
                 100.0 * self.run.rps / raw.calls_per_s,
                 self.run.rps,
                 raw.calls_per_s,
-                self.run.latency_us.p50 / raw.latency_us.p50.max(1.0)
+                self.run.latency_us.p50 / raw.latency_us.p50.max(1.0),
+                b = self.batch
             ));
         }
         for (code, n) in &self.run.errors_by_code {
@@ -186,6 +192,7 @@ impl Report {
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     anyhow::ensure!(args.duration_s > 0.0, "--duration-s must be positive");
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
@@ -195,14 +202,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
         (true, Some((default, input, width))) => {
             let model = args.model.clone().unwrap_or_else(|| default.to_string());
-            let (models, calls) = (args.models.clone(), args.requests);
-            tokio::task::spawn_blocking(move || raw::measure(&models, &model, input, width, calls)).await??
+            let (models, calls, batch) = (args.models.clone(), args.requests, args.batch);
+            tokio::task::spawn_blocking(move || raw::measure(&models, &model, input, width, calls, batch))
+                .await??
         }
     };
     let channels: Vec<Arc<Target>> = connect(args)
         .await?
         .into_iter()
-        .map(|c| Arc::new(Target::new(c, args.model.clone())))
+        .map(|c| Arc::new(Target::new(c, args.model.clone(), args.batch)))
         .collect();
     let floor = if args.with_floor {
         Some(measure(args, Rpc::Health, &channels).await?)
@@ -212,6 +220,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let run = measure(args, args.rpc, &channels).await?;
     Ok(Report {
         addr: args.addr.to_string(),
+        batch: args.batch,
         raw,
         floor,
         run,

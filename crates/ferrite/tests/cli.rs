@@ -27,6 +27,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         with_raw: false,
         client_threads: 0,
         max_frame_size: 16_384,
+        batch: 1,
         models: repo_root().join("models"),
         model: None,
         json: None,
@@ -178,6 +179,24 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
         "{}",
         report.to_text()
     );
+
+    // Batch 64 per request: compared with the raw model at batch 64.
+    a.rpc = Rpc::ModelInferGbdt;
+    a.model = None;
+    a.batch = 64;
+    a.requests = 50;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (50, 0), "{:?}", report.run);
+    let raw: Vec<(usize, u64)> = report.raw.iter().map(|r| (r.batch, r.calls)).collect();
+    assert_eq!(raw, [(1, 50), (64, 100)]);
+    assert!(
+        report.to_text().contains("of raw batch-64 calls/s"),
+        "{}",
+        report.to_text()
+    );
+    a.rpc = Rpc::ModelStreamInferGbdt;
+    a.batch = 1;
+    a.requests = 300;
 
     // A stream call the server refuses is counted as an error, not waited for forever.
     a.model = Some("no_such_model".into());

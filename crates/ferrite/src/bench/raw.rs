@@ -43,14 +43,15 @@ impl RawReport {
 }
 
 /// Loads `model` from the repository at `models` (warm-up included) and calls its backend
-/// directly: `calls` calls of batch 1, then `calls / 64` (at least 100) of batch 64, with the
-/// same kind of rows as the RPC sends (`width` features varied by a key).
+/// directly with the same rows as the RPC sends: `calls` calls of batch 1, then `calls / 64`
+/// (at least 100) of batch 64, then, if `batch` is another size, `calls / batch` of it.
 pub fn measure(
     models: &Path,
     model: &str,
     input: &str,
     width: usize,
     calls: u64,
+    batch: usize,
 ) -> anyhow::Result<Vec<RawReport>> {
     let runtime = OnnxRuntime::get(None)?;
     let repository = ModelRepository::new(models, runtime);
@@ -59,12 +60,14 @@ pub fn measure(
         .with_context(|| format!("cannot load {model:?} from {} for --with-raw", models.display()))?;
     let backend = loaded.version("")?.backend.clone();
     let mut reports = Vec::new();
-    for (batch, calls) in [(1usize, calls), (64, (calls / 64).max(100))] {
+    let mut sizes = vec![(1usize, calls), (64, (calls / 64).max(100))];
+    if batch != 1 && batch != 64 {
+        sizes.push((batch, (calls / batch as u64).max(100)));
+    }
+    for (batch, calls) in sizes {
         let inputs: Vec<Vec<Tensor>> = (0..256u64)
             .map(|k| {
-                let rows: Vec<f32> = (0..batch as u64)
-                    .flat_map(|r| super::rpc::features(width as u64, k * 64 + r))
-                    .collect();
+                let rows = super::rpc::rows(width as u64, k, batch);
                 Tensor::new(input, vec![batch, width], TensorData::Fp32(rows)).map(|t| vec![t])
             })
             .collect::<Result<_, _>>()?;

@@ -89,15 +89,15 @@ impl Rpc {
                     .await?;
             }
             Rpc::ModelInfer => {
-                let req = infer_request(model("fraud_logreg"), "features", 8, key);
+                let req = infer_request(model("fraud_logreg"), "features", 8, key, target.batch);
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
             Rpc::ModelInferGbdt => {
-                let req = infer_request(model("fraud_gbdt"), "X", 40, key);
+                let req = infer_request(model("fraud_gbdt"), "X", 40, key, target.batch);
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
             Rpc::ModelStreamInferGbdt => {
-                let req = infer_request(model("fraud_gbdt"), "X", 40, key);
+                let req = infer_request(model("fraud_gbdt"), "X", 40, key, target.batch);
                 let stream = target
                     .stream
                     .get_or_try_init(|| InferStream::open(channel))
@@ -148,15 +148,23 @@ pub fn features(width: u64, key: u64) -> Vec<f32> {
         .collect()
 }
 
-/// A batch-1 request of `width` FP32 features, varied by the key so that calls differ.
-fn infer_request(model: &str, input: &str, width: u64, key: u64) -> ModelInferRequest {
-    let features = features(width, key);
+/// The rows of one request: `batch` rows of `width` FP32 features, varied by the key so that
+/// calls differ (the same rows `--with-raw` gives the model).
+pub fn rows(width: u64, key: u64, batch: usize) -> Vec<f32> {
+    (0..batch as u64)
+        .flat_map(|r| features(width, key.wrapping_mul(64).wrapping_add(r)))
+        .collect()
+}
+
+/// A request of `batch` rows of `width` FP32 features, raw little-endian input.
+fn infer_request(model: &str, input: &str, width: u64, key: u64, batch: usize) -> ModelInferRequest {
+    let features = rows(width, key, batch);
     ModelInferRequest {
         model_name: model.into(),
         inputs: vec![InferInputTensor {
             name: input.into(),
             datatype: "FP32".into(),
-            shape: vec![1, width as i64],
+            shape: vec![batch as i64, width as i64],
             ..Default::default()
         }],
         raw_input_contents: vec![features.iter().flat_map(|x| x.to_le_bytes()).collect()],
@@ -165,18 +173,21 @@ fn infer_request(model: &str, input: &str, width: u64, key: u64) -> ModelInferRe
 }
 
 /// Where calls go: one HTTP/2 connection, the model to call (for the model RPCs, instead of
-/// the RPC's default), and the connection's inference stream once a streaming RPC opened it.
+/// the RPC's default) and the rows per model request, and the connection's inference stream
+/// once a streaming RPC opened it.
 pub struct Target {
     channel: Channel,
     model: Option<String>,
+    batch: usize,
     stream: OnceCell<InferStream>,
 }
 
 impl Target {
-    pub fn new(channel: Channel, model: Option<String>) -> Self {
+    pub fn new(channel: Channel, model: Option<String>, batch: usize) -> Self {
         Target {
             channel,
             model,
+            batch,
             stream: OnceCell::new(),
         }
     }
