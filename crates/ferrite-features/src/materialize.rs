@@ -246,6 +246,7 @@ fn rows_of(view: &FeatureView, df: &DataFrame) -> PolarsResult<Vec<WriteRow>> {
     }
     let mut out = Vec::with_capacity(n);
     let mut key_row = Vec::with_capacity(keys.len());
+    let name: std::sync::Arc<str> = std::sync::Arc::from(view.name.as_str());
     for i in 0..n {
         key_row.clear();
         let values: Vec<Value> = columns
@@ -262,8 +263,8 @@ fn rows_of(view: &FeatureView, df: &DataFrame) -> PolarsResult<Vec<WriteRow>> {
         encode_entity_key(&mut entity, &view.join_keys, &key_row);
         out.push(WriteRow {
             key: RowKey {
-                view: view.name.clone(),
-                entity,
+                view: name.clone(),
+                entity: entity.into(),
             },
             row: StoredRow {
                 event_ts,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::FeatureError;
 use crate::definitions::{FeatureRef, FeatureView, Registry};
 use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
-use crate::value::{DType, KeyValue, Micros, Value, encode_entity_key, now_micros};
+use crate::value::{DType, KeyType, KeyValue, Micros, Value, encode_entity_key, now_micros};
 
 /// What a caller knows about each value it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +144,10 @@ pub async fn get_online_features(
         }
     }
 
-    // One key per (view, entity row); one read for all of them.
-    let mut keys = Vec::with_capacity(plan.views.len() * n);
+    // One key per (view, entity row); one read for all of them. Views with the same join keys
+    // (the usual case) share the entity strings.
+    let mut keys: Vec<RowKey> = Vec::with_capacity(plan.views.len() * n);
+    let mut entity_keys: Vec<(&Vec<String>, &Vec<KeyType>, usize)> = Vec::new();
     for view in &plan.views {
         if !view.online {
             return Err(FeatureError::Invalid(format!(
@@ -165,7 +167,24 @@ pub async fn get_online_features(
             })?;
             columns.push((k, *kt, values));
         }
+        let name: Arc<str> = Arc::from(view.name.as_str());
+        // Entity rows were already encoded for an earlier view with the same keys: share them.
+        if let Some(&(_, _, first)) = entity_keys
+            .iter()
+            .find(|(join_keys, types, _)| **join_keys == view.join_keys && **types == view.key_types)
+        {
+            for row in 0..n {
+                let entity = keys[first + row].entity.clone();
+                keys.push(RowKey {
+                    view: name.clone(),
+                    entity,
+                });
+            }
+            continue;
+        }
+        entity_keys.push((&view.join_keys, &view.key_types, keys.len()));
         let mut key_row = Vec::with_capacity(columns.len());
+        let mut entity = String::with_capacity(24);
         for row in 0..n {
             key_row.clear();
             for (k, kt, values) in &columns {
@@ -175,11 +194,11 @@ pub async fn get_online_features(
                     })?,
                 );
             }
-            let mut entity = String::with_capacity(24);
+            entity.clear();
             encode_entity_key(&mut entity, &view.join_keys, &key_row);
             keys.push(RowKey {
-                view: view.name.clone(),
-                entity,
+                view: name.clone(),
+                entity: Arc::from(entity.as_str()),
             });
         }
     }
@@ -383,8 +402,8 @@ pub async fn push_online(
         encode_entity_key(&mut entity, &view.join_keys, &r.keys);
         writes.push(WriteRow {
             key: RowKey {
-                view: view.name.clone(),
-                entity,
+                view: Arc::from(view.name.as_str()),
+                entity: Arc::from(entity),
             },
             expire_at: (view.ttl > 0).then(|| r.row.event_ts.saturating_add(view.ttl)),
             row: r.row,

@@ -342,3 +342,77 @@ async fn requests_that_do_not_fit_the_definitions_are_refused() {
             .contains("unknown feature service")
     );
 }
+
+/// One read over views with different join keys that name the same numbers: each view is
+/// read with its own entity keys (the read shares entity keys only between views whose join
+/// keys are the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_of_different_entities_are_read_with_their_own_keys() {
+    let now = now_micros();
+    let root = ferrite_test_support::repo_root().join("features");
+    let reg = Registry::load(&root, None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("online")).unwrap();
+    let push = |view: &str, fields: Vec<(&str, Value)>| {
+        let view = reg.view(view).unwrap().clone();
+        let row = PushRow {
+            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            event_ts: now - MINUTE,
+        };
+        (view, row)
+    };
+    for id in [1, 2] {
+        for (view, row) in [
+            push(
+                "merchant_stats",
+                vec![
+                    ("merchant_id", Value::Int(id)),
+                    ("merchant_category", Value::Str("books".into())),
+                    ("merchant_txn_count_7d", Value::Int(10 * id)),
+                ],
+            ),
+            push(
+                "item_features",
+                vec![
+                    ("item_id", Value::Int(id)),
+                    ("category", Value::Str("books".into())),
+                    ("stock_level", Value::Int(100 * id)),
+                ],
+            ),
+        ] {
+            let checked = check_push(&view, &[row], now).unwrap();
+            push_online(&store, &view, checked).await.unwrap();
+        }
+    }
+    let refs = reg
+        .resolve_refs(&[
+            "merchant_stats:merchant_txn_count_7d".to_string(),
+            "item_features:stock_level".to_string(),
+        ])
+        .unwrap();
+    let entities = HashMap::from([
+        ("merchant_id".to_string(), vec![Value::Int(1), Value::Int(2)]),
+        ("item_id".to_string(), vec![Value::Int(2), Value::Int(1)]),
+    ]);
+    let got = get_online_features(&reg, &store, &refs, &entities, &HashMap::new(), now)
+        .await
+        .unwrap();
+    let values: Vec<Vec<(Value, Status)>> = got
+        .rows
+        .iter()
+        .map(|r| r.iter().map(|f| (f.value.clone(), f.status)).collect())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            [
+                (Value::Int(10), Status::Present),
+                (Value::Int(200), Status::Present)
+            ],
+            [
+                (Value::Int(20), Status::Present),
+                (Value::Int(100), Status::Present)
+            ],
+        ]
+    );
+}

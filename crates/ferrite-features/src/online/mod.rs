@@ -36,11 +36,12 @@ impl StoredRow {
 }
 
 /// Names one stored row: a feature view and the canonical text of an entity key
-/// (see `value::encode_entity_key`).
+/// (see `value::encode_entity_key`). Shared strings: a read of many entities over several
+/// views names each view, and each entity, once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RowKey {
-    pub view: String,
-    pub entity: String,
+    pub view: Arc<str>,
+    pub entity: Arc<str>,
 }
 
 /// A row to write, with the time it expires (event time + TTL), if the view has a TTL.

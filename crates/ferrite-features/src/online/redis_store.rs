@@ -54,12 +54,17 @@ const WRITE_BATCH: usize = 512;
 
 pub fn row_key(key: &RowKey) -> String {
     let mut s = String::with_capacity(KEY_PREFIX.len() + key.entity.len() + key.view.len() + 3);
-    s.push_str(KEY_PREFIX);
-    s.push('{');
-    s.push_str(&key.entity);
-    s.push_str("}:");
-    s.push_str(&key.view);
+    push_row_key(&mut s, key);
     s
+}
+
+/// Appends `row_key(key)` to `out`.
+fn push_row_key(out: &mut String, key: &RowKey) {
+    out.push_str(KEY_PREFIX);
+    out.push('{');
+    out.push_str(&key.entity);
+    out.push_str("}:");
+    out.push_str(&key.view);
 }
 
 fn watermark_key(view: &str) -> String {
@@ -190,8 +195,11 @@ impl OnlineStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut cmd = redis::cmd("MGET");
+        let mut key = String::new();
         for k in keys {
-            cmd.arg(row_key(k));
+            key.clear();
+            push_row_key(&mut key, k);
+            cmd.arg(key.as_str());
         }
         let values: Vec<Option<Vec<u8>>> = match self.conn.clone() {
             Conn::Single(mut c) => query(&cmd, &mut c).await?,
@@ -216,7 +224,7 @@ impl OnlineStore for RedisStore {
         let now_ms = now_micros() / 1000;
         // (entity, (key, value, expiry ms)): the entity is the hash tag, so rows of one
         // entity share a slot.
-        let mut items: Vec<(String, Batched)> = Vec::with_capacity(rows.len());
+        let mut items: Vec<(Arc<str>, Batched)> = Vec::with_capacity(rows.len());
         for w in rows {
             let exp_ms = w.expire_at.map(|t: Micros| t.div_euclid(1000)).unwrap_or(0);
             if w.expire_at.is_some() && exp_ms <= now_ms {
@@ -237,7 +245,7 @@ impl OnlineStore for RedisStore {
             }
             // A script may only touch keys of one slot: one batch per entity.
             Conn::Cluster(_) => {
-                let mut groups: std::collections::HashMap<String, Vec<Batched>> =
+                let mut groups: std::collections::HashMap<Arc<str>, Vec<Batched>> =
                     std::collections::HashMap::new();
                 for (entity, item) in items {
                     groups.entry(entity).or_default().push(item);
