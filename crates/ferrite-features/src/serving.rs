@@ -393,6 +393,7 @@ pub async fn push_online(
 ) -> Result<PushReport, FeatureError> {
     let mut report = PushReport::default();
     let mut writes = Vec::with_capacity(rows.len());
+    let name: Arc<str> = Arc::from(view.name.as_str());
     for r in rows {
         if let Some(e) = r.rule_error {
             report.rejected.push((r.index, e));
@@ -402,7 +403,7 @@ pub async fn push_online(
         encode_entity_key(&mut entity, &view.join_keys, &r.keys);
         writes.push(WriteRow {
             key: RowKey {
-                view: Arc::from(view.name.as_str()),
+                view: name.clone(),
                 entity: Arc::from(entity),
             },
             expire_at: (view.ttl > 0).then(|| r.row.event_ts.saturating_add(view.ttl)),
