@@ -104,6 +104,32 @@ def zipmap() -> onnx.ModelProto:
     return model
 
 
+def positives() -> onnx.ModelProto:
+    """Outputs whose shape depends on the input values: `where` lists the [row, column] of each
+    positive element of x ([2, count], NonZero), `doubled` is x * 2."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Greater", ["x", "zero"], ["positive"]),
+            helper.make_node("NonZero", ["positive"], ["where"]),
+            helper.make_node("Mul", ["x", "two"], ["doubled"]),
+        ],
+        "positives",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            helper.make_tensor_value_info("where", TensorProto.INT64, [2, "count"]),
+            helper.make_tensor_value_info("doubled", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261126)
@@ -118,6 +144,7 @@ def main() -> None:
     (OUT / "affine_sigmoid.expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     onnx.save(every_type(), OUT / "every_type.onnx")
     onnx.save(zipmap(), OUT / "zipmap.onnx")
+    onnx.save(positives(), OUT / "positives.onnx")
     print(f"wrote {path} and its expected outputs (onnxruntime {ort.__version__})")
 
 

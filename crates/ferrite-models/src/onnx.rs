@@ -1,19 +1,50 @@
 //! The ONNX backend: a model file run by ONNX Runtime.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{DynMapValueType, DynSequenceValueType, DynValue, TensorElementType, TensorRef, ValueType};
+use ort::memory::Allocator;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{
+    DynMapValueType, DynSequenceValueType, DynTensor, DynValue, TensorElementType, TensorRef, ValueType,
+};
 
 use crate::{DataType, ModelBackend, ModelError, Tensor, TensorData};
+
+/// Input shapes for which buffers are kept, per model (batch sizes 1..=64 fit).
+const MAX_BOUND_SHAPES: usize = 64;
+
+/// Inputs larger than this are handed to ONNX Runtime in place rather than copied into a kept
+/// buffer: the copy would cost more than the per-run setup it saves.
+const MAX_BOUND_INPUT_BYTES: usize = 64 * 1024;
 
 /// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so runs are serialised on a
 /// mutex; the batching queue in front of it is what keeps that cheap.
 pub struct OnnxModel {
-    session: Mutex<Session>,
+    runner: Mutex<Runner>,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// Every input and output is a numeric tensor, so runs can use kept buffers ([`Bound`]).
+    bindable: bool,
+}
+
+/// The session and, per shape of the inputs, buffers that runs of that shape reuse.
+struct Runner {
+    session: Session,
+    /// Key: for each model input in model order, its element type, rank and dimensions.
+    /// `None`: runs of these shapes gave outputs of different shapes; they run without buffers.
+    bound: HashMap<Vec<usize>, Option<Bound>>,
+    key: Vec<usize>,
+}
+
+/// Buffers for one shape of the inputs: the inputs are copied into `inputs` and ONNX Runtime
+/// writes the outputs straight into the tensors preallocated in `options`. This skips the
+/// per-run creation of input and output values (about a third of a small model's run).
+struct Bound {
+    /// One per model input, in model order.
+    inputs: Vec<DynTensor>,
+    options: RunOptions<HasSelectedOutputs>,
 }
 
 impl OnnxModel {
@@ -32,10 +63,18 @@ impl OnnxModel {
         let session = builder.commit_from_file(path).map_err(fail)?;
         let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let numeric = |ty: &ValueType| matches!(ty, ValueType::Tensor { ty, .. } if *ty != TensorElementType::String && data_type_of(*ty).is_some());
+        let bindable = session.inputs().iter().all(|o| numeric(o.dtype()))
+            && session.outputs().iter().all(|o| numeric(o.dtype()));
         Ok(OnnxModel {
-            session: Mutex::new(session),
+            runner: Mutex::new(Runner {
+                session,
+                bound: HashMap::new(),
+                key: Vec::new(),
+            }),
             input_names,
             output_names,
+            bindable,
         })
     }
 
@@ -46,11 +85,18 @@ impl OnnxModel {
     pub fn output_names(&self) -> &[String] {
         &self.output_names
     }
+
+    /// How many input shapes run with kept buffers, and how many were found to need plain
+    /// runs (their outputs change shape with the values).
+    pub fn kept_shapes(&self) -> (usize, usize) {
+        let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner());
+        let with = runner.bound.values().filter(|b| b.is_some()).count();
+        (with, runner.bound.len() - with)
+    }
 }
 
 impl ModelBackend for OnnxModel {
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
-        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for t in inputs {
             if !self.input_names.contains(&t.name) {
                 return Err(ModelError::InvalidInput(format!(
@@ -58,18 +104,168 @@ impl ModelBackend for OnnxModel {
                     t.name, self.input_names
                 )));
             }
-            values.push((t.name.clone(), to_ort(t)?));
         }
-        let mut session = self
-            .session
+        let mut runner = self
+            .runner
             .lock()
             .map_err(|_| ModelError::Inference("session lock poisoned".into()))?;
+        let Runner { session, bound, key } = &mut *runner;
+        let order = if self.bindable {
+            self.model_order(inputs)
+        } else {
+            None
+        };
+        if let Some(order) = &order {
+            shape_key(key, order.iter().map(|&j| &inputs[j]));
+            match bound.get_mut(key.as_slice()) {
+                Some(Some(b)) => match b.run(session, inputs, order, (&self.input_names, &self.output_names))
+                {
+                    Ok(outputs) => return Ok(outputs),
+                    // Outputs of another shape than last time (they depend on the values), or
+                    // any other failure: run without buffers, which reports a real error.
+                    Err(_) => {
+                        bound.insert(key.clone(), None);
+                    }
+                },
+                Some(None) => {}
+                None => {
+                    let outputs = self.run_plain(session, inputs)?;
+                    if bound.len() < MAX_BOUND_SHAPES {
+                        // Failing to set up buffers only means later runs take the plain path.
+                        if let Ok(b) = Bound::new(inputs, order, &outputs) {
+                            bound.insert(key.clone(), Some(b));
+                        }
+                    }
+                    return Ok(outputs);
+                }
+            }
+        }
+        self.run_plain(session, inputs)
+    }
+}
+
+impl OnnxModel {
+    /// For each model input, the position of the request tensor that feeds it, when the
+    /// request names each input exactly once with a small numeric tensor.
+    fn model_order(&self, inputs: &[Tensor]) -> Option<Vec<usize>> {
+        if inputs.len() != self.input_names.len() {
+            return None;
+        }
+        self.input_names
+            .iter()
+            .map(|name| {
+                let mut found = inputs.iter().enumerate().filter(|(_, t)| t.name == *name);
+                let (j, t) = found.next()?;
+                let small = !matches!(t.data, TensorData::Bytes(_))
+                    && t.data.len() * t.dtype().element_size().unwrap_or(usize::MAX) <= MAX_BOUND_INPUT_BYTES;
+                (found.next().is_none() && small).then_some(j)
+            })
+            .collect()
+    }
+
+    fn run_plain(&self, session: &mut Session, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.clone(), to_ort(t)?)))
+            .collect::<Result<Vec<(String, SessionInputValue<'_>)>, ModelError>>()?;
         let outputs = session.run(values)?;
         self.output_names
             .iter()
             .map(|name| from_ort(name, &outputs[name.as_str()]))
             .collect()
     }
+}
+
+/// Writes the lookup key of `inputs` (in model order) into `key`.
+fn shape_key<'a>(key: &mut Vec<usize>, inputs: impl Iterator<Item = &'a Tensor>) {
+    key.clear();
+    for t in inputs {
+        key.push(t.dtype() as usize);
+        key.push(t.shape.len());
+        key.extend_from_slice(&t.shape);
+    }
+}
+
+impl Bound {
+    /// Buffers shaped like `inputs` (`order`: model order) and like the outputs a run of
+    /// them gave.
+    fn new(inputs: &[Tensor], order: &[usize], outputs: &[Tensor]) -> Result<Bound, ModelError> {
+        let allocator = Allocator::default();
+        let tensor = |t: &Tensor| -> Result<DynTensor, ModelError> {
+            let ty = element_type_of(t.dtype()).ok_or_else(|| {
+                ModelError::Inference(format!("{}: no kept buffer for {:?}", t.name, t.dtype()))
+            })?;
+            Ok(DynTensor::new(&allocator, ty, t.shape.clone())?)
+        };
+        let inputs = order
+            .iter()
+            .map(|&j| tensor(&inputs[j]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut selector = OutputSelector::default();
+        for out in outputs {
+            selector = selector.preallocate(out.name.clone(), tensor(out)?);
+        }
+        Ok(Bound {
+            inputs,
+            options: RunOptions::new()?.with_outputs(selector),
+        })
+    }
+
+    fn run(
+        &mut self,
+        session: &mut Session,
+        inputs: &[Tensor],
+        order: &[usize],
+        names: (&[String], &[String]),
+    ) -> Result<Vec<Tensor>, ModelError> {
+        let (input_names, output_names) = names;
+        for (buffer, &j) in self.inputs.iter_mut().zip(order) {
+            copy_into(buffer, &inputs[j].data)?;
+        }
+        let values: Vec<(&str, SessionInputValue<'_>)> = input_names
+            .iter()
+            .zip(&self.inputs)
+            .map(|(name, buffer)| (name.as_str(), buffer.view().into()))
+            .collect();
+        let outputs = session.run_with_options(values, &self.options)?;
+        output_names
+            .iter()
+            .map(|name| from_ort(name, &outputs[name.as_str()]))
+            .collect()
+    }
+}
+
+fn copy_into(buffer: &mut DynTensor, data: &TensorData) -> Result<(), ModelError> {
+    macro_rules! copy {
+        ($t:ty, $v:expr) => {{
+            let (_, dst) = buffer.try_extract_tensor_mut::<$t>()?;
+            if dst.len() != $v.len() {
+                return Err(ModelError::Inference("kept buffer has another size".into()));
+            }
+            dst.copy_from_slice($v);
+        }};
+    }
+    match data {
+        TensorData::Fp32(v) => copy!(f32, v),
+        TensorData::Fp64(v) => copy!(f64, v),
+        TensorData::Int32(v) => copy!(i32, v),
+        TensorData::Int64(v) => copy!(i64, v),
+        TensorData::Bool(v) => copy!(bool, v),
+        TensorData::Bytes(_) => return Err(ModelError::Inference("strings are not kept in buffers".into())),
+    }
+    Ok(())
+}
+
+/// The ONNX element type that a numeric protocol type is run as.
+fn element_type_of(ty: DataType) -> Option<TensorElementType> {
+    Some(match ty {
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Bool => TensorElementType::Bool,
+        _ => return None,
+    })
 }
 
 /// A view of the tensor's data for ONNX Runtime; strings are copied, numbers are not.

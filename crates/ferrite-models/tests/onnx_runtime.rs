@@ -140,3 +140,97 @@ fn zipmap_outputs_are_served_as_a_probability_tensor() {
     assert_eq!(zipped.shape, [3, 2]);
     assert_eq!(zipped.data, TensorData::Fp32(vec![0.2, 0.8, 0.9, 0.1, 0.5, 0.5]));
 }
+
+fn fp32(t: &Tensor) -> &[f32] {
+    match &t.data {
+        TensorData::Fp32(v) => v,
+        other => panic!("{}: expected FP32, got {:?}", t.name, other.dtype()),
+    }
+}
+
+#[test]
+fn runs_of_a_kept_shape_answer_each_request_with_its_own_values() {
+    let rt = OnnxRuntime::get(None).unwrap();
+    let model = OnnxModel::load(&rt, &data("affine_sigmoid.onnx"), 1).unwrap();
+    let batch =
+        |rows: &[[f32; 4]]| Tensor::new("x", vec![rows.len(), 4], TensorData::Fp32(rows.concat())).unwrap();
+    let a = [
+        [0.5, -1.0, 2.0, 0.25],
+        [1.5, 0.0, -0.5, 3.0],
+        [-2.0, 1.0, 0.75, -0.25],
+    ];
+    let b = [
+        [3.0, 2.0, -1.0, 0.0],
+        [0.1, 0.2, 0.3, 0.4],
+        [-1.5, -0.5, 2.5, 1.0],
+    ];
+
+    // What each batch gives on a model that has never seen its shape (no kept buffers).
+    let fresh = |x: &Tensor| {
+        let m = OnnxModel::load(&rt, &data("affine_sigmoid.onnx"), 1).unwrap();
+        fp32(&m.infer(std::slice::from_ref(x)).unwrap()[0]).to_vec()
+    };
+    let want_a = fresh(&batch(&a));
+    let want_b = fresh(&batch(&b));
+    assert_ne!(want_a, want_b);
+
+    // The first run of a shape sets up buffers; later runs of it use them. Alternate shapes
+    // and values: every answer is the one for its own request.
+    for round in 0..3 {
+        let got_a = model.infer(&[batch(&a)]).unwrap();
+        assert_eq!(got_a[0].shape, vec![3, 2]);
+        assert_eq!(fp32(&got_a[0]), want_a, "round {round}, batch a");
+        let got_b = model.infer(&[batch(&b)]).unwrap();
+        assert_eq!(fp32(&got_b[0]), want_b, "round {round}, batch b");
+        for (i, row) in b.iter().enumerate() {
+            let one = model.infer(&[batch(&[*row])]).unwrap();
+            assert_eq!(one[0].shape, vec![1, 2]);
+            assert_eq!(fp32(&one[0]), &want_b[i * 2..i * 2 + 2], "round {round}, row {i}");
+        }
+    }
+    assert_eq!(
+        model.kept_shapes(),
+        (2, 0),
+        "batches of 3 rows and of 1 row have buffers"
+    );
+
+    // A wrong shape is still refused on a kept-buffer model, and changes nothing kept.
+    assert!(model.infer(&[zeros("x", vec![3, 5])]).is_err());
+    assert_eq!(fp32(&model.infer(&[batch(&a)]).unwrap()[0]), want_a);
+    assert_eq!(model.kept_shapes(), (2, 0));
+}
+
+#[test]
+fn outputs_whose_shape_follows_the_values_are_right_on_every_run() {
+    let rt = OnnxRuntime::get(None).unwrap();
+    let model = OnnxModel::load(&rt, &data("positives.onnx"), 1).unwrap();
+    assert_eq!(model.output_names(), ["where", "doubled"]);
+    let x = |v: [f32; 8]| Tensor::new("x", vec![2, 4], TensorData::Fp32(v.to_vec())).unwrap();
+    let where_of = |t: &Tensor| match &t.data {
+        TensorData::Int64(v) => (t.shape.clone(), v.clone()),
+        other => panic!("expected INT64, got {:?}", other.dtype()),
+    };
+    let three = x([1.0, -1.0, 0.0, 2.0, -3.0, 0.0, 0.0, 4.0]);
+    let five = x([1.0, 1.0, -1.0, 2.0, 3.0, 0.0, 5.0, -4.0]);
+    for round in 0..3 {
+        let out = model.infer(std::slice::from_ref(&three)).unwrap();
+        assert_eq!(
+            where_of(&out[0]),
+            (vec![2, 3], vec![0, 0, 1, 0, 3, 3]),
+            "round {round}"
+        );
+        assert_eq!(fp32(&out[1]), [2.0, -2.0, 0.0, 4.0, -6.0, 0.0, 0.0, 8.0]);
+        let out = model.infer(std::slice::from_ref(&five)).unwrap();
+        assert_eq!(
+            where_of(&out[0]),
+            (vec![2, 5], vec![0, 0, 0, 1, 1, 0, 1, 3, 0, 2]),
+            "round {round}"
+        );
+        assert_eq!(fp32(&out[1]), [2.0, 2.0, -2.0, 4.0, 6.0, 0.0, 10.0, -8.0]);
+    }
+    assert_eq!(
+        model.kept_shapes(),
+        (0, 1),
+        "this input shape runs without kept buffers"
+    );
+}
