@@ -202,50 +202,75 @@ pub async fn get_online_features(
             });
         }
     }
-    let stored = store.read(&keys).await?;
+    let mut stored = store.read(&keys).await?;
 
     // The state of each (view, row).
-    let cell = |slot: usize, row: usize| -> (Option<&StoredRow>, Status) {
-        let view = &plan.views[slot];
-        match stored[slot * n + row].as_deref() {
-            None => (None, Status::NotFound),
-            Some(r) if r.fingerprint != view.fingerprint || r.values.len() != view.features.len() => {
-                (None, Status::Invalid)
+    let states: Vec<Status> = (0..plan.views.len() * n)
+        .map(|i| {
+            let view = &plan.views[i / n];
+            match stored[i].as_deref() {
+                None => Status::NotFound,
+                Some(r) if r.fingerprint != view.fingerprint || r.values.len() != view.features.len() => {
+                    Status::Invalid
+                }
+                Some(r) if view.is_expired(r.event_ts, now) => Status::Expired,
+                Some(_) => Status::Present,
             }
-            Some(r) if view.is_expired(r.event_ts, now) => (Some(r), Status::Expired),
-            Some(r) => (Some(r), Status::Present),
-        }
-    };
+        })
+        .collect();
+    // A stored value read for the last time in a row can be moved into the answer instead of
+    // copied, when the row is not shared (rows decoded for this call are not; rows held by a
+    // cache are).
+    let last_use: Vec<bool> = outs
+        .iter()
+        .enumerate()
+        .map(|(k, out)| match out {
+            Out::Stored { slot, index } => !outs[k + 1..].iter().any(|later| match later {
+                Out::Stored { slot: s, index: i } => (s, i) == (slot, index),
+                Out::Request { inputs, .. } => inputs.iter().any(
+                    |input| matches!(input, Input::Feature { slot: s, index: i } if (s, i) == (slot, index)),
+                ),
+            }),
+            Out::Request { .. } => false,
+        })
+        .collect();
     let missing = FeatureValue {
         value: Value::Null,
         status: Status::NotFound,
         event_ts: None,
     };
     let mut rows = Vec::with_capacity(n);
-    let mut input_values: Vec<&Value> = Vec::new();
     // Rows index several columns (stored rows, request fields) at once.
     #[allow(clippy::needless_range_loop)]
     for row in 0..n {
         let mut out_row = Vec::with_capacity(outs.len());
         let mut request_view = request_views.iter();
-        for out in &outs {
+        for (k, out) in outs.iter().enumerate() {
             out_row.push(match out {
-                Out::Stored { slot, index } => match cell(*slot, row) {
-                    (Some(r), Status::Present) => FeatureValue {
-                        value: r.values[*index].clone(),
-                        status: Status::Present,
-                        event_ts: Some(r.event_ts),
-                    },
-                    (r, status) => FeatureValue {
-                        status,
-                        event_ts: r.map(|r| r.event_ts),
-                        ..missing.clone()
-                    },
-                },
+                Out::Stored { slot, index } => {
+                    let cell = slot * n + row;
+                    let status = states[cell];
+                    let event_ts = stored[cell].as_deref().map(|r| r.event_ts);
+                    match (&mut stored[cell], status) {
+                        (Some(r), Status::Present) => FeatureValue {
+                            value: match Arc::get_mut(r) {
+                                Some(r) if last_use[k] => std::mem::take(&mut r.values[*index]),
+                                _ => r.values[*index].clone(),
+                            },
+                            status,
+                            event_ts,
+                        },
+                        _ => FeatureValue {
+                            status,
+                            event_ts,
+                            ..missing.clone()
+                        },
+                    }
+                }
                 Out::Request { feature, inputs } => {
                     let view = request_view.next().expect("one request view per request output");
                     let f = &view.features[*feature];
-                    input_values.clear();
+                    let mut input_values: Vec<&Value> = Vec::with_capacity(inputs.len());
                     let mut bad_field = None;
                     for input in inputs {
                         input_values.push(match input {
@@ -262,10 +287,12 @@ pub async fn get_online_features(
                                 }
                                 v
                             }
-                            Input::Feature { slot, index } => match cell(*slot, row) {
-                                (Some(r), Status::Present) => &r.values[*index],
-                                _ => &Value::Null,
-                            },
+                            Input::Feature { slot, index } => {
+                                match (&stored[slot * n + row], states[slot * n + row]) {
+                                    (Some(r), Status::Present) => &r.values[*index],
+                                    _ => &Value::Null,
+                                }
+                            }
                         });
                     }
                     if let Some(msg) = bad_field {

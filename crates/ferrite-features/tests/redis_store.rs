@@ -110,6 +110,44 @@ async fn store_contract(store: &dyn OnlineStore, now: i64) {
         assert_eq!(got.rows[4 + i][3].value, Value::Float(12.0 / u as f64));
     }
 
+    // A value asked for twice, and one that a request feature reads after it was answered,
+    // come back whole every time (stored values are moved into the answer only at their last
+    // use in a row).
+    let refs = reg
+        .resolve_refs(&[
+            "stats:country".into(),
+            "stats:amount_avg".into(),
+            "stats:country".into(),
+            "req:ratio".into(),
+            "stats:amount_avg".into(),
+        ])
+        .unwrap();
+    let got = get_online_features(&reg, store, &refs, &entities, &request, now_micros())
+        .await
+        .unwrap();
+    let values = |row: usize| got.rows[row].iter().map(|f| f.value.clone()).collect::<Vec<_>>();
+    let de = Value::Str("DE".into());
+    assert_eq!(
+        values(0),
+        [
+            de.clone(),
+            Value::Float(20.0),
+            de,
+            Value::Float(0.6),
+            Value::Float(20.0)
+        ]
+    );
+    for (i, u) in (100..300).enumerate() {
+        let fr = Value::Str("FR".into());
+        let avg = Value::Float(u as f64);
+        let ratio = Value::Float(12.0 / u as f64);
+        assert_eq!(
+            values(4 + i),
+            [fr.clone(), avg.clone(), fr, ratio, avg],
+            "user {u}"
+        );
+    }
+
     // An older row never replaces a newer one; an equal or newer one does.
     let key = RowKey {
         view: "stats".into(),
