@@ -253,8 +253,8 @@ pub async fn get_online_features(
                     let event_ts = stored[cell].as_deref().map(|r| r.event_ts);
                     match (&mut stored[cell], status) {
                         (Some(r), Status::Present) => FeatureValue {
-                            value: match Arc::get_mut(r) {
-                                Some(r) if last_use[k] => std::mem::take(&mut r.values[*index]),
+                            value: match r.values_mut() {
+                                Some(values) if last_use[k] => std::mem::take(&mut values[*index]),
                                 _ => r.values[*index].clone(),
                             },
                             status,

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::codec::{decode_row, encode_row};
-use super::{OnlineStore, RowKey, StoredRow, WriteRow};
+use super::{OnlineStore, ReadRow, RowKey, StoredRow, WriteRow};
 use crate::FeatureError;
 use crate::value::Micros;
 
@@ -148,7 +148,7 @@ impl OnlineStore for EmbeddedStore {
         Ok(())
     }
 
-    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<Arc<StoredRow>>>, FeatureError> {
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<ReadRow>>, FeatureError> {
         let mut buf = String::new();
         Ok(keys
             .iter()
@@ -157,7 +157,10 @@ impl OnlineStore for EmbeddedStore {
                 buf.push_str(&k.view);
                 buf.push(SEP);
                 buf.push_str(&k.entity);
-                self.inner.rows.get(buf.as_str()).map(|r| r.clone())
+                self.inner
+                    .rows
+                    .get(buf.as_str())
+                    .map(|r| ReadRow::Shared(r.clone()))
             })
             .collect())
     }

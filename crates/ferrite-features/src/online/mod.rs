@@ -35,6 +35,35 @@ impl StoredRow {
     }
 }
 
+/// A row as a read returns it: shared with the store's memory (the embedded store), or
+/// decoded for this read alone (Redis), which the caller may take values out of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadRow {
+    Shared(Arc<StoredRow>),
+    Owned(StoredRow),
+}
+
+impl ReadRow {
+    /// The row's values, if this read alone holds them.
+    pub fn values_mut(&mut self) -> Option<&mut Vec<Value>> {
+        match self {
+            ReadRow::Shared(row) => Arc::get_mut(row).map(|r| &mut r.values),
+            ReadRow::Owned(row) => Some(&mut row.values),
+        }
+    }
+}
+
+impl std::ops::Deref for ReadRow {
+    type Target = StoredRow;
+
+    fn deref(&self) -> &StoredRow {
+        match self {
+            ReadRow::Shared(row) => row,
+            ReadRow::Owned(row) => row,
+        }
+    }
+}
+
 /// Names one stored row: a feature view and the canonical text of an entity key
 /// (see `value::encode_entity_key`). Shared strings: a read of many entities over several
 /// views names each view, and each entity, once.
@@ -60,7 +89,7 @@ pub trait OnlineStore: Send + Sync {
     /// Succeeds when the store can serve reads now.
     async fn health(&self) -> Result<(), FeatureError>;
     /// Reads many rows in one round trip; `None` where nothing is stored.
-    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<Arc<StoredRow>>>, FeatureError>;
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<ReadRow>>, FeatureError>;
     /// Writes rows, keeping per key the newest by (event time, created time); returns how
     /// many rows were written. Returns only once the rows are durable.
     async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError>;

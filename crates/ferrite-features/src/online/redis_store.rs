@@ -23,7 +23,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use super::codec::{decode_row, encode_row};
-use super::{OnlineStore, RowKey, StoredRow, WriteRow};
+use super::{OnlineStore, ReadRow, RowKey, StoredRow, WriteRow};
 use crate::FeatureError;
 use crate::value::{Micros, now_micros};
 
@@ -190,7 +190,7 @@ impl OnlineStore for RedisStore {
         }
     }
 
-    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<Arc<StoredRow>>>, FeatureError> {
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<ReadRow>>, FeatureError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,7 +209,7 @@ impl OnlineStore for RedisStore {
             .into_iter()
             .map(|v| {
                 v.map(|bytes| {
-                    Arc::new(decode_row(&bytes).unwrap_or(StoredRow {
+                    ReadRow::Owned(decode_row(&bytes).unwrap_or(StoredRow {
                         event_ts: 0,
                         created_ts: 0,
                         fingerprint: 0,
