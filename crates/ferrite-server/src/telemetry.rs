@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -41,10 +41,15 @@ fn init(config: &LogConfig, stderr: bool) {
     };
 }
 
-/// Latency buckets in seconds, from 50 µs to 1 s: our budget is single-digit milliseconds.
+/// Latency buckets in seconds, from 5 µs (a small model's run) to 1 s: our budget is
+/// single-digit milliseconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 1.0,
 ];
+
+/// Rows per model run, up to the largest `max_batch_size` worth batching.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -52,7 +57,13 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
-            .expect("latency buckets are not empty")
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("ferrite_model_batch_size".into()),
+                    BATCH_SIZE_BUCKETS,
+                )
+            })
+            .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (e.g. by a test harness); this one then

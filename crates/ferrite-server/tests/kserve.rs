@@ -734,6 +734,15 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
     assert!(value(&format!("ferrite_model_requests_total{{{v1},status=\"error\"}}")) >= 1.0);
     assert!(value(&format!("ferrite_model_compute_seconds_count{{{v1}}}")) >= 4.0);
     assert!(value(&format!("ferrite_model_batch_size_sum{{{v1}}}")) >= 3.0 * good.len() as f64 + 1.0);
+    // Batch sizes count rows (buckets 1, 2, 4, ...), not seconds: the one-row run is in "1",
+    // all four runs are in the first bucket that holds the three larger ones.
+    let bucket = |le: usize| value(&format!("ferrite_model_batch_size_bucket{{{v1},le=\"{le}\"}}"));
+    assert!(bucket(1) >= 1.0);
+    assert!(bucket(good.len().next_power_of_two()) >= 4.0);
+    // Time buckets start at 5 µs, where small models run (the series must exist).
+    value(&format!(
+        "ferrite_model_compute_seconds_bucket{{{v1},le=\"0.000005\"}}"
+    ));
     server.shutdown().await.unwrap();
 }
 
