@@ -19,6 +19,9 @@ const MAX_BOUND_SHAPES: usize = 64;
 /// buffer: the copy would cost more than the per-run setup it saves.
 const MAX_BOUND_INPUT_BYTES: usize = 64 * 1024;
 
+/// Outputs larger than this in all are not kept: 64 shapes of them would hold too much memory.
+const MAX_BOUND_OUTPUT_BYTES: usize = 256 * 1024;
+
 /// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so runs are serialised on a
 /// mutex; the batching queue in front of it is what keeps that cheap.
 pub struct OnnxModel {
@@ -132,9 +135,9 @@ impl ModelBackend for OnnxModel {
                     let outputs = self.run_plain(session, inputs)?;
                     if bound.len() < MAX_BOUND_SHAPES {
                         // Failing to set up buffers only means later runs take the plain path.
-                        if let Ok(b) = Bound::new(inputs, order, &outputs) {
-                            bound.insert(key.clone(), Some(b));
-                        }
+                        // Without buffers (outputs too large, or they could not be set up),
+                        // this shape runs plainly from now on.
+                        bound.insert(key.clone(), Bound::new(inputs, order, &outputs).ok());
                     }
                     return Ok(outputs);
                 }
@@ -190,6 +193,19 @@ impl Bound {
     /// Buffers shaped like `inputs` (`order`: model order) and like the outputs a run of
     /// them gave.
     fn new(inputs: &[Tensor], order: &[usize], outputs: &[Tensor]) -> Result<Bound, ModelError> {
+        let output_bytes: usize = outputs
+            .iter()
+            .map(|t| {
+                t.data
+                    .len()
+                    .saturating_mul(t.dtype().element_size().unwrap_or(usize::MAX))
+            })
+            .fold(0usize, usize::saturating_add);
+        if output_bytes > MAX_BOUND_OUTPUT_BYTES {
+            return Err(ModelError::Inference(format!(
+                "{output_bytes} bytes of outputs are not kept"
+            )));
+        }
         let allocator = Allocator::default();
         let tensor = |t: &Tensor| -> Result<DynTensor, ModelError> {
             let ty = element_type_of(t.dtype()).ok_or_else(|| {
