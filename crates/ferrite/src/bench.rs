@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// Also measure the empty-RPC floor (the health check) first, with the same settings.
     #[arg(long)]
     pub with_floor: bool,
+    /// With `--with-floor`: alternate the floor and the run this many times, each leg with
+    /// its share of `--requests` and `--duration-s`, and report both pooled over all legs
+    /// plus each round's gap. A host whose speed drifts (a shared VM) then slows both alike.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Model RPCs: also call the model in this process, with no server in between (batch 1
     /// and 64, `--requests` calls, one thread), and report the run against it.
     #[arg(long)]
@@ -135,6 +140,29 @@ pub struct Report {
     pub raw: Vec<raw::RawReport>,
     pub floor: Option<RunReport>,
     pub run: RunReport,
+    /// With a floor: each round's floor and run, in the order they ran.
+    pub rounds: Vec<Round>,
+}
+
+/// One round of alternated legs: the floor, then the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    pub floor_us: Percentiles,
+    pub run_us: Percentiles,
+}
+
+impl Round {
+    fn gap_text(&self, label: &str) -> String {
+        format!(
+            "{label:<13}floor p50={:.1}µs p99={:.1}µs  run p50={:.1}µs p99={:.1}µs  gap p50={:+.1}µs p99={:+.1}µs\n",
+            self.floor_us.p50,
+            self.floor_us.p99,
+            self.run_us.p50,
+            self.run_us.p99,
+            self.run_us.p50 - self.floor_us.p50,
+            self.run_us.p99 - self.floor_us.p99,
+        )
+    }
 }
 
 impl Report {
@@ -171,6 +199,18 @@ impl Report {
             out.push_str(&format!("floor  {}", line(floor)));
         }
         out.push_str(&format!("run    {}", line(&self.run)));
+        if self.rounds.len() > 1 {
+            for (i, round) in self.rounds.iter().enumerate() {
+                out.push_str(&round.gap_text(&format!("round {}", i + 1)));
+            }
+        }
+        if let Some(floor) = &self.floor {
+            let pooled = Round {
+                floor_us: floor.latency_us.clone(),
+                run_us: self.run.latency_us.clone(),
+            };
+            out.push_str(&pooled.gap_text("vs floor"));
+        }
         if let Some(raw) = self.raw.iter().find(|r| r.batch == self.batch) {
             out.push_str(&format!(
                 "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch {b}\n",
@@ -212,19 +252,67 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         .into_iter()
         .map(|c| Arc::new(Target::new(c, args.model.clone(), args.batch)))
         .collect();
-    let floor = if args.with_floor {
-        Some(measure(args, Rpc::Health, &channels).await?)
+    let (floor, run, rounds) = if args.with_floor {
+        alternated(args, &channels).await?
     } else {
-        None
+        (
+            None,
+            measure(args, args.rpc, &channels).await?.report(args, args.rpc),
+            Vec::new(),
+        )
     };
-    let run = measure(args, args.rpc, &channels).await?;
     Ok(Report {
         addr: args.addr.to_string(),
         batch: args.batch,
         raw,
         floor,
         run,
+        rounds,
     })
+}
+
+/// The floor and the run, alternated `--rounds` times.
+async fn alternated(
+    args: &BenchArgs,
+    channels: &[Arc<Target>],
+) -> anyhow::Result<(Option<RunReport>, RunReport, Vec<Round>)> {
+    let n = u64::from(args.rounds.max(1));
+    anyhow::ensure!(args.requests >= n, "--requests must be at least --rounds");
+    let (mut floor, mut run, mut rounds): (Option<Leg>, Option<Leg>, Vec<Round>) = (None, None, Vec::new());
+    for round in 0..n {
+        let mut leg_args = args.clone();
+        // The last leg takes what the division leaves.
+        leg_args.requests = args.requests / n + if round == n - 1 { args.requests % n } else { 0 };
+        leg_args.duration_s = args.duration_s / n as f64;
+        // Every leg draws its own keys; only the first of each kind is warmed up.
+        leg_args.seed = args.seed.wrapping_add(round.wrapping_mul(1_000_003));
+        if round > 0 {
+            leg_args.warmup = 0;
+        }
+        let f = measure(&leg_args, Rpc::Health, channels).await?;
+        let r = measure(&leg_args, args.rpc, channels).await?;
+        rounds.push(Round {
+            floor_us: percentiles(&f.tally.histogram),
+            run_us: percentiles(&r.tally.histogram),
+        });
+        floor = Some(match floor {
+            Some(all) => all.merge(f),
+            None => f,
+        });
+        run = Some(match run {
+            Some(all) => all.merge(r),
+            None => r,
+        });
+    }
+    let (floor, run) = (
+        floor.expect("one round at least"),
+        run.expect("one round at least"),
+    );
+    Ok((
+        Some(floor.report(args, Rpc::Health)),
+        run.report(args, args.rpc),
+        rounds,
+    ))
 }
 
 async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
@@ -306,7 +394,47 @@ impl Keys {
     }
 }
 
-async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Arc<Target>]) -> anyhow::Result<RunReport> {
+/// What one leg (one RPC, one stretch of time) measured.
+struct Leg {
+    tally: Tally,
+    sent: u64,
+    skipped: u64,
+    elapsed_s: f64,
+    connections: usize,
+}
+
+impl Leg {
+    fn merge(mut self, other: Leg) -> Leg {
+        self.tally.merge(other.tally);
+        self.sent += other.sent;
+        self.skipped += other.skipped;
+        self.elapsed_s += other.elapsed_s;
+        self
+    }
+
+    fn report(self, args: &BenchArgs, rpc: Rpc) -> RunReport {
+        let tally = self.tally;
+        let errors = tally.errors.values().sum();
+        RunReport {
+            rpc: rpc.name().to_string(),
+            mode: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
+            target_rate: args.rate,
+            concurrency: args.concurrency,
+            connections: self.connections,
+            sent: self.sent,
+            ok: tally.ok,
+            errors,
+            fallbacks: tally.fallbacks,
+            skipped: self.skipped,
+            rps: (tally.ok + errors) as f64 / self.elapsed_s,
+            duration_s: self.elapsed_s,
+            latency_us: percentiles(&tally.histogram),
+            errors_by_code: tally.errors,
+        }
+    }
+}
+
+async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Arc<Target>]) -> anyhow::Result<Leg> {
     // Warm-up: one caller, not measured, stops at the first error (which the run will report).
     let mut keys = Keys::new(args, u64::MAX)?;
     for _ in 0..args.warmup {
@@ -320,24 +448,12 @@ async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Arc<Target>]) -> anyhow
         None => closed_loop(args, rpc, channels, budget).await?,
         Some(rate) => open_loop(args, rpc, channels, rate, budget).await?,
     };
-    let elapsed = start.elapsed().as_secs_f64();
-    let h = &tally.histogram;
-    let errors = tally.errors.values().sum();
-    Ok(RunReport {
-        rpc: rpc.name().to_string(),
-        mode: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
-        target_rate: args.rate,
-        concurrency: args.concurrency,
-        connections: channels.len(),
+    Ok(Leg {
+        tally,
         sent,
-        ok: tally.ok,
-        errors,
-        fallbacks: tally.fallbacks,
         skipped,
-        errors_by_code: tally.errors,
-        duration_s: elapsed,
-        rps: (tally.ok + errors) as f64 / elapsed,
-        latency_us: percentiles(h),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        connections: channels.len(),
     })
 }
 

@@ -24,6 +24,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         zipf_s: 1.0,
         seed: 7,
         with_floor: false,
+        rounds: 1,
         with_raw: false,
         client_threads: 0,
         max_frame_size: 16_384,
@@ -151,6 +152,42 @@ async fn open_loop_accounts_for_every_scheduled_call_and_measures_the_floor() {
     assert_eq!(report.run.rpc, "server-live");
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["run"]["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternated_rounds_pool_every_leg_and_report_each_rounds_gap() {
+    let server = start_server().await;
+    let mut a = args(server.grpc_addr());
+    a.rpc = Rpc::ServerLive;
+    a.with_floor = true;
+    a.rounds = 3;
+    // 3 legs of 33 and a last one of 34: every requested call is sent, none twice.
+    a.requests = 100;
+    let report = bench::run(&a).await.unwrap();
+    let floor = report.floor.as_ref().expect("floor measured");
+    assert_eq!((floor.rpc.as_str(), floor.sent, floor.ok), ("health", 100, 100));
+    assert_eq!(
+        (report.run.rpc.as_str(), report.run.sent, report.run.ok),
+        ("server-live", 100, 100)
+    );
+    assert_eq!(report.rounds.len(), 3);
+    // The pooled percentiles lie within the rounds' own.
+    let p50s: Vec<f64> = report.rounds.iter().map(|r| r.run_us.p50).collect();
+    let (lo, hi) = p50s
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    assert!(
+        lo <= report.run.latency_us.p50 && report.run.latency_us.p50 <= hi,
+        "{p50s:?}"
+    );
+    let text = report.to_text();
+    for line in ["round 1", "round 3", "vs floor"] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    a.requests = 2;
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(err.to_string().contains("--rounds"), "{err}");
     server.shutdown().await.unwrap();
 }
 
