@@ -284,13 +284,14 @@ fn feature_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     config
 }
 
-/// `training-set` runs with glibc's huge-page tunable unless `GLIBC_TUNABLES` was given.
+/// `training-set` runs with mimalloc's large OS pages and no purging unless
+/// `MIMALLOC_ALLOW_LARGE_OS_PAGES` was given.
 #[test]
 fn training_set_asks_for_huge_pages_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let config = feature_config(dir.path(), "[log]\nlevel = \"debug\"\n");
     let entities = repo_root().join("features/data/transactions.parquet");
-    let run = |tunables: Option<&str>| {
+    let run = |large_pages: Option<&str>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
         cmd.args(["training-set", "--feature", "user_profile:country", "--entities"])
             .arg(&entities)
@@ -299,9 +300,10 @@ fn training_set_asks_for_huge_pages_unless_told_otherwise() {
             .arg("--config")
             .arg(&config)
             .env_remove("RUST_LOG");
-        match tunables {
-            Some(t) => cmd.env("GLIBC_TUNABLES", t),
-            None => cmd.env_remove("GLIBC_TUNABLES"),
+        cmd.env_remove("MIMALLOC_PURGE_DELAY");
+        match large_pages {
+            Some(t) => cmd.env("MIMALLOC_ALLOW_LARGE_OS_PAGES", t),
+            None => cmd.env_remove("MIMALLOC_ALLOW_LARGE_OS_PAGES"),
         };
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -314,11 +316,14 @@ fn training_set_asks_for_huge_pages_unless_told_otherwise() {
     };
     let stderr = run(None);
     assert!(
-        stderr.contains("glibc_tunables=\"glibc.malloc.hugetlb=1\""),
+        stderr.contains("large_os_pages=\"1\" purge_delay=\"-1\""),
         "{stderr}"
     );
-    let stderr = run(Some(""));
-    assert!(stderr.contains("glibc_tunables=\"\""), "{stderr}");
+    let stderr = run(Some("0"));
+    assert!(
+        stderr.contains("large_os_pages=\"0\" purge_delay=\"\""),
+        "{stderr}"
+    );
 }
 
 /// `ferrite validate`, `materialize`, `materialize-incremental` and `training-set` on the
