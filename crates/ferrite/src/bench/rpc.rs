@@ -14,7 +14,9 @@ use ferrite_proto::ferrite::v1::{
 };
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
-use ferrite_proto::inference::{ModelInferRequest, ModelStreamInferResponse, ServerLiveRequest};
+use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
+use prost::Message;
+use prost::bytes::Bytes;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
@@ -29,7 +31,9 @@ pub enum Rpc {
     ModelInferGbdt,
     /// The same requests on ModelStreamInfer: one bidirectional stream per connection that
     /// all callers pipeline their requests on (as tritonclient's streaming API does), each
-    /// caller with one request in flight.
+    /// caller with one request in flight. The throughput benchmark, so the load generator is
+    /// lean: the requests (the 256 row sets `--with-raw` runs) are encoded once, and of each
+    /// answer only the error and the presence of a response are decoded.
     ModelStreamInferGbdt,
     /// ferrite.v1.FeatureService/GetOnlineFeatures: 1 user × 30 features (`user_stats:*` and
     /// `user_profile:*`), user id 1,000,000 + key (the sample data's ids).
@@ -97,12 +101,11 @@ impl Rpc {
                 GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
             }
             Rpc::ModelStreamInferGbdt => {
-                let req = infer_request(model("fraud_gbdt"), "X", 40, key, target.batch);
                 let stream = target
                     .stream
-                    .get_or_try_init(|| InferStream::open(channel))
+                    .get_or_try_init(|| InferStream::open(channel, model("fraud_gbdt"), target.batch))
                     .await?;
-                stream.call(req).await?;
+                stream.call(key).await?;
             }
             Rpc::Features => {
                 FeatureServiceClient::new(channel)
@@ -193,24 +196,83 @@ impl Target {
     }
 }
 
-type StreamAnswer = Result<ModelStreamInferResponse, tonic::Status>;
+/// How many different requests the streamed RPC sends: the same 256 row sets `--with-raw`
+/// gives the model (`raw.rs`), each encoded once.
+const POOL: u64 = 256;
+
+/// A message encoded once and sent as it is: the streamed RPC is the throughput benchmark, and
+/// on a machine the server shares, every instruction the load generator spends building a
+/// message is taken from the server.
+#[derive(Debug, Clone, Default)]
+struct Encoded(Bytes);
+
+impl Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The part of a `ModelStreamInferResponse` the load generator reads: the error, and whether
+/// an answer came (its tensors are skipped, not decoded).
+#[derive(Clone, PartialEq, Message)]
+struct StreamAnswer {
+    #[prost(string, tag = "1")]
+    error_message: String,
+    #[prost(message, optional, tag = "2")]
+    infer_response: Option<Skipped>,
+}
+
+/// A message whose fields are all skipped.
+#[derive(Clone, PartialEq, Message)]
+struct Skipped {}
+
+type Answer = Result<StreamAnswer, tonic::Status>;
 
 /// A ModelStreamInfer stream shared by many callers. The server answers a stream's requests
 /// in order, so each answer goes to the oldest caller still waiting.
 struct InferStream {
     /// Requests and their callers, queued under one lock so both orders agree.
-    sender: Mutex<(mpsc::UnboundedSender<ModelInferRequest>, Arc<Mutex<Waiting>>)>,
+    sender: Mutex<(mpsc::UnboundedSender<Encoded>, Arc<Mutex<Waiting>>)>,
+    /// The requests, by key modulo `POOL`.
+    pool: Vec<Encoded>,
 }
 
-type Waiting = VecDeque<oneshot::Sender<StreamAnswer>>;
+type Waiting = VecDeque<oneshot::Sender<Answer>>;
 
 impl InferStream {
-    async fn open(channel: Channel) -> Result<Self, tonic::Status> {
+    async fn open(channel: Channel, model: &str, batch: usize) -> Result<Self, tonic::Status> {
+        let pool = (0..POOL)
+            .map(|k| Encoded(infer_request(model, "X", 40, k, batch).encode_to_vec().into()))
+            .collect();
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut answers = GrpcInferenceServiceClient::new(channel)
-            .model_stream_infer(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+        );
+        let codec = tonic_prost::ProstCodec::<Encoded, StreamAnswer>::default();
+        let request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        let mut answers = grpc.streaming(request, path, codec).await?.into_inner();
         let waiting: Arc<Mutex<Waiting>> = Arc::default();
         let readers = waiting.clone();
         tokio::spawn(async move {
@@ -232,26 +294,29 @@ impl InferStream {
         });
         Ok(InferStream {
             sender: Mutex::new((tx, waiting)),
+            pool,
         })
     }
 
-    async fn call(&self, req: ModelInferRequest) -> Result<(), tonic::Status> {
+    async fn call(&self, key: u64) -> Result<(), tonic::Status> {
         let (reply, answer) = oneshot::channel();
         {
             let sender = self.sender.lock().expect("stream sender");
             sender.1.lock().expect("stream callers").push_back(reply);
             sender
                 .0
-                .send(req)
+                .send(self.pool[(key % POOL) as usize].clone())
                 .map_err(|_| tonic::Status::unavailable("the stream is closed"))?;
         }
         let answer = answer
             .await
             .map_err(|_| tonic::Status::unavailable("the stream closed before the answer"))??;
-        if answer.error_message.is_empty() {
-            Ok(())
-        } else {
-            Err(tonic::Status::unknown(answer.error_message))
+        match (answer.error_message.is_empty(), answer.infer_response) {
+            (true, Some(_)) => Ok(()),
+            (true, None) => Err(tonic::Status::internal(
+                "an answer with neither a response nor an error",
+            )),
+            (false, _) => Err(tonic::Status::unknown(answer.error_message)),
         }
     }
 }
