@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub metrics_addr: SocketAddr,
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish before the server exits.
     pub shutdown_grace_s: u64,
+    /// Async worker threads of `ferrite serve`; 0 is one per CPU core. Read by the binary
+    /// when it builds its runtime.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -32,6 +35,7 @@ impl Default for ServerConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_grace_s: 10,
+            worker_threads: 0,
         }
     }
 }
@@ -198,6 +202,7 @@ mod tests {
         assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.server.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.server.shutdown_grace_s, 10);
+        assert_eq!(c.server.worker_threads, 0);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.models.repository, PathBuf::from("models"));

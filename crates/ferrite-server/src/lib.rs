@@ -201,7 +201,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }
 
     state.ready.store(true, Ordering::Release);
-    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, version = VERSION, "ferrite listening");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(grpc = %grpc_addr, metrics = %metrics_addr, workers, version = VERSION, "ferrite listening");
     Ok(RunningServer {
         grpc_addr,
         metrics_addr,

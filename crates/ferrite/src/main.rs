@@ -136,10 +136,16 @@ fn main() -> anyhow::Result<()> {
         use_huge_pages();
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Bench(args) = &cli.command
-        && args.client_threads > 0
-    {
-        runtime.worker_threads(args.client_threads);
+    let threads = match &cli.command {
+        Command::Bench(args) => args.client_threads,
+        // Read here only to size the runtime; `run` reads it again and reports any error.
+        Command::Serve {
+            config: Some(path), ..
+        } => Config::from_file(path).map_or(0, |c| c.server.worker_threads),
+        _ => 0,
+    };
+    if threads > 0 {
+        runtime.worker_threads(threads);
     }
     runtime.enable_all().build()?.block_on(run(cli))
 }

@@ -51,6 +51,7 @@ fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
             .arg(repo_root().join("ferrite.toml"))
             .args(["--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
+            .env_remove("TOKIO_WORKER_THREADS")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -69,6 +70,8 @@ fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
         .parse()
         .unwrap();
     assert_ne!(grpc_addr.port(), 0);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(listening.contains(&format!(" workers={cores} ")), "{listening}");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -91,6 +94,42 @@ fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     assert!(rest.iter().any(|l| l.contains("server stopped")), "{rest:?}");
+}
+
+#[test]
+fn serve_runs_the_configured_number_of_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    let config = dir.path().join("ferrite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nworker_threads = 1\n\
+             [models]\nrepository = {:?}\npoll_interval_s = 0\n\
+             [features]\nrepository = {:?}\nembedded_path = {:?}\n",
+            root.join("models"),
+            root.join("features"),
+            dir.path().join("online"),
+        ),
+    )
+    .unwrap();
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("TOKIO_WORKER_THREADS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let listening = BufReader::new(child.0.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("ferrite listening"))
+        .expect("a 'ferrite listening' log line");
+    assert!(listening.contains(" workers=1 "), "{listening}");
 }
 
 #[test]
