@@ -43,13 +43,15 @@ async fn start_server() -> ferrite_server::RunningServer {
     ferrite_server::start(config).await.unwrap()
 }
 
-#[test]
-fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `ferrite serve ARGS`, up to its "ferrite listening" log line: the process, the rest of its
+/// log, and that line.
+fn serve(args: &[&std::ffi::OsStr]) -> (ChildGuard, Lines, String) {
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_ferrite"))
-            .args(["serve", "--config"])
-            .arg(repo_root().join("ferrite.toml"))
-            .args(["--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .arg("serve")
+            .args(args)
             .env_remove("RUST_LOG")
             .env_remove("TOKIO_WORKER_THREADS")
             .stdout(Stdio::piped())
@@ -63,6 +65,20 @@ fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
         .map(|l| l.unwrap())
         .find(|l| l.contains("ferrite listening"))
         .expect("a 'ferrite listening' log line");
+    (child, lines, listening)
+}
+
+#[test]
+fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
+    let config = repo_root().join("ferrite.toml");
+    let (mut child, mut lines, listening) = serve(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--grpc-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--metrics-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
     let grpc_addr: std::net::SocketAddr = listening
         .split_whitespace()
         .find_map(|w| w.strip_prefix("grpc="))
@@ -113,22 +129,7 @@ fn serve_runs_the_configured_number_of_worker_threads() {
         ),
     )
     .unwrap();
-    let mut child = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_ferrite"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env_remove("TOKIO_WORKER_THREADS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let listening = BufReader::new(child.0.stdout.take().unwrap())
-        .lines()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("ferrite listening"))
-        .expect("a 'ferrite listening' log line");
+    let (_child, _, listening) = serve(&["--config".as_ref(), config.as_os_str()]);
     assert!(listening.contains(" workers=1 "), "{listening}");
 }
 
