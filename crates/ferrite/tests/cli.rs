@@ -71,7 +71,7 @@ fn serve(args: &[&std::ffi::OsStr]) -> (ChildGuard, Lines, String) {
 #[test]
 fn serve_logs_the_real_addresses_answers_and_exits_cleanly_on_sigterm() {
     let config = repo_root().join("ferrite.toml");
-    let (mut child, mut lines, listening) = serve(&[
+    let (mut child, lines, listening) = serve(&[
         "--config".as_ref(),
         config.as_os_str(),
         "--grpc-addr".as_ref(),
