@@ -354,11 +354,19 @@ pub enum FeatureRef {
 }
 
 impl FeatureRef {
+    /// `view:feature`. Built by hand: every online read names each feature it answers, and
+    /// `format!` costs about six times as many instructions (callgrind: 29 k of a 1 × 30
+    /// read's 130 k).
     pub fn name(&self) -> String {
-        match self {
-            FeatureRef::Stored { view, index } => format!("{}:{}", view.name, view.features[*index].name),
-            FeatureRef::Request { view, index } => format!("{}:{}", view.name, view.features[*index].name),
-        }
+        let (view, feature) = match self {
+            FeatureRef::Stored { view, index } => (view.name.as_str(), view.features[*index].name.as_str()),
+            FeatureRef::Request { view, index } => (view.name.as_str(), view.features[*index].name.as_str()),
+        };
+        let mut name = String::with_capacity(view.len() + 1 + feature.len());
+        name.push_str(view);
+        name.push(':');
+        name.push_str(feature);
+        name
     }
 
     pub fn feature_name(&self) -> &str {
