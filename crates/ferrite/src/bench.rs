@@ -83,7 +83,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Model RPCs: also call the model in this process, with no server in between (batch 1
-    /// and 64, `--requests` calls, one thread), and report the run against it.
+    /// and 64, `--requests` calls, one thread), and report the run against it. With `--rate`,
+    /// batch 1 is also called on the run's schedule, the thread asleep in between: the
+    /// model's own cost at that rate, caches colder than back to back.
     #[arg(long)]
     pub with_raw: bool,
     /// Threads of the load generator's async runtime; 0 is one per core. On a machine the
@@ -210,8 +212,24 @@ impl Report {
                 run_us: self.run.latency_us.clone(),
             };
             out.push_str(&pooled.gap_text("vs floor"));
+            if let Some(paced) = self
+                .raw
+                .iter()
+                .find(|r| r.batch == self.batch && r.rate.is_some())
+            {
+                out.push_str(&format!(
+                    "less model   gap p50 {:+.1}µs - raw at the run's rate p50 {:.1}µs = {:+.1}µs of work around the model\n",
+                    self.run.latency_us.p50 - floor.latency_us.p50,
+                    paced.latency_us.p50,
+                    self.run.latency_us.p50 - floor.latency_us.p50 - paced.latency_us.p50,
+                ));
+            }
         }
-        if let Some(raw) = self.raw.iter().find(|r| r.batch == self.batch) {
+        if let Some(raw) = self
+            .raw
+            .iter()
+            .find(|r| r.batch == self.batch && r.rate.is_none())
+        {
             out.push_str(&format!(
                 "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch {b}\n",
                 100.0 * self.run.rps / raw.calls_per_s,
@@ -243,8 +261,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         (true, Some((default, input, width))) => {
             let model = args.model.clone().unwrap_or_else(|| default.to_string());
             let (models, calls, batch) = (args.models.clone(), args.requests, args.batch);
-            tokio::task::spawn_blocking(move || raw::measure(&models, &model, input, width, calls, batch))
-                .await??
+            let (rate, duration_s) = (args.rate, args.duration_s);
+            tokio::task::spawn_blocking(move || {
+                raw::measure(&raw::Plan {
+                    models: &models,
+                    model: &model,
+                    input,
+                    width,
+                    calls,
+                    batch,
+                    rate,
+                    duration_s,
+                })
+            })
+            .await??
         }
     };
     let channels: Vec<Arc<Target>> = connect(args)

@@ -275,12 +275,52 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     a.batch = 1;
     a.requests = 300;
 
+    // With a rate and a floor, batch 1 is also called on the run's schedule, bounded by the
+    // count, and the gap is shown less the model's own run.
+    a.rpc = Rpc::ModelInferGbdt;
+    a.rate = Some(500.0);
+    a.requests = 40;
+    a.with_floor = true;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (40, 0), "{:?}", report.run);
+    let raw: Vec<(usize, u64, Option<f64>)> = report.raw.iter().map(|r| (r.batch, r.calls, r.rate)).collect();
+    assert_eq!(raw, [(1, 40, None), (64, 100, None), (1, 40, Some(500.0))]);
+    let text = report.to_text();
+    for line in [
+        "batch=1   at 500/s calls=40",
+        "less model",
+        "of raw batch-1 calls/s",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+    }
+    // The duration bounds the paced calls too: 500/s for 0.05 s schedules 25.
+    a.with_floor = false;
+    a.duration_s = 0.05;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(
+        report.raw.last().map(|r| (r.calls, r.rate)),
+        Some((25, Some(500.0)))
+    );
+    a.rpc = Rpc::ModelStreamInferGbdt;
+    a.rate = None;
+    a.duration_s = 60.0;
+    a.requests = 300;
+
     // A stream call the server refuses is counted as an error, not waited for forever.
     a.model = Some("no_such_model".into());
     a.with_raw = false;
     let report = bench::run(&a).await.unwrap();
     assert_eq!((report.run.ok, report.run.errors), (0, 300), "{:?}", report.run);
     assert_eq!(report.run.errors_by_code.get("Unknown"), Some(&300));
+    // So is a unary one, with its status code; the logistic model answers.
+    a.rpc = Rpc::ModelInfer;
+    a.requests = 20;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (0, 20), "{:?}", report.run);
+    assert_eq!(report.run.errors_by_code.get("NotFound"), Some(&20));
+    a.model = None;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (20, 0), "{:?}", report.run);
     server.shutdown().await.unwrap();
 }
 

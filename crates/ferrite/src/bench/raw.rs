@@ -2,7 +2,7 @@
 //! so that a report holds the raw cost beside the end-to-end one, measured in the same run.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferrite_models::{ModelRepository, OnnxRuntime, Tensor, TensorData};
@@ -16,6 +16,9 @@ use super::Percentiles;
 pub struct RawReport {
     pub model: String,
     pub batch: usize,
+    /// Calls started on this schedule (per second), the thread asleep in between, as a
+    /// server's is between calls at that rate; `None`: back to back.
+    pub rate: Option<f64>,
     pub calls: u64,
     pub calls_per_s: f64,
     pub rows_per_s: f64,
@@ -25,8 +28,9 @@ pub struct RawReport {
 impl RawReport {
     pub fn to_text(&self) -> String {
         let l = &self.latency_us;
+        let pace = self.rate.map(|r| format!(" at {r}/s")).unwrap_or_default();
         format!(
-            "raw    {:<14} batch={:<3} calls={} one thread  {:.0} calls/s {:.0} rows/s  \
+            "raw    {:<14} batch={:<3}{pace} calls={} one thread  {:.0} calls/s {:.0} rows/s  \
              p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs\n",
             self.model,
             self.batch,
@@ -42,17 +46,39 @@ impl RawReport {
     }
 }
 
-/// Loads `model` from the repository at `models` (warm-up included) and calls its backend
-/// directly with the same rows as the RPC sends: `calls` calls of batch 1, then `calls / 64`
-/// (at least 100) of batch 64, then, if `batch` is another size, `calls / batch` of it.
-pub fn measure(
-    models: &Path,
-    model: &str,
-    input: &str,
-    width: usize,
-    calls: u64,
-    batch: usize,
-) -> anyhow::Result<Vec<RawReport>> {
+/// How the raw model is called: the RPC's settings that apply.
+pub struct Plan<'a> {
+    pub models: &'a Path,
+    pub model: &'a str,
+    pub input: &'a str,
+    pub width: usize,
+    pub calls: u64,
+    pub batch: usize,
+    /// The run's open-loop rate: batch 1 is then also called on that schedule, for at most
+    /// `calls` calls and `duration_s` seconds.
+    pub rate: Option<f64>,
+    pub duration_s: f64,
+}
+
+/// Loads the model from the repository (warm-up included) and calls its backend directly
+/// with the same rows as the RPC sends: `calls` calls of batch 1, then `calls / 64` (at least
+/// 100) of batch 64, then, if `batch` is another size, `calls / batch` of it, then with a
+/// rate batch 1 on the run's schedule.
+///
+/// Back to back, a small model runs with its code and data hot in the caches; at 1,000
+/// calls/s the thread sleeps between calls and each run starts colder. The paced leg measures
+/// that cost, which an RPC at that rate pays too.
+pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
+    let Plan {
+        models,
+        model,
+        input,
+        width,
+        calls,
+        batch,
+        rate,
+        duration_s,
+    } = *plan;
     let runtime = OnnxRuntime::get(None)?;
     let repository = ModelRepository::new(models, runtime);
     let loaded = repository
@@ -60,11 +86,16 @@ pub fn measure(
         .with_context(|| format!("cannot load {model:?} from {} for --with-raw", models.display()))?;
     let backend = loaded.version("")?.backend.clone();
     let mut reports = Vec::new();
-    let mut sizes = vec![(1usize, calls), (64, (calls / 64).max(100))];
+    let mut legs = vec![(1usize, calls, None), (64, (calls / 64).max(100), None)];
     if batch != 1 && batch != 64 {
-        sizes.push((batch, (calls / batch as u64).max(100)));
+        legs.push((batch, (calls / batch as u64).max(100), None));
     }
-    for (batch, calls) in sizes {
+    if let Some(rate) = rate {
+        // Bounded by the count and by the duration, like the run.
+        let scheduled = (rate * duration_s).floor().max(1.0) as u64;
+        legs.push((1, calls.min(scheduled), Some(rate)));
+    }
+    for (batch, calls, rate) in legs {
         let inputs: Vec<Vec<Tensor>> = (0..256u64)
             .map(|k| {
                 let rows = super::rpc::rows(width as u64, k, batch);
@@ -74,6 +105,12 @@ pub fn measure(
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let start = Instant::now();
         for i in 0..calls {
+            if let Some(rate) = rate {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let t0 = Instant::now();
             backend.infer(&inputs[(i % 256) as usize])?;
             histogram.saturating_record((t0.elapsed().as_micros() as u64).max(1));
@@ -82,6 +119,7 @@ pub fn measure(
         reports.push(RawReport {
             model: model.to_string(),
             batch,
+            rate,
             calls,
             calls_per_s: calls as f64 / elapsed,
             rows_per_s: (calls * batch as u64) as f64 / elapsed,

@@ -26,6 +26,9 @@ pub enum Rpc {
     ServerLive,
     /// inference.GRPCInferenceService/ModelInfer on the example `fraud_logreg` model, batch 1,
     /// raw little-endian input (as tritonclient sends it), features derived from the key.
+    /// Like the streamed RPC, the load generator is lean so that the latency it reports is
+    /// the server's: the 256 row sets `--with-raw` runs are encoded once (the key picks one),
+    /// and of each answer only the number of outputs is decoded.
     ModelInfer,
     /// ModelInfer on the example `fraud_gbdt` (200 trees, 40 features), batch 1, raw input.
     ModelInferGbdt,
@@ -92,13 +95,13 @@ impl Rpc {
                     .server_live(ServerLiveRequest {})
                     .await?;
             }
-            Rpc::ModelInfer => {
-                let req = infer_request(model("fraud_logreg"), "features", 8, key, target.batch);
-                GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
-            }
-            Rpc::ModelInferGbdt => {
-                let req = infer_request(model("fraud_gbdt"), "X", 40, key, target.batch);
-                GrpcInferenceServiceClient::new(channel).model_infer(req).await?;
+            Rpc::ModelInfer | Rpc::ModelInferGbdt => {
+                let (default, input, width) = self.model_input().expect("a model RPC");
+                let slot = usize::from(self == Rpc::ModelInferGbdt);
+                let pool = target.unary[slot]
+                    .get_or_init(|| async { pool(model(default), input, width as u64, target.batch) })
+                    .await;
+                infer_unary(channel, pool[(key % POOL) as usize].clone()).await?;
             }
             Rpc::ModelStreamInferGbdt => {
                 let stream = target
@@ -183,6 +186,8 @@ pub struct Target {
     model: Option<String>,
     batch: usize,
     stream: OnceCell<InferStream>,
+    /// The encoded requests of ModelInfer (`fraud_logreg`) and of ModelInferGbdt.
+    unary: [OnceCell<Vec<Encoded>>; 2],
 }
 
 impl Target {
@@ -192,13 +197,50 @@ impl Target {
             model,
             batch,
             stream: OnceCell::new(),
+            unary: Default::default(),
         }
     }
 }
 
-/// How many different requests the streamed RPC sends: the same 256 row sets `--with-raw`
+/// How many different requests the model RPCs send: the same 256 row sets `--with-raw`
 /// gives the model (`raw.rs`), each encoded once.
 const POOL: u64 = 256;
+
+/// The `POOL` requests of a model RPC, encoded.
+fn pool(model: &str, input: &str, width: u64, batch: usize) -> Vec<Encoded> {
+    (0..POOL)
+        .map(|k| {
+            Encoded(
+                infer_request(model, input, width, k, batch)
+                    .encode_to_vec()
+                    .into(),
+            )
+        })
+        .collect()
+}
+
+/// The part of a `ModelInferResponse` the load generator reads: its outputs, each skipped.
+#[derive(Clone, PartialEq, Message)]
+struct InferAnswer {
+    #[prost(message, repeated, tag = "5")]
+    outputs: Vec<Skipped>,
+}
+
+/// One ModelInfer call with an encoded request; an answer without outputs is an error.
+async fn infer_unary(channel: Channel, request: Encoded) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
+    let codec = tonic_prost::ProstCodec::<Encoded, InferAnswer>::default();
+    let answer = grpc.unary(tonic::Request::new(request), path, codec).await?;
+    if answer.get_ref().outputs.is_empty() {
+        return Err(tonic::Status::internal("an answer without outputs"));
+    }
+    Ok(())
+}
 
 /// A message encoded once and sent as it is: the streamed RPC is the throughput benchmark, and
 /// on a machine the server shares, every instruction the load generator spends building a
@@ -259,9 +301,7 @@ type Waiting = VecDeque<oneshot::Sender<Answer>>;
 
 impl InferStream {
     async fn open(channel: Channel, model: &str, batch: usize) -> Result<Self, tonic::Status> {
-        let pool = (0..POOL)
-            .map(|k| Encoded(infer_request(model, "X", 40, k, batch).encode_to_vec().into()))
-            .collect();
+        let pool = pool(model, "X", 40, batch);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
