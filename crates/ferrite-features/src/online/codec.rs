@@ -42,17 +42,26 @@ pub fn decode_row(bytes: &[u8]) -> Option<StoredRow> {
     if bytes.len() < HEADER_LEN {
         return None;
     }
-    let hex = |r: std::ops::Range<usize>| {
-        std::str::from_utf8(&bytes[r])
-            .ok()
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-    };
     let values: Vec<Value> = postcard::from_bytes(&bytes[HEADER_LEN..]).ok()?;
     Some(StoredRow {
-        event_ts: unordered(hex(0..16)?),
-        created_ts: unordered(hex(16..32)?),
-        fingerprint: hex(32..48)?,
+        event_ts: unordered(hex_u64(&bytes[0..16])?),
+        created_ts: unordered(hex_u64(&bytes[16..32])?),
+        fingerprint: hex_u64(&bytes[32..48])?,
         values,
+    })
+}
+
+/// 16 hex digits (either case) as a u64. Every read decodes three per row, so this is a
+/// plain loop rather than a UTF-8 check and `from_str_radix`.
+fn hex_u64(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u64::from(d))
     })
 }
 
@@ -88,6 +97,17 @@ mod tests {
             assert!(encode_row(&w[0])[..32] < encode_row(&w[1])[..32]);
         }
         assert_eq!(decode_row(b"garbage"), None);
+        // Headers in either case; anything but hex digits is not a row.
+        let mut upper = encode_row(&a);
+        upper[..HEADER_LEN].make_ascii_uppercase();
+        assert_eq!(decode_row(&upper), Some(a.clone()));
+        for (at, byte) in [(0, b'g'), (20, b' '), (47, b'-')] {
+            let mut bad = encode_row(&a);
+            bad[at] = byte;
+            assert_eq!(decode_row(&bad), None, "byte {at} = {:?}", byte as char);
+        }
+        assert_eq!(hex_u64(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(hex_u64(b"00000000000000A5"), Some(0xa5));
         let mut bad = encode_row(&a);
         bad.truncate(HEADER_LEN + 2);
         assert_eq!(decode_row(&bad), None);
