@@ -12,13 +12,13 @@ OUT="${1:-$(mktemp -d -t ferrite-bench.XXXXXX)}"
 mkdir -p "$OUT"
 bin="$CARGO_TARGET_DIR/release/ferrite"
 cargo build --release --locked -p ferrite >&2
+source scripts/bench_lib.sh
 
 if [ ! -f "$DATA/user_stats.parquet" ]; then
   .venv/bin/pip install -q -r scripts/requirements-data.txt
   .venv/bin/python scripts/make_sample_data.py --size large --out "$DATA"
 fi
 
-port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 REDIS_PORT=$(port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
 redis=$!
@@ -62,17 +62,6 @@ if [ -z "${SERVE_ONLY:-}" ]; then
 measure materialize-embedded "$bin" materialize --quiet --config "$OUT/embedded.toml" --start 2026-01-01 --end 2027-01-01 --view user_stats --view user_profile
 measure training-set "$bin" training-set --config "$OUT/embedded.toml" --entities "$DATA/transactions.parquet" --feature 'user_stats:*' --feature 'user_profile:*' --out "$OUT/train.parquet"
 fi
-
-serve() { # $1 config
-  "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 300); do
-    grep -q "ferrite listening" "$OUT/serve.log" && break
-    sleep 0.1
-  done
-  ADDR=$(grep -o 'grpc=[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d= -f2)
-}
-stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; server=""; }
 
 for store in embedded redis; do
   serve "$OUT/$store.toml"

@@ -1,0 +1,19 @@
+# Helpers shared by the benchmark scripts (sourced, not run). Each script sets OUT and bin.
+
+# A free loopback port.
+port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Starts `ferrite serve --config $1` on free loopback ports; sets server (its pid) and ADDR.
+serve() {
+  "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 300); do
+    grep -q "ferrite listening" "$OUT/serve.log" && break
+    sleep 0.1
+  done
+  ADDR=$(grep -o 'grpc=[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d= -f2)
+  [ -n "$ADDR" ] || { cat "$OUT/serve.log" >&2; echo "the server did not start" >&2; return 1; }
+}
+
+# Stops the server serve() started (SIGTERM, graceful).
+stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; server=""; }
