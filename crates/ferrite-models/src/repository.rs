@@ -287,6 +287,10 @@ impl ModelRepository {
 
     /// A loaded model by name.
     pub fn get(&self, name: &str) -> Result<Arc<LoadedModel>, ModelError> {
+        if let Some(model) = self.models.load().get(name) {
+            // Only checked names are ever loaded: a hit needs no check.
+            return Ok(model.clone());
+        }
         check_name(name)?;
         self.models.load().get(name).cloned().ok_or_else(|| {
             let reason = self
