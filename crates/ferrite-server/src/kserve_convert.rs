@@ -53,7 +53,8 @@ pub fn request_tensors(req: &mut ModelInferRequest) -> Result<Vec<Tensor>, Statu
             } else {
                 typed(input, dtype)?
             };
-            Tensor::new(input.name.clone(), shape, data).map_err(|e| invalid(e.to_string()))
+            // The request's tensor names are not read again: moved, not copied.
+            Tensor::new(std::mem::take(&mut input.name), shape, data).map_err(|e| invalid(e.to_string()))
         })
         .collect()
 }
@@ -112,7 +113,12 @@ fn decode_raw(name: &str, dtype: DataType, bytes: &[u8]) -> Result<TensorData, S
 
 fn encode_raw(data: &TensorData) -> Vec<u8> {
     fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
-        v.iter().flat_map(|&x| f(x)).collect()
+        // Sized once: collecting a flat_map would grow the buffer step by step.
+        let mut out = Vec::with_capacity(v.len() * N);
+        for &x in v {
+            out.extend_from_slice(&f(x));
+        }
+        out
     }
     match data {
         TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
@@ -133,8 +139,9 @@ fn encode_raw(data: &TensorData) -> Vec<u8> {
 }
 
 /// The answer, with every output (or just those requested) as raw bytes, as Triton answers.
+/// The request's model name and id move into the answer.
 pub fn response(
-    req: &ModelInferRequest,
+    req: &mut ModelInferRequest,
     version: u64,
     outputs: Vec<Tensor>,
 ) -> Result<ModelInferResponse, Status> {
@@ -147,13 +154,16 @@ pub fn response(
             )));
         }
     }
+    let n = outputs.len();
     let selected = outputs
         .into_iter()
         .filter(|o| req.outputs.is_empty() || req.outputs.iter().any(|w| w.name == o.name));
     let mut response = ModelInferResponse {
-        model_name: req.model_name.clone(),
+        model_name: std::mem::take(&mut req.model_name),
         model_version: version.to_string(),
-        id: req.id.clone(),
+        id: std::mem::take(&mut req.id),
+        outputs: Vec::with_capacity(n),
+        raw_output_contents: Vec::with_capacity(n),
         ..Default::default()
     };
     for out in selected {

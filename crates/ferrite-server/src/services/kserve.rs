@@ -39,7 +39,7 @@ async fn infer(state: Arc<AppState>, mut req: ModelInferRequest) -> Result<Model
         .infer(&req.model_name, &req.model_version, inputs)
         .await
         .map_err(model_error)?;
-    convert::response(&req, ran, outputs)
+    convert::response(&mut req, ran, outputs)
 }
 
 #[tonic::async_trait]
