@@ -3,7 +3,8 @@
 # materialization into one Redis and into the embedded store, a point-in-time training set,
 # and GetOnlineFeatures over gRPC from a separate client process (ferrite bench) on the
 # embedded store and on Redis, each beside the empty-RPC floor measured in the same run.
-# Everything listens on loopback; every load is bounded in count and time.
+# Everything listens on loopback; every load is bounded in count and time. HALT_POLL_NS=N:
+# see scripts/bench_lib.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -26,8 +27,10 @@ server=""
 cleanup() {
   [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
   kill "$redis" 2>/dev/null || true
+  restore_halt_poll
 }
 trap cleanup EXIT
+set_halt_poll
 sleep 0.5
 
 config() { # $1 store kind, $2 file
@@ -66,8 +69,8 @@ fi
 for store in embedded redis; do
   serve "$OUT/$store.toml"
   echo "==> GetOnlineFeatures on $store at $ADDR" >&2
-  "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --rate 1000 --concurrency 64 --requests 10000 --duration-s 20 --with-floor --json "$OUT/$store-1x30.json"
-  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --json "$OUT/$store-100x30.json"
+  "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --rate 1000 --concurrency 64 --requests 10000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-1x30.json"
+  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-100x30.json"
   "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar.json"
   "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-open.json"
   "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar-open.json"

@@ -17,3 +17,20 @@ serve() {
 
 # Stops the server serve() started (SIGTERM, graceful).
 stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; server=""; }
+
+# Opt-in: HALT_POLL_NS=N has idle vCPUs of this (Linux, virtual) machine poll up to N ns
+# before they halt, for the run (the haltpoll idle driver's guest_halt_poll_ns; root only;
+# the kernel's default is 200000, and some VMs boot with 0). Restored by restore_halt_poll.
+halt_poll_file=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+saved_halt_poll=""
+set_halt_poll() {
+  [ -n "${HALT_POLL_NS:-}" ] || return 0
+  [ -w "$halt_poll_file" ] || { echo "HALT_POLL_NS is set but $halt_poll_file is not writable" >&2; return 1; }
+  saved_halt_poll=$(cat "$halt_poll_file")
+  echo "$HALT_POLL_NS" >"$halt_poll_file"
+  echo "guest halt polling: $saved_halt_poll -> $HALT_POLL_NS ns for this run" >&2
+}
+restore_halt_poll() {
+  [ -z "$saved_halt_poll" ] || echo "$saved_halt_poll" >"$halt_poll_file"
+  saved_halt_poll=""
+}

@@ -7,6 +7,7 @@
 #  3. batched throughput: 64 callers pipelining on ModelStreamInfer to `fraud_gbdt_batched`
 #     against raw in-process batch-1 calls/s (server with `worker_threads = 1`);
 #  4. sequential tritonclient ModelInfer calls (the Python client people already use).
+# HALT_POLL_NS=N: see scripts/bench_lib.sh.
 # Everything listens on loopback; every load is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,8 @@ cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
 [ -x .venv/bin/python ] || bash scripts/setup.sh >&2
 server=""
-trap '[ -z "$server" ] || stop' EXIT
+trap '[ -z "$server" ] || stop; restore_halt_poll' EXIT
+set_halt_poll
 
 config() { # $1 async worker threads (0: one per core), $2 file
   cat >"$2" <<CFG

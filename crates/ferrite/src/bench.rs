@@ -6,6 +6,7 @@
 //! that stalls is charged for the calls queued behind the stall (no coordinated omission).
 //! Both stop at `--requests` calls or `--duration-s` seconds, whichever comes first.
 
+mod host;
 mod raw;
 mod rpc;
 
@@ -24,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
+pub use host::{CpuShares, HostReport};
 pub use rpc::Rpc;
 use rpc::Target;
 
@@ -144,6 +146,8 @@ pub struct Report {
     pub run: RunReport,
     /// With a floor: each round's floor and run, in the order they ran.
     pub rounds: Vec<Round>,
+    /// Steal and halt polling over the whole invocation.
+    pub host: HostReport,
 }
 
 /// One round of alternated legs: the floor, then the run.
@@ -151,12 +155,18 @@ pub struct Report {
 pub struct Round {
     pub floor_us: Percentiles,
     pub run_us: Percentiles,
+    /// The machine's CPU time over the round (where `/proc/stat` exists).
+    pub cpu: Option<CpuShares>,
 }
 
 impl Round {
     fn gap_text(&self, label: &str) -> String {
+        let steal = self
+            .cpu
+            .map(|c| format!("  steal {:.1} %", c.steal_pct))
+            .unwrap_or_default();
         format!(
-            "{label:<13}floor p50={:.1}µs p99={:.1}µs  run p50={:.1}µs p99={:.1}µs  gap p50={:+.1}µs p99={:+.1}µs\n",
+            "{label:<13}floor p50={:.1}µs p99={:.1}µs  run p50={:.1}µs p99={:.1}µs  gap p50={:+.1}µs p99={:+.1}µs{steal}\n",
             self.floor_us.p50,
             self.floor_us.p99,
             self.run_us.p50,
@@ -210,6 +220,7 @@ impl Report {
             let pooled = Round {
                 floor_us: floor.latency_us.clone(),
                 run_us: self.run.latency_us.clone(),
+                cpu: None,
             };
             out.push_str(&pooled.gap_text("vs floor"));
             if let Some(paced) = self
@@ -242,6 +253,7 @@ impl Report {
         for (code, n) in &self.run.errors_by_code {
             out.push_str(&format!("  error {code}: {n}\n"));
         }
+        out.push_str(&self.host.to_text());
         out
     }
 }
@@ -255,6 +267,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
     }
+    let cpu_at_start = host::CpuTimes::now();
     let raw = match (args.with_raw, args.rpc.model_input()) {
         (false, _) => Vec::new(),
         (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
@@ -291,6 +304,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             Vec::new(),
         )
     };
+    let host = HostReport {
+        cpu: cpu_at_start
+            .zip(host::CpuTimes::now())
+            .and_then(|(a, b)| a.until(&b)),
+        guest_halt_poll_ns: HostReport::read_halt_poll(),
+    };
     Ok(Report {
         addr: args.addr.to_string(),
         batch: args.batch,
@@ -298,6 +317,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         floor,
         run,
         rounds,
+        host,
     })
 }
 
@@ -319,11 +339,13 @@ async fn alternated(
         if round > 0 {
             leg_args.warmup = 0;
         }
+        let before = host::CpuTimes::now();
         let f = measure(&leg_args, Rpc::Health, channels).await?;
         let r = measure(&leg_args, args.rpc, channels).await?;
         rounds.push(Round {
             floor_us: percentiles(&f.tally.histogram),
             run_us: percentiles(&r.tally.histogram),
+            cpu: before.zip(host::CpuTimes::now()).and_then(|(a, b)| a.until(&b)),
         });
         floor = Some(match floor {
             Some(all) => all.merge(f),

@@ -169,6 +169,17 @@ async fn closed_loop_sends_exactly_the_requested_calls() {
         "{}",
         report.to_text()
     );
+    // The host's share of the CPU over the run, from /proc/stat (Linux, where CI runs).
+    let cpu = report.host.cpu.expect("CPU time read from /proc/stat");
+    assert!(
+        cpu.busy_pct > 0.0 && (0.0..=100.0).contains(&cpu.steal_pct) && cpu.busy_pct + cpu.steal_pct <= 100.0,
+        "{cpu:?}"
+    );
+    assert!(
+        report.to_text().contains("\nhost   steal "),
+        "{}",
+        report.to_text()
+    );
     server.shutdown().await.unwrap();
 }
 
