@@ -202,7 +202,7 @@ pub async fn get_online_features(
             });
         }
     }
-    let mut stored = store.read(&keys).await?;
+    let mut stored = timed(store.kind(), "read", keys.len(), store.read(&keys)).await?;
 
     // The state of each (view, row).
     let states: Vec<Status> = (0..plan.views.len() * n)
@@ -326,6 +326,54 @@ pub async fn get_online_features(
     })
 }
 
+/// Runs one online-store call, recording its duration, its row count and its failures
+/// (`ferrite_online_store_seconds`, `ferrite_online_store_rows`,
+/// `ferrite_online_store_failures_total`, by store and operation).
+async fn timed<T>(
+    store: &'static str,
+    op: &'static str,
+    rows: usize,
+    call: impl std::future::Future<Output = Result<T, FeatureError>>,
+) -> Result<T, FeatureError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // The handles are looked up once per thread and (store, op), not on every call.
+    type Handles = (
+        &'static str,
+        &'static str,
+        metrics::Histogram,
+        metrics::Histogram,
+        metrics::Counter,
+    );
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Vec<Handles>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    HANDLES.with_borrow_mut(|handles| {
+        let at = match handles.iter().position(|h| h.0 == store && h.1 == op) {
+            Some(at) => at,
+            None => {
+                let labels = [("store", store), ("op", op)];
+                handles.push((
+                    store,
+                    op,
+                    metrics::histogram!("ferrite_online_store_seconds", &labels),
+                    metrics::histogram!("ferrite_online_store_rows", &labels),
+                    metrics::counter!("ferrite_online_store_failures_total", &labels),
+                ));
+                handles.len() - 1
+            }
+        };
+        let (_, _, seconds, rows_histogram, failures) = &handles[at];
+        seconds.record(elapsed);
+        rows_histogram.record(rows as f64);
+        if result.is_err() {
+            failures.increment(1);
+        }
+    });
+    result
+}
+
 /// One pushed row: join keys and feature values by name, and its event time.
 #[derive(Debug, Clone)]
 pub struct PushRow {
@@ -437,7 +485,8 @@ pub async fn push_online(
             row: r.row,
         });
     }
-    report.written = store.write(writes).await?;
+    let n = writes.len();
+    report.written = timed(store.kind(), "write", n, store.write(writes)).await?;
     Ok(report)
 }
 

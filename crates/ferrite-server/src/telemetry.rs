@@ -51,6 +51,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Rows per model run, up to the largest `max_batch_size` worth batching.
 const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
+/// Keys per online-store call: one entity of one view up to a large push.
+const STORE_ROWS_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 200.0, 1000.0, 10_000.0, 100_000.0,
+];
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -61,6 +66,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     Matcher::Full("ferrite_model_batch_size".into()),
                     BATCH_SIZE_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("ferrite_online_store_rows".into()),
+                    STORE_ROWS_BUCKETS,
                 )
             })
             .expect("bucket lists are not empty")

@@ -210,6 +210,25 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
         pb::FeatureStatus::NotFound as i32,
         "the rejected row was not written"
     );
+
+    // The online store's calls are measured: two reads (1,001 keys, then the service's),
+    // one push write. Other tests in this process may add to the counts, never take away.
+    let text = scrape(&server).await;
+    let value = |metric: &str, op: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(metric)
+                    && l.contains("store=\"embedded\"")
+                    && l.contains(&format!("op=\"{op}\""))
+            })
+            .unwrap_or_else(|| panic!("no {metric} for {op} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("ferrite_online_store_seconds_count", "read") >= 2.0);
+    assert!(value("ferrite_online_store_rows_sum", "read") >= 1_003.0);
+    assert!(value("ferrite_online_store_seconds_count", "write") >= 1.0);
+    assert!(value("ferrite_online_store_rows_sum", "write") >= 1.0);
     server.shutdown().await.unwrap();
 }
 
