@@ -163,16 +163,29 @@ const ROW: &str = "__row";
 /// number and whether the row breaks a rule; the latest valid row per entity is chosen
 /// on those small columns. Pass 2 reads the slices again and keeps only the chosen rows.
 fn select_latest(view: &FeatureView, start: Micros, end: Micros) -> Result<Selected, FeatureError> {
-    select_latest_in(view, start, end, SLICE_ROWS)
+    // The passes number the source's rows; files added or replaced in between (a push to
+    // the offline store, a new partition) can move those numbers, and a moved row is seen
+    // when pass 2 reads it. Then the selection runs again.
+    for _ in 0..3 {
+        if let Some(selected) = select_latest_in(view, start, end, SLICE_ROWS)? {
+            return Ok(selected);
+        }
+        tracing::info!(view = %view.name, "the source changed while materializing; selecting again");
+    }
+    Err(FeatureError::Offline {
+        path: view.source.path.clone(),
+        message: "the source's files changed during each of 3 attempts to materialize it; run again".into(),
+    })
 }
 
-/// `select_latest` reading `slice_rows` source rows at once.
+/// `select_latest` reading `slice_rows` source rows at once; `None` when the source changed
+/// between the passes.
 fn select_latest_in(
     view: &FeatureView,
     start: Micros,
     end: Micros,
     slice_rows: usize,
-) -> Result<Selected, FeatureError> {
+) -> Result<Option<Selected>, FeatureError> {
     let err = |e: PolarsError| frame_error(&view.source.path.display().to_string(), e);
     let total = view_frame(view)?
         .select([len().cast(DataType::Int64).alias("n")])
@@ -185,13 +198,7 @@ fn select_latest_in(
         .get(0)
         .unwrap_or(0)
         .max(0) as usize;
-    // One slice of the source with its rows numbered, narrowed to the window.
-    let slice = |offset: usize| -> Result<LazyFrame, FeatureError> {
-        Ok(view_frame(view)?
-            .slice(offset as i64, slice_rows as IdxSize)
-            .with_row_index(ROW, Some(offset as IdxSize))
-            .filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end)))))
-    };
+    let slice = |offset: usize| window_slice(view, start, end, offset, slice_rows);
     let broken = violates_any(view, col(TS), Some(end));
     let keys: Vec<Expr> = view.join_keys.iter().map(|k| col(k.as_str())).collect();
 
@@ -213,11 +220,12 @@ fn select_latest_in(
         }
         valid.push(part.filter(&!&bad).map_err(err)?.lazy());
     }
-    // The latest valid row per entity (ties: the later created time, then the later row).
-    let chosen = match valid.len() {
-        0 => Vec::new(),
-        _ => {
-            let picked = concat(valid, UnionArgs::default())
+    // The latest valid row per entity (ties: the later created time, then the later row),
+    // by row number.
+    let picked = match valid.len() {
+        0 => None,
+        _ => Some(
+            concat(valid, UnionArgs::default())
                 .map_err(err)?
                 .sort(
                     [TS, CREATED, ROW],
@@ -225,15 +233,54 @@ fn select_latest_in(
                 )
                 .unique_stable_generic(Some(keys), UniqueKeepStrategy::Last)
                 .sort([ROW], SortMultipleOptions::default())
-                .select([col(ROW)])
+                .select([col(ROW), col(TS), col(CREATED)])
                 .collect()
-                .map_err(err)?;
-            let idx = picked.column(ROW).map_err(err)?.idx().map_err(err)?.clone();
-            idx.into_no_null_iter().collect::<Vec<IdxSize>>()
-        }
+                .map_err(err)?,
+        ),
     };
+    let latest = match picked {
+        None => view_frame(view)?.limit(0).collect().map_err(err)?,
+        Some(picked) => match read_chosen(view, start, end, slice_rows, &picked)? {
+            Some(latest) => latest,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((rows, rejected, examples, latest)))
+}
 
-    // Pass 2: only the slices that hold chosen rows, and of them only those rows.
+/// The source's rows `offset..offset + slice_rows`, numbered from `offset` (column `__row`),
+/// those in the window `[start, end)`.
+fn window_slice(
+    view: &FeatureView,
+    start: Micros,
+    end: Micros,
+    offset: usize,
+    slice_rows: usize,
+) -> Result<LazyFrame, FeatureError> {
+    Ok(view_frame(view)?
+        .slice(offset as i64, slice_rows as IdxSize)
+        .with_row_index(ROW, Some(offset as IdxSize))
+        .filter(col(TS).gt_eq(lit(start)).and(col(TS).lt(lit(end)))))
+}
+
+/// Pass 2: only the slices that hold `picked` rows (row numbers, sorted, with their times),
+/// and of them only those rows. `None` if what is read under those numbers is not what pass 1
+/// saw there.
+fn read_chosen(
+    view: &FeatureView,
+    start: Micros,
+    end: Micros,
+    slice_rows: usize,
+    picked: &DataFrame,
+) -> Result<Option<DataFrame>, FeatureError> {
+    let err = |e: PolarsError| frame_error(&view.source.path.display().to_string(), e);
+    let chosen: Vec<IdxSize> = picked
+        .column(ROW)
+        .map_err(err)?
+        .idx()
+        .map_err(err)?
+        .into_no_null_iter()
+        .collect();
     let mut parts = Vec::new();
     let mut next = 0;
     while next < chosen.len() {
@@ -241,25 +288,26 @@ fn select_latest_in(
         let here = chosen[next..].partition_point(|&r| (r as usize) < offset + slice_rows);
         let wanted = Series::new(ROW.into(), &chosen[next..next + here]);
         parts.push(
-            slice(offset)?
+            window_slice(view, start, end, offset, slice_rows)?
                 .filter(col(ROW).is_in(lit(wanted).implode(false), false))
-                .drop(cols([ROW]))
                 .collect()
-                .map_err(err)?,
+                .map_err(err)?
+                .lazy(),
         );
         next += here;
     }
-    let latest = match parts.len() {
-        0 => view_frame(view)?.limit(0).collect().map_err(err)?,
-        _ => concat(
-            parts.into_iter().map(IntoLazy::lazy).collect::<Vec<_>>(),
-            UnionArgs::default(),
-        )
+    if parts.is_empty() {
+        return Ok(Some(view_frame(view)?.limit(0).collect().map_err(err)?));
+    }
+    let read = concat(parts, UnionArgs::default())
         .map_err(err)?
         .collect()
-        .map_err(err)?,
-    };
-    Ok((rows, rejected, examples, latest))
+        .map_err(err)?;
+    let seen = read.select([ROW, TS, CREATED]).map_err(err)?;
+    if !seen.equals_missing(picked) {
+        return Ok(None);
+    }
+    Ok(Some(read.drop(ROW).map_err(err)?))
 }
 
 /// Up to `limit` rows of `window` that break a rule, described with the first rule each breaks.
@@ -445,7 +493,7 @@ mod tests {
         end: Micros,
         slice_rows: usize,
     ) -> (u64, u64, Vec<(i64, f64)>) {
-        let (rows, rejected, _, latest) = select_latest_in(view, start, end, slice_rows).unwrap();
+        let (rows, rejected, _, latest) = select_latest_in(view, start, end, slice_rows).unwrap().unwrap();
         let users = latest.column("user_id").unwrap().i64().unwrap().clone();
         let amounts = latest.column("amount_avg").unwrap().f64().unwrap().clone();
         let mut out: Vec<(i64, f64)> = users
@@ -486,8 +534,34 @@ mod tests {
                 "{slice_rows} rows a slice"
             );
         }
+        // Pass 2 checks that the numbered rows are still the ones pass 1 chose: here rows
+        // 2, 4, 8 and 9 (users 3, 1, 2 and 6).
+        let picked = |ts_of_row_8: i64| {
+            DataFrame::new_infer_height(vec![
+                Column::new(ROW.into(), [2 as IdxSize, 4, 8, 9]),
+                Column::new(TS.into(), [t - 20 * MINUTE, t, ts_of_row_8, t - 5 * MINUTE]),
+                Column::new(CREATED.into(), [t, t, t + 2, t]),
+            ])
+            .unwrap()
+        };
+        let start = now - 60 * MINUTE;
+        let read = read_chosen(view, start, now, 3, &picked(t))
+            .unwrap()
+            .expect("the same rows");
+        assert_eq!(read.height(), 4);
+        assert!(
+            read.column(ROW).is_err(),
+            "row numbers are not part of the answer"
+        );
+        assert!(
+            read_chosen(view, start, now, 3, &picked(t - 1))
+                .unwrap()
+                .is_none(),
+            "a row that is not what pass 1 saw means the source changed"
+        );
+
         // A window with no rows chooses none, with the view's columns.
-        let (rows, rejected, examples, latest) = select_latest_in(view, 0, 1, 3).unwrap();
+        let (rows, rejected, examples, latest) = select_latest_in(view, 0, 1, 3).unwrap().unwrap();
         assert_eq!((rows, rejected, examples.len(), latest.height()), (0, 0, 0, 0));
         assert!(latest.column("amount_avg").is_ok());
     }
