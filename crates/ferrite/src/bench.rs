@@ -305,9 +305,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         )
     };
     let host = HostReport {
-        cpu: cpu_at_start
-            .zip(host::CpuTimes::now())
-            .and_then(|(a, b)| a.until(&b)),
+        cpu: host::CpuTimes::shares_since(cpu_at_start),
         guest_halt_poll_ns: HostReport::read_halt_poll(),
     };
     Ok(Report {
@@ -345,7 +343,7 @@ async fn alternated(
         rounds.push(Round {
             floor_us: percentiles(&f.tally.histogram),
             run_us: percentiles(&r.tally.histogram),
-            cpu: before.zip(host::CpuTimes::now()).and_then(|(a, b)| a.until(&b)),
+            cpu: host::CpuTimes::shares_since(before),
         });
         floor = Some(match floor {
             Some(all) => all.merge(f),

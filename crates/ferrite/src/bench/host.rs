@@ -45,6 +45,11 @@ impl CpuTimes {
         CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
+    /// Shares of the time from `start` (a reading taken earlier, if one could be) to now.
+    pub fn shares_since(start: Option<CpuTimes>) -> Option<CpuShares> {
+        start?.until(&CpuTimes::now()?)
+    }
+
     /// Shares of the time between `self` (earlier) and `later`, in percent.
     pub fn until(&self, later: &CpuTimes) -> Option<CpuShares> {
         let busy = later.busy.checked_sub(self.busy)?;
