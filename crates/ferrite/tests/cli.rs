@@ -169,10 +169,13 @@ async fn closed_loop_sends_exactly_the_requested_calls() {
         "{}",
         report.to_text()
     );
-    // The host's share of the CPU over the run, from /proc/stat (Linux, where CI runs).
+    // The host's share of the CPU over the run, from /proc/stat (Linux, where CI runs); a
+    // short run may see no busy tick at 100 Hz, so only the bounds are certain.
     let cpu = report.host.cpu.expect("CPU time read from /proc/stat");
     assert!(
-        cpu.busy_pct > 0.0 && (0.0..=100.0).contains(&cpu.steal_pct) && cpu.busy_pct + cpu.steal_pct <= 100.0,
+        (0.0..=100.0).contains(&cpu.busy_pct)
+            && (0.0..=100.0).contains(&cpu.steal_pct)
+            && cpu.busy_pct + cpu.steal_pct <= 100.0 + 1e-9,
         "{cpu:?}"
     );
     assert!(
