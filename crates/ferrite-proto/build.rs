@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_protoc_run()
         // Methods a service does not implement answer UNIMPLEMENTED.
         .generate_default_stubs(true)
+        // Messages are decoded from one slice rather than through `Buf` (see src/codec.rs).
+        .codec_path("crate::codec::SliceCodec")
         .compile_fds(fds)?;
     Ok(())
 }

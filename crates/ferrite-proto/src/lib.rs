@@ -1,8 +1,10 @@
 //! Code generated from `proto/`, the only definition of Ferrite's API.
 //!
 //! Owns the wire types and the encoded descriptor set that server reflection serves.
-//! It holds no logic: conversions and validation live in `ferrite-server`, and the
-//! domain crates never see these types.
+//! It holds no logic beyond the gRPC codec (`codec`): conversions and validation live in
+//! `ferrite-server`, and the domain crates never see these types.
+
+pub mod codec;
 
 /// `ferrite.v1`: features, scoring, search, experiments and admin services.
 pub mod ferrite {
