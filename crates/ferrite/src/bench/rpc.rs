@@ -234,7 +234,7 @@ async fn infer_unary(channel: Channel, request: Encoded) -> Result<(), tonic::St
         .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
     let path =
         tonic::codegen::http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
-    let codec = tonic_prost::ProstCodec::<Encoded, InferAnswer>::default();
+    let codec = ferrite_proto::codec::SliceCodec::<Encoded, InferAnswer>::default();
     let answer = grpc.unary(tonic::Request::new(request), path, codec).await?;
     if answer.get_ref().outputs.is_empty() {
         return Err(tonic::Status::internal("an answer without outputs"));
@@ -311,7 +311,7 @@ impl InferStream {
         let path = tonic::codegen::http::uri::PathAndQuery::from_static(
             "/inference.GRPCInferenceService/ModelStreamInfer",
         );
-        let codec = tonic_prost::ProstCodec::<Encoded, StreamAnswer>::default();
+        let codec = ferrite_proto::codec::SliceCodec::<Encoded, StreamAnswer>::default();
         let request = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         let mut answers = grpc.streaming(request, path, codec).await?.into_inner();
         let waiting: Arc<Mutex<Waiting>> = Arc::default();
