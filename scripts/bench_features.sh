@@ -4,8 +4,8 @@
 # and GetOnlineFeatures over gRPC from a separate client process (ferrite bench) on the
 # embedded store and on Redis (1 x 30 at 1,000 calls/s and sequential, 100 x 30 sequential and
 # at 500 calls/s), beside the empty-RPC floor alternated with them in 5 rounds.
-# Everything listens on loopback; every load is bounded in count and time. HALT_POLL_NS=N:
-# see scripts/bench_lib.sh.
+# Everything listens on loopback; every load is bounded in count and time. HALT_POLL_NS=N,
+# PIN_CPUS=1: see scripts/bench_lib.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -22,7 +22,7 @@ if [ ! -f "$DATA/user_stats.parquet" ]; then
 fi
 
 REDIS_PORT=$(port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
+on_server_cpu redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/redis.log" 2>&1 &
 redis=$!
 server=""
 cleanup() {
@@ -70,12 +70,12 @@ fi
 for store in embedded redis; do
   serve "$OUT/$store.toml"
   echo "==> GetOnlineFeatures on $store at $ADDR" >&2
-  "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --rate 1000 --concurrency 64 --requests 10000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-1x30.json"
-  "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --rounds 5 --client-threads 1 --json "$OUT/$store-1x30-sequential.json"
-  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-100x30.json"
-  "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar.json"
-  "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-open.json"
-  "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar-open.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --rate 1000 --concurrency 64 --requests 10000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-1x30.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features --keys 150000 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --rounds 5 --client-threads 1 --json "$OUT/$store-1x30-sequential.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --with-floor --rounds 5 --json "$OUT/$store-100x30.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --concurrency 1 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features-100 --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-open.json"
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc features-100-columnar --keys 149900 --rate 500 --concurrency 64 --requests 5000 --duration-s 20 --json "$OUT/$store-100x30-columnar-open.json"
   ps -o rss= -p "$server" | awk '{printf "server RSS %.0f MiB\n", $1/1024}'
   stop
 done

@@ -5,7 +5,7 @@ port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0
 
 # Starts `ferrite serve --config $1` on free loopback ports; sets server (its pid) and ADDR.
 serve() {
-  "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
+  on_server_cpu "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
   server=$!
   for _ in $(seq 1 300); do
     grep -q "ferrite listening" "$OUT/serve.log" && break
@@ -34,3 +34,20 @@ restore_halt_poll() {
   [ -z "$saved_halt_poll" ] || echo "$saved_halt_poll" >"$halt_poll_file"
   saved_halt_poll=""
 }
+
+# Opt-in: PIN_CPUS=1 runs the server (and a Redis the script starts) on the machine's last
+# CPU and the load generator on the others (taskset; 2 CPUs at least). A read then waits for
+# Redis by switching to it on its own CPU instead of waking another, possibly halted, CPU,
+# and the client's wake-ups do not land on the server's CPU. Each report's host line names
+# the load generator's CPUs when it was pinned.
+server_cpu=""
+client_cpus=""
+if [ -n "${PIN_CPUS:-}" ]; then
+  ncpu=$(nproc)
+  [ "$ncpu" -ge 2 ] || { echo "PIN_CPUS needs 2 CPUs or more, this machine has $ncpu" >&2; exit 1; }
+  server_cpu=$((ncpu - 1))
+  client_cpus="0-$((ncpu - 2))"
+  echo "pinned: server and Redis on CPU $server_cpu, load generator on CPUs $client_cpus" >&2
+fi
+on_server_cpu() { if [ -n "$server_cpu" ]; then taskset -c "$server_cpu" "$@"; else "$@"; fi; }
+on_client_cpus() { if [ -n "$client_cpus" ]; then taskset -c "$client_cpus" "$@"; else "$@"; fi; }

@@ -7,7 +7,7 @@
 #  3. batched throughput: 64 callers pipelining on ModelStreamInfer to `fraud_gbdt_batched`
 #     against raw in-process batch-1 calls/s (server with `worker_threads = 1`);
 #  4. sequential tritonclient ModelInfer calls (the Python client people already use).
-# HALT_POLL_NS=N: see scripts/bench_lib.sh.
+# HALT_POLL_NS=N, PIN_CPUS=1: see scripts/bench_lib.sh.
 # Everything listens on loopback; every load is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,7 @@ config 1 "$OUT/one-worker.toml"
 run() { # label, bench arguments...
   local label=$1; shift
   echo "==> $label: ferrite bench $*" >&2
-  "$bin" bench --addr "$ADDR" "$@" --json "$OUT/$label.json" | tee "$OUT/$label.txt"
+  on_client_cpus "$bin" bench --addr "$ADDR" "$@" --json "$OUT/$label.json" | tee "$OUT/$label.txt"
 }
 
 serve "$OUT/default.toml"
@@ -49,7 +49,7 @@ run modelinfer-1000 --rpc model-infer-gbdt --rate 1000 --requests 20000 --durati
 run modelinfer-batch64 --rpc model-infer-gbdt --batch 64 --requests 5000 --concurrency 1 \
   --with-floor --with-raw
 echo "==> tritonclient" >&2
-.venv/bin/python scripts/triton_latency.py --addr "$ADDR" --model fraud_gbdt --requests 5000 | tee "$OUT/tritonclient.txt"
+on_client_cpus .venv/bin/python scripts/triton_latency.py --addr "$ADDR" --model fraud_gbdt --requests 5000 | tee "$OUT/tritonclient.txt"
 stop
 
 serve "$OUT/one-worker.toml"

@@ -307,6 +307,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let host = HostReport {
         cpu: host::CpuTimes::shares_since(cpu_at_start),
         guest_halt_poll_ns: HostReport::read_halt_poll(),
+        client_cpus: HostReport::read_client_cpus(),
     };
     Ok(Report {
         addr: args.addr.to_string(),

@@ -83,6 +83,8 @@ pub struct HostReport {
     /// The guest's halt-polling limit in ns (`/sys/module/haltpoll/parameters/
     /// guest_halt_poll_ns`) when the haltpoll idle driver is loaded; 0 is off.
     pub guest_halt_poll_ns: Option<u64>,
+    /// The CPUs this load generator may run on, when not every online CPU (`taskset`).
+    pub client_cpus: Option<String>,
 }
 
 impl HostReport {
@@ -92,6 +94,14 @@ impl HostReport {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// This process's allowed CPUs (`Cpus_allowed_list` of /proc/self/status) if they are
+    /// fewer than the online ones (/sys/devices/system/cpu/online).
+    pub fn read_client_cpus() -> Option<String> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+        restricted_cpus(&status, &online)
     }
 
     pub fn to_text(&self) -> String {
@@ -104,8 +114,21 @@ impl HostReport {
             Some(ns) => format!("; guest halt polling up to {ns} ns"),
             None => String::new(),
         };
-        format!("host   {cpu}{poll}\n")
+        let pinned = match &self.client_cpus {
+            Some(list) => format!("; load generator on CPUs {list}"),
+            None => String::new(),
+        };
+        format!("host   {cpu}{poll}{pinned}\n")
     }
+}
+
+/// The `Cpus_allowed_list` of a /proc/<pid>/status text, if it differs from `online`.
+fn restricted_cpus(status: &str, online: &str) -> Option<String> {
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    (allowed != online.trim()).then(|| allowed.to_string())
 }
 
 #[cfg(test)]
@@ -154,6 +177,7 @@ mod tests {
                 steal_pct: 3.24,
             }),
             guest_halt_poll_ns: Some(0),
+            client_cpus: None,
         };
         assert_eq!(
             r.to_text(),
@@ -162,10 +186,20 @@ mod tests {
         let r = HostReport {
             cpu: None,
             guest_halt_poll_ns: Some(200_000),
+            client_cpus: Some("0".into()),
         };
         assert_eq!(
             r.to_text(),
-            "host   CPU time not available; guest halt polling up to 200000 ns\n"
+            "host   CPU time not available; guest halt polling up to 200000 ns; load generator on CPUs 0\n"
         );
+    }
+
+    #[test]
+    fn a_pinned_load_generator_is_named() {
+        let status = "Name:\tferrite\nCpus_allowed:\t1\nCpus_allowed_list:\t0\nMems_allowed:\t1\n";
+        assert_eq!(restricted_cpus(status, "0-1\n"), Some("0".into()));
+        let free = "Cpus_allowed_list:\t0-1\n";
+        assert_eq!(restricted_cpus(free, "0-1\n"), None);
+        assert_eq!(restricted_cpus("Name:\tx\n", "0-1\n"), None);
     }
 }
