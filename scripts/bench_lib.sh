@@ -46,8 +46,11 @@ if [ -n "${PIN_CPUS:-}" ]; then
   ncpu=$(nproc)
   [ "$ncpu" -ge 2 ] || { echo "PIN_CPUS needs 2 CPUs or more, this machine has $ncpu" >&2; exit 1; }
   server_cpu=$((ncpu - 1))
-  client_cpus="0-$((ncpu - 2))"
+  client_cpus=0
+  [ "$ncpu" -eq 2 ] || client_cpus="0-$((ncpu - 2))"
   echo "pinned: server and Redis on CPU $server_cpu, load generator on CPUs $client_cpus" >&2
 fi
-on_server_cpu() { if [ -n "$server_cpu" ]; then taskset -c "$server_cpu" "$@"; else "$@"; fi; }
+# Run in the background only (`on_server_cpu cmd &`): it execs, so that $! is the command's
+# pid (a backgrounded function is a subshell, which a kill would leave the command behind).
+on_server_cpu() { if [ -n "$server_cpu" ]; then exec taskset -c "$server_cpu" "$@"; else exec "$@"; fi; }
 on_client_cpus() { if [ -n "$client_cpus" ]; then taskset -c "$client_cpus" "$@"; else "$@"; fi; }
