@@ -68,6 +68,32 @@ fn row_count(what: &str, columns: &HashMap<String, Vec<Value>>) -> Result<Option
     Ok(n)
 }
 
+/// Where an answer goes, one value at a time: every entity row's values in the order of the
+/// feature refs, rows in request order. A caller that builds its own representation (the
+/// server: protobuf messages, row- or feature-major) takes each value as it is produced
+/// instead of from a copy of the whole answer.
+pub trait AnswerSink {
+    /// The value of feature `feature` (an index into the refs) for entity row `row`.
+    fn push(&mut self, row: usize, feature: usize, value: FeatureValue);
+}
+
+/// Collects an answer as `OnlineFeatures::rows`.
+struct Rows {
+    width: usize,
+    rows: Vec<Vec<FeatureValue>>,
+}
+
+impl AnswerSink for Rows {
+    fn push(&mut self, _row: usize, feature: usize, value: FeatureValue) {
+        if feature == 0 {
+            self.rows.push(Vec::with_capacity(self.width));
+        }
+        if let Some(row) = self.rows.last_mut() {
+            row.push(value);
+        }
+    }
+}
+
 /// Reads `refs` for every entity row. `entities` maps join-key names to one value per row;
 /// `request` maps request fields (for request-time features) the same way.
 pub async fn get_online_features(
@@ -78,6 +104,28 @@ pub async fn get_online_features(
     request: &HashMap<String, Vec<Value>>,
     now: Micros,
 ) -> Result<OnlineFeatures, FeatureError> {
+    let mut rows = Rows {
+        width: refs.len(),
+        rows: Vec::new(),
+    };
+    read_online_features(registry, store, refs, entities, request, now, &mut rows).await?;
+    Ok(OnlineFeatures {
+        names: refs.iter().map(FeatureRef::name).collect(),
+        rows: rows.rows,
+    })
+}
+
+/// `get_online_features`, each value handed to `sink` as it is produced. On an error the sink
+/// may hold part of the answer.
+pub async fn read_online_features(
+    registry: &Registry,
+    store: &dyn OnlineStore,
+    refs: &[FeatureRef],
+    entities: &HashMap<String, Vec<Value>>,
+    request: &HashMap<String, Vec<Value>>,
+    now: Micros,
+    sink: &mut (impl AnswerSink + Send),
+) -> Result<(), FeatureError> {
     let n = row_count("entity key", entities)?.unwrap_or(0);
     if let Some(m) = row_count("request field", request)?
         && m != n
@@ -239,14 +287,12 @@ pub async fn get_online_features(
         status: Status::NotFound,
         event_ts: None,
     };
-    let mut rows = Vec::with_capacity(n);
     // Rows index several columns (stored rows, request fields) at once.
     #[allow(clippy::needless_range_loop)]
     for row in 0..n {
-        let mut out_row = Vec::with_capacity(outs.len());
         let mut request_view = request_views.iter();
         for (k, out) in outs.iter().enumerate() {
-            out_row.push(match out {
+            let value = match out {
                 Out::Stored { slot, index } => {
                     let cell = slot * n + row;
                     let status = states[cell];
@@ -316,14 +362,11 @@ pub async fn get_online_features(
                         },
                     }
                 }
-            });
+            };
+            sink.push(row, k, value);
         }
-        rows.push(out_row);
     }
-    Ok(OnlineFeatures {
-        names: refs.iter().map(FeatureRef::name).collect(),
-        rows,
-    })
+    Ok(())
 }
 
 /// Runs one online-store call, recording its duration, its row count and its failures

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferrite_features::serving::{self, PushRow, Status as ValueStatus};
-use ferrite_features::{DType, FeatureError, OnlineStore, Registry, Value};
+use ferrite_features::serving::{self, AnswerSink, PushRow, Status as ValueStatus};
+use ferrite_features::{DType, FeatureError, FeatureRef, OnlineStore, Registry, Value};
 use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureService;
 use tonic::{Request, Response, Status};
@@ -57,68 +57,113 @@ fn value_to_pb(v: Value) -> pb::Value {
     }
 }
 
-/// The row-major answer turned feature-major, one packed column per feature of `dtypes`.
-fn feature_columns(
-    rows: Vec<Vec<serving::FeatureValue>>,
-    dtypes: &[DType],
-    status: impl Fn(ValueStatus) -> i32,
-) -> Vec<pb::FeatureColumn> {
-    let n = rows.len();
-    let mut columns: Vec<pb::FeatureColumn> = dtypes
-        .iter()
-        .map(|d| {
-            let mut c = pb::FeatureColumn {
-                statuses: Vec::with_capacity(n),
-                event_timestamps_us: Vec::with_capacity(n),
-                ..Default::default()
-            };
-            match d {
-                DType::Float => c.float_values.reserve(n),
-                DType::Int => c.int_values.reserve(n),
-                DType::String => c.string_values.reserve(n),
-                DType::Bool => c.bool_values.reserve(n),
-                DType::FloatVector => c.float_vector_values.reserve(n),
-            }
-            c
-        })
-        .collect();
-    for (r, row) in rows.into_iter().enumerate() {
-        for ((f, c), dtype) in row.into_iter().zip(columns.iter_mut()).zip(dtypes) {
-            c.statuses.push(status(f.status));
-            c.event_timestamps_us.push(f.event_ts.unwrap_or(0));
-            let missing = matches!(f.value, Value::Null) || f.status != ValueStatus::Present;
-            if missing && c.nulls.is_empty() {
-                c.nulls = vec![false; n];
-            }
-            if missing {
-                c.nulls[r] = true;
-            }
-            let value = if missing { Value::Null } else { f.value };
-            match dtype {
-                DType::Float => c.float_values.push(match value {
-                    Value::Float(x) => x,
-                    Value::Int(i) => i as f64,
-                    _ => 0.0,
-                }),
-                DType::Int => c.int_values.push(match value {
-                    Value::Int(i) => i,
-                    _ => 0,
-                }),
-                DType::String => c.string_values.push(match value {
-                    Value::Str(s) => s,
-                    _ => String::new(),
-                }),
-                DType::Bool => c.bool_values.push(matches!(value, Value::Bool(true))),
-                DType::FloatVector => c.float_vector_values.push(pb::FloatVector {
-                    values: match value {
-                        Value::FloatVec(v) => v,
-                        _ => Vec::new(),
-                    },
-                }),
-            }
+fn status_to_pb(s: ValueStatus) -> i32 {
+    (match s {
+        ValueStatus::Present => pb::FeatureStatus::Present,
+        ValueStatus::NotFound => pb::FeatureStatus::NotFound,
+        ValueStatus::Expired => pb::FeatureStatus::Expired,
+        ValueStatus::Invalid => pb::FeatureStatus::Invalid,
+    }) as i32
+}
+
+/// The answer as one `FeatureVector` per entity row, built as the values come.
+struct RowMajor {
+    width: usize,
+    rows: Vec<pb::FeatureVector>,
+}
+
+impl AnswerSink for RowMajor {
+    fn push(&mut self, _row: usize, feature: usize, f: serving::FeatureValue) {
+        if feature == 0 {
+            self.rows.push(pb::FeatureVector {
+                values: Vec::with_capacity(self.width),
+                statuses: Vec::with_capacity(self.width),
+                event_timestamps_us: Vec::with_capacity(self.width),
+            });
+        }
+        if let Some(v) = self.rows.last_mut() {
+            v.statuses.push(status_to_pb(f.status));
+            v.event_timestamps_us.push(f.event_ts.unwrap_or(0));
+            v.values.push(value_to_pb(f.value));
         }
     }
-    columns
+}
+
+/// The answer feature-major: one packed column per feature of `dtypes`, `rows` entries each.
+struct Columns {
+    dtypes: Vec<DType>,
+    rows: usize,
+    columns: Vec<pb::FeatureColumn>,
+}
+
+impl Columns {
+    fn new(dtypes: Vec<DType>, rows: usize) -> Self {
+        let columns = dtypes
+            .iter()
+            .map(|d| {
+                let mut c = pb::FeatureColumn {
+                    statuses: Vec::with_capacity(rows),
+                    event_timestamps_us: Vec::with_capacity(rows),
+                    ..Default::default()
+                };
+                match d {
+                    DType::Float => c.float_values.reserve(rows),
+                    DType::Int => c.int_values.reserve(rows),
+                    DType::String => c.string_values.reserve(rows),
+                    DType::Bool => c.bool_values.reserve(rows),
+                    DType::FloatVector => c.float_vector_values.reserve(rows),
+                }
+                c
+            })
+            .collect();
+        Columns {
+            dtypes,
+            rows,
+            columns,
+        }
+    }
+}
+
+impl AnswerSink for Columns {
+    fn push(&mut self, row: usize, feature: usize, f: serving::FeatureValue) {
+        let (Some(c), Some(dtype)) = (self.columns.get_mut(feature), self.dtypes.get(feature)) else {
+            return;
+        };
+        c.statuses.push(status_to_pb(f.status));
+        c.event_timestamps_us.push(f.event_ts.unwrap_or(0));
+        let missing = matches!(f.value, Value::Null) || f.status != ValueStatus::Present;
+        if missing {
+            if c.nulls.is_empty() {
+                c.nulls = vec![false; self.rows];
+            }
+            if let Some(null) = c.nulls.get_mut(row) {
+                *null = true;
+            }
+        }
+        let value = if missing { Value::Null } else { f.value };
+        match dtype {
+            DType::Float => c.float_values.push(match value {
+                Value::Float(x) => x,
+                Value::Int(i) => i as f64,
+                _ => 0.0,
+            }),
+            DType::Int => c.int_values.push(match value {
+                Value::Int(i) => i,
+                _ => 0,
+            }),
+            DType::String => c.string_values.push(match value {
+                Value::Str(s) => s,
+                _ => String::new(),
+            }),
+            DType::Bool => c.bool_values.push(matches!(value, Value::Bool(true))),
+            DType::FloatVector => c.float_vector_values.push(pb::FloatVector {
+                values: match value {
+                    Value::FloatVec(v) => v,
+                    _ => Vec::new(),
+                },
+            }),
+        }
+    }
 }
 
 fn micros(ts: &prost_types::Timestamp) -> Result<i64, Status> {
@@ -173,52 +218,31 @@ impl FeatureService for Features {
         }
         let entities = columns(req.entities);
         let context = columns(req.request_context);
-        let answer = serving::get_online_features(
-            &fs.registry,
-            fs.store.as_ref(),
-            &refs,
-            &entities,
-            &context,
-            ferrite_features::value::now_micros(),
-        )
-        .await
-        .map_err(ApiError::from)?;
-        let status = |s: ValueStatus| {
-            (match s {
-                ValueStatus::Present => pb::FeatureStatus::Present,
-                ValueStatus::NotFound => pb::FeatureStatus::NotFound,
-                ValueStatus::Expired => pb::FeatureStatus::Expired,
-                ValueStatus::Invalid => pb::FeatureStatus::Invalid,
-            }) as i32
-        };
+        let rows = entities.values().next().map_or(0, Vec::len);
+        let feature_names = refs.iter().map(FeatureRef::name).collect();
+        let now = ferrite_features::value::now_micros();
+        let (registry, store) = (&fs.registry, fs.store.as_ref());
         if req.columnar {
-            let dtypes: Vec<DType> = refs.iter().map(|r| r.dtype()).collect();
+            let mut answer = Columns::new(refs.iter().map(FeatureRef::dtype).collect(), rows);
+            serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
+                .await
+                .map_err(ApiError::from)?;
             return Ok(Response::new(pb::GetOnlineFeaturesResponse {
-                feature_names: answer.names,
+                feature_names,
                 results: Vec::new(),
-                columns: feature_columns(answer.rows, &dtypes, status),
+                columns: answer.columns,
             }));
         }
-        let results = answer
-            .rows
-            .into_iter()
-            .map(|row| {
-                let mut v = pb::FeatureVector {
-                    values: Vec::with_capacity(row.len()),
-                    statuses: Vec::with_capacity(row.len()),
-                    event_timestamps_us: Vec::with_capacity(row.len()),
-                };
-                for f in row {
-                    v.statuses.push(status(f.status));
-                    v.event_timestamps_us.push(f.event_ts.unwrap_or(0));
-                    v.values.push(value_to_pb(f.value));
-                }
-                v
-            })
-            .collect();
+        let mut answer = RowMajor {
+            width: refs.len(),
+            rows: Vec::with_capacity(rows),
+        };
+        serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetOnlineFeaturesResponse {
-            feature_names: answer.names,
-            results,
+            feature_names,
+            results: answer.rows,
             columns: Vec::new(),
         }))
     }
