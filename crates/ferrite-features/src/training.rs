@@ -5,8 +5,10 @@
 //!
 //! Polars reads the Parquet files; the join itself is done here, per view: the entity rows
 //! and the view's valid rows are grouped by key (counting sort), each key's feature rows
-//! sorted by (event time, created time), one binary search per entity row, then each
-//! wanted feature column gathered once. Neither side's wide frame is sorted or copied.
+//! sorted by (event time, created time), one binary search per entity row. The wanted
+//! feature columns are then gathered by those rows a slice of entity rows at a time, and a
+//! file is written slice by slice, so the answer is never whole in memory. Neither side's
+//! wide frame is sorted or copied.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -23,6 +25,12 @@ use crate::value::Value;
 const LABEL_TS: &str = "__ferrite_label_ts";
 const VALID: &str = "__ferrite_valid";
 
+/// A stored feature's column while the set is built (view `vi`, feature `fi`), so that a
+/// feature named like a column of another view cannot collide; renamed at the end.
+fn internal(vi: usize, fi: usize) -> String {
+    format!("__ferrite_f{vi}_{fi}")
+}
+
 fn key_col(k: &str) -> String {
     format!("__ferrite_key_{k}")
 }
@@ -35,6 +43,38 @@ pub fn training_set(
     entities: LazyFrame,
     timestamp_column: &str,
 ) -> Result<DataFrame, FeatureError> {
+    let joined = join(registry, refs, entities, timestamp_column)?;
+    joined.assemble(0, joined.height())
+}
+
+/// A training set joined but not yet assembled: the entity rows, and per feature view the
+/// wanted feature columns and, for each entity row, which of their rows it gets. Any run of
+/// entity rows can then be assembled on its own, so a large set is written slice by slice.
+struct Joined<'a> {
+    refs: &'a [FeatureRef],
+    /// The entity rows' own columns, in input order.
+    own: Vec<PlSmallStr>,
+    /// The entity rows (own columns only).
+    left: DataFrame,
+    /// Views in first-use order, with the features wanted from each.
+    views: Vec<(std::sync::Arc<FeatureView>, Vec<usize>)>,
+    joined: Vec<JoinedView>,
+}
+
+struct JoinedView {
+    /// The view's wanted feature columns (`internal` names), one row per feature row.
+    features: DataFrame,
+    /// Per entity row, its feature row; null where `found` is unset.
+    index: Vec<IdxSize>,
+    found: Bitmap,
+}
+
+fn join<'a>(
+    registry: &Registry,
+    refs: &'a [FeatureRef],
+    entities: LazyFrame,
+    timestamp_column: &str,
+) -> Result<Joined<'a>, FeatureError> {
     let err = |e: PolarsError| frame_error("training set", e);
     let mut entities = entities;
     let schema = entities.collect_schema().map_err(err)?;
@@ -126,14 +166,12 @@ pub fn training_set(
     );
     let left = entities.with_columns(helper).collect().map_err(err)?;
 
-    // Each view in three steps. (1) Read the view's needed columns once, with a validity
-    // flag from its data-quality rules. (2) Find for each entity row the index of its
-    // feature row (`point_in_time_rows`). (3) Gather the wanted feature columns by those
-    // indices, once. Nothing sorts or copies the wide frame.
-    // Stored features get internal names, so a feature named like a column of another
-    // view cannot collide; renamed at the end.
-    let internal = |vi: usize, fi: usize| format!("__ferrite_f{vi}_{fi}");
-    let mut df = left;
+    // Each view in two steps here: (1) read the view's needed columns once, with a validity
+    // flag from its data-quality rules; (2) find for each entity row the index of its
+    // feature row (`point_in_time`). Then (3), as each slice of the set is assembled, the
+    // wanted feature columns are gathered by those indices. Nothing sorts or copies the wide
+    // frame.
+    let df = left;
     let label_ts = i64_values(df.column(LABEL_TS).map_err(err)?, i64::MIN).map_err(err)?;
     let mut clock = std::time::Instant::now();
     let mut lap = |what: &str, view: &str| {
@@ -146,6 +184,7 @@ pub fn training_set(
     };
     // The entity rows grouped by key, once per set of join keys.
     let mut grouped: Vec<(Vec<String>, EntityRows)> = Vec::new();
+    let mut joined = Vec::with_capacity(views.len());
     for (vi, (view, wanted)) in views.iter().enumerate() {
         let valid = violates_any(view, col("__ts"), None)
             .map(|b| b.not())
@@ -179,80 +218,113 @@ pub fn training_set(
             .map_err(err)?;
         lap("join", &view.name);
         let features: Vec<PlSmallStr> = wanted.iter().map(|fi| internal(vi, *fi).into()).collect();
-        let gathered = gather(&rows.select(features).map_err(err)?, found, mask).map_err(err)?;
-        df.hstack_mut(&gathered).map_err(err)?;
-        lap("gather", &view.name);
+        // One chunk per column, so that each slice's gather does not join chunks again. The
+        // view's other columns go first, so each column's chunks are freed as soon as it is
+        // joined into one: the copy costs one column of memory, not the view's width.
+        let mut features = rows.select(features).map_err(err)?;
+        drop((rows, right_keys));
+        features.rechunk_mut();
+        joined.push(JoinedView {
+            features,
+            index: found,
+            found: mask,
+        });
     }
     let mut drop: Vec<String> = vec![LABEL_TS.to_string()];
     drop.extend(keys.iter().map(|(k, _)| key_col(k)));
-    let mut df = df.drop_many(drop);
+    Ok(Joined {
+        refs,
+        own: schema.iter_names().cloned().collect(),
+        left: df.drop_many(drop),
+        views,
+        joined,
+    })
+}
 
-    // Request-time features, row by row with the same evaluator as the online path.
-    let mut request_cols = Vec::new();
-    for r in refs {
-        if let FeatureRef::Request { view, index } = r {
-            let f = &view.features[*index];
-            let mut inputs: Vec<Vec<Value>> = Vec::new();
-            for input in f.expr.inputs() {
-                inputs.push(match input {
-                    crate::expr::Input::Request(name) => {
-                        let dtype = view.request_fields[name];
-                        let c = df.column(name).map_err(|_| {
-                            invalid(format!(
-                                "request feature {} needs the entity column {name:?} ({dtype})",
-                                r.name()
-                            ))
-                        })?;
-                        column_values(c, dtype).map_err(err)?
-                    }
-                    crate::expr::Input::Feature { view: v, feature } => {
-                        let vi = views.iter().position(|(x, _)| x.name == *v).unwrap_or(0);
-                        let (fv, _) = &views[vi];
-                        let fi = fv.feature_index(feature).unwrap_or(0);
-                        column_values(df.column(&internal(vi, fi)).map_err(err)?, fv.features[fi].dtype)
-                            .map_err(err)?
-                    }
-                });
-            }
-            let mut out = Vec::with_capacity(df.height());
-            let mut args: Vec<&Value> = Vec::with_capacity(inputs.len());
-            for row in 0..df.height() {
-                args.clear();
-                args.extend(inputs.iter().map(|c| &c[row]));
-                out.push(
-                    f.expr
-                        .eval(&args)
-                        .ok()
-                        .and_then(|v| v.coerce(f.dtype).ok())
-                        .unwrap_or(Value::Null),
-                );
-            }
-            request_cols.push(values_column(&f.name, f.dtype, &out).map_err(err)?);
-        }
+impl Joined<'_> {
+    fn height(&self) -> usize {
+        self.left.height()
     }
 
-    // Final columns: the entity rows' own, then the features in the order asked.
-    let mut select: Vec<Expr> = schema.iter_names().map(|n| col(n.clone())).collect();
-    let mut request_iter = request_cols.into_iter();
-    let mut extra = Vec::new();
-    for r in refs {
-        match r {
-            FeatureRef::Stored { view, index } => {
-                let vi = views.iter().position(|(v, _)| v.name == view.name).unwrap_or(0);
-                select.push(col(internal(vi, *index)).alias(view.features[*index].name.as_str()));
+    /// The training set's rows `offset..offset + len`.
+    fn assemble(&self, offset: usize, len: usize) -> Result<DataFrame, FeatureError> {
+        let err = |e: PolarsError| frame_error("training set", e);
+        let invalid = |m: String| FeatureError::Invalid(m);
+        let (refs, views) = (self.refs, &self.views);
+        let mut df = self.left.slice(offset as i64, len);
+        for v in &self.joined {
+            let index = v.index[offset..offset + len].to_vec();
+            let gathered = gather(&v.features, index, v.found.clone().sliced(offset, len)).map_err(err)?;
+            df.hstack_mut(&gathered).map_err(err)?;
+        }
+
+        // Request-time features, row by row with the same evaluator as the online path.
+        let mut request_cols = Vec::new();
+        for r in refs {
+            if let FeatureRef::Request { view, index } = r {
+                let f = &view.features[*index];
+                let mut inputs: Vec<Vec<Value>> = Vec::new();
+                for input in f.expr.inputs() {
+                    inputs.push(match input {
+                        crate::expr::Input::Request(name) => {
+                            let dtype = view.request_fields[name];
+                            let c = df.column(name).map_err(|_| {
+                                invalid(format!(
+                                    "request feature {} needs the entity column {name:?} ({dtype})",
+                                    r.name()
+                                ))
+                            })?;
+                            column_values(c, dtype).map_err(err)?
+                        }
+                        crate::expr::Input::Feature { view: v, feature } => {
+                            let vi = views.iter().position(|(x, _)| x.name == *v).unwrap_or(0);
+                            let (fv, _) = &views[vi];
+                            let fi = fv.feature_index(feature).unwrap_or(0);
+                            column_values(df.column(&internal(vi, fi)).map_err(err)?, fv.features[fi].dtype)
+                                .map_err(err)?
+                        }
+                    });
+                }
+                let mut out = Vec::with_capacity(df.height());
+                let mut args: Vec<&Value> = Vec::with_capacity(inputs.len());
+                for row in 0..df.height() {
+                    args.clear();
+                    args.extend(inputs.iter().map(|c| &c[row]));
+                    out.push(
+                        f.expr
+                            .eval(&args)
+                            .ok()
+                            .and_then(|v| v.coerce(f.dtype).ok())
+                            .unwrap_or(Value::Null),
+                    );
+                }
+                request_cols.push(values_column(&f.name, f.dtype, &out).map_err(err)?);
             }
-            FeatureRef::Request { view, index } => {
-                if let Some(c) = request_iter.next() {
-                    extra.push(c);
-                    select.push(col(view.features[*index].name.as_str()));
+        }
+
+        // Final columns: the entity rows' own, then the features in the order asked.
+        let mut select: Vec<Expr> = self.own.iter().map(|n| col(n.clone())).collect();
+        let mut request_iter = request_cols.into_iter();
+        let mut extra = Vec::new();
+        for r in refs {
+            match r {
+                FeatureRef::Stored { view, index } => {
+                    let vi = views.iter().position(|(v, _)| v.name == view.name).unwrap_or(0);
+                    select.push(col(internal(vi, *index)).alias(view.features[*index].name.as_str()));
+                }
+                FeatureRef::Request { view, index } => {
+                    if let Some(c) = request_iter.next() {
+                        extra.push(c);
+                        select.push(col(view.features[*index].name.as_str()));
+                    }
                 }
             }
         }
+        if !extra.is_empty() {
+            df.hstack_mut(&extra).map_err(err)?;
+        }
+        df.lazy().select(select).collect().map_err(err)
     }
-    if !extra.is_empty() {
-        df.hstack_mut(&extra).map_err(err)?;
-    }
-    df.lazy().select(select).collect().map_err(err)
 }
 
 /// Join key values per row: one integer key as is, any other keys as one string.
@@ -568,7 +640,7 @@ fn gather(frame: &DataFrame, index: Vec<IdxSize>, found: Bitmap) -> PolarsResult
 /// What `training_set_file` did.
 #[derive(Debug, Clone)]
 pub struct TrainingReport {
-    /// Time to build the set in memory (read, join), before writing it.
+    /// Time spent building the set (read, join, and assembling each slice), writing aside.
     pub built: std::time::Duration,
     pub rows: usize,
     pub columns: Vec<String>,
@@ -581,7 +653,12 @@ impl TrainingReport {
     }
 }
 
-/// Reads entity rows from a Parquet file, builds the training set and writes it to `out`.
+/// Entity rows assembled and written at a time: one Parquet row group (Polars' default
+/// size), about 80 MB for 38 columns.
+pub const SLICE_ROWS: usize = 512 * 512;
+
+/// Reads entity rows from a Parquet file, builds the training set and writes it to `out`,
+/// `SLICE_ROWS` entity rows at a time.
 pub fn training_set_file(
     registry: &Registry,
     refs: &[FeatureRef],
@@ -589,26 +666,63 @@ pub fn training_set_file(
     timestamp_column: &str,
     out: &std::path::Path,
 ) -> Result<TrainingReport, FeatureError> {
+    write_training_set(registry, refs, entities, timestamp_column, out, SLICE_ROWS)
+}
+
+/// `training_set_file` with slices of `slice_rows` entity rows (at least 1).
+pub fn write_training_set(
+    registry: &Registry,
+    refs: &[FeatureRef],
+    entities: &std::path::Path,
+    timestamp_column: &str,
+    out: &std::path::Path,
+    slice_rows: usize,
+) -> Result<TrainingReport, FeatureError> {
     let started = std::time::Instant::now();
     let scan = crate::offline::ParquetSource::new(entities).scan()?;
-    let mut df = training_set(registry, refs, scan, timestamp_column)?;
-    let built = started.elapsed();
-    let file = std::fs::File::create(out).map_err(|e| FeatureError::Offline {
+    let joined = join(registry, refs, scan, timestamp_column)?;
+    let (height, step) = (joined.height(), slice_rows.max(1));
+    // The first slice before the file: a request feature without its input column fails
+    // here, and leaves no file behind.
+    let mut slice = joined.assemble(0, step.min(height))?;
+    let mut built = started.elapsed();
+    let columns: Vec<String> = slice.get_column_names().iter().map(|c| c.to_string()).collect();
+    let offline = |e: String| FeatureError::Offline {
         path: out.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    // Snappy: several times faster to write than the default zstd, read by every engine.
-    ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Snappy)
-        .finish(&mut df)
-        .map_err(|e| FeatureError::Offline {
-            path: out.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        message: e,
+    };
+    let file = std::fs::File::create(out).map_err(|e| offline(e.to_string()))?;
+    let written = (|| {
+        // Snappy: several times faster to write than the default zstd, read by every engine.
+        let mut writer = ParquetWriter::new(file)
+            .with_compression(ParquetCompression::Snappy)
+            .batched(slice.schema())
+            .map_err(|e| offline(e.to_string()))?;
+        let mut offset = 0;
+        loop {
+            // The writer wants the columns' chunks aligned; gathered columns are one chunk.
+            slice.align_chunks_par();
+            writer.write_batch(&slice).map_err(|e| offline(e.to_string()))?;
+            offset += slice.height();
+            if offset >= height {
+                break;
+            }
+            let at = std::time::Instant::now();
+            slice = joined.assemble(offset, step.min(height - offset))?;
+            built += at.elapsed();
+        }
+        writer.finish().map_err(|e| offline(e.to_string()))?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // Half a file would read as a smaller training set.
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
     Ok(TrainingReport {
         built,
-        rows: df.height(),
-        columns: df.get_column_names().iter().map(|c| c.to_string()).collect(),
+        rows: height,
+        columns,
         elapsed: started.elapsed(),
     })
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ferrite_features::Registry;
-use ferrite_features::training::training_set;
+use ferrite_features::training::{training_set, write_training_set};
 use polars::prelude::*;
 use proptest::prelude::*;
 
@@ -109,6 +109,72 @@ fn hand_worked_point_in_time_cases() {
         "request features use the same expression as serving"
     );
     assert_eq!(floats(&out, "ratio")[1], None);
+}
+
+#[test]
+fn a_set_written_in_slices_is_the_set_built_whole() {
+    let feature_rows = vec![
+        row(1, 10 * SEC, 1, 1.0, 1, "DE"),
+        row(1, 20 * SEC, 0, 3.0, 2, "DE"),
+        row(3, 50 * SEC, 0, 9.0, 1, "FR"),
+    ];
+    let (dir, root) = repo(&feature_rows);
+    let reg = Registry::load(&root, None).unwrap();
+    let refs = reg.service_refs("svc").unwrap();
+    let mut input = labels(&[
+        (1, 19 * SEC, "a"),
+        (2, 20 * SEC, "b"),
+        (3, 55 * SEC, "c"),
+        (1, 25 * SEC, "d"),
+        (3, 40 * SEC, "e"),
+        (1, 5 * SEC, "f"),
+        (1, 21 * SEC, "g"),
+    ]);
+    input
+        .with_column(Column::new(
+            "amount".into(),
+            (0..7).map(f64::from).collect::<Vec<_>>(),
+        ))
+        .unwrap();
+    let entities = dir.path().join("entities.parquet");
+    ParquetWriter::new(std::fs::File::create(&entities).unwrap())
+        .finish(&mut input.clone())
+        .unwrap();
+    let whole = training_set(&reg, &refs, input.clone().lazy(), "event_timestamp").unwrap();
+    assert!(
+        whole.column("amount_avg").unwrap().null_count() > 0,
+        "some rows find nothing"
+    );
+    for slice_rows in [1, 2, 3, 6, 7, 100] {
+        let out = dir.path().join(format!("train-{slice_rows}.parquet"));
+        let report = write_training_set(&reg, &refs, &entities, "event_timestamp", &out, slice_rows).unwrap();
+        assert_eq!(report.rows, 7);
+        let read = ParquetReader::new(std::fs::File::open(&out).unwrap())
+            .finish()
+            .unwrap();
+        assert!(
+            read.equals_missing(&whole),
+            "slices of {slice_rows}: {read} against {whole}"
+        );
+        assert_eq!(
+            report.columns,
+            whole
+                .get_column_names()
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    // A request feature whose input column is missing fails before anything is written.
+    let mut no_amount = input.drop("amount").unwrap();
+    ParquetWriter::new(std::fs::File::create(&entities).unwrap())
+        .finish(&mut no_amount)
+        .unwrap();
+    let out = dir.path().join("refused.parquet");
+    let err = write_training_set(&reg, &refs, &entities, "event_timestamp", &out, 2).unwrap_err();
+    assert!(err.to_string().contains("amount"), "{err}");
+    assert!(!out.exists(), "no file for a refused set");
 }
 
 #[test]
