@@ -164,14 +164,13 @@ fn join<'a>(
         keys.iter()
             .map(|(k, kt)| col(k.as_str()).cast(key_dtype(*kt)).alias(key_col(k))),
     );
-    let left = entities.with_columns(helper).collect().map_err(err)?;
+    let df = entities.with_columns(helper).collect().map_err(err)?;
 
     // Each view in two steps here: (1) read the view's needed columns once, with a validity
     // flag from its data-quality rules; (2) find for each entity row the index of its
     // feature row (`point_in_time`). Then (3), as each slice of the set is assembled, the
     // wanted feature columns are gathered by those indices. Nothing sorts or copies the wide
     // frame.
-    let df = left;
     let label_ts = i64_values(df.column(LABEL_TS).map_err(err)?, i64::MIN).map_err(err)?;
     let mut clock = std::time::Instant::now();
     let mut lap = |what: &str, view: &str| {
@@ -719,6 +718,12 @@ pub fn write_training_set(
         let _ = std::fs::remove_file(out);
         return Err(e);
     }
+    tracing::debug!(
+        slices = height.div_ceil(step).max(1),
+        built_seconds = built.as_secs_f64(),
+        seconds = started.elapsed().as_secs_f64(),
+        "training set: assembled and written"
+    );
     Ok(TrainingReport {
         built,
         rows: height,
