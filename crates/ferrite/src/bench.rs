@@ -116,6 +116,8 @@ pub struct RunReport {
     pub errors: u64,
     /// Answers that said they were a fallback, not a model output.
     pub fallbacks: u64,
+    /// Feature reads: the share of values answered present, in percent (none for other RPCs).
+    pub present_pct: Option<f64>,
     /// Open loop: calls not started because `concurrency` calls were already in flight.
     pub skipped: u64,
     pub errors_by_code: BTreeMap<String, u64>,
@@ -184,7 +186,7 @@ impl Report {
             let rate = r.target_rate.map(|x| format!(" at {x}/s")).unwrap_or_default();
             format!(
                 "{:<14} {:<6}{} c={} conns={}  sent={} ok={} err={} fallback={} skipped={}  {:.0} rps  \
-                 p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs\n",
+                 p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs{}\n",
                 r.rpc,
                 r.mode,
                 rate,
@@ -200,7 +202,10 @@ impl Report {
                 r.latency_us.p90,
                 r.latency_us.p99,
                 r.latency_us.p999,
-                r.latency_us.max
+                r.latency_us.max,
+                r.present_pct
+                    .map(|p| format!("  values present {p:.1} %"))
+                    .unwrap_or_default()
             )
         };
         out.push_str(&format!("ferrite bench against {}\n", self.addr));
@@ -387,6 +392,8 @@ struct Tally {
     ok: u64,
     errors: BTreeMap<String, u64>,
     fallbacks: u64,
+    values: u64,
+    present: u64,
 }
 
 impl Tally {
@@ -398,6 +405,8 @@ impl Tally {
             ok: 0,
             errors: BTreeMap::new(),
             fallbacks: 0,
+            values: 0,
+            present: 0,
         }
     }
 
@@ -408,6 +417,8 @@ impl Tally {
             Ok(o) => {
                 self.ok += 1;
                 self.fallbacks += u64::from(o.fallback);
+                self.values += u64::from(o.values);
+                self.present += u64::from(o.present);
             }
             Err(status) => *self.errors.entry(format!("{:?}", status.code())).or_default() += 1,
         }
@@ -419,6 +430,8 @@ impl Tally {
             .expect("histograms share bounds");
         self.ok += other.ok;
         self.fallbacks += other.fallbacks;
+        self.values += other.values;
+        self.present += other.present;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
@@ -476,6 +489,7 @@ impl Leg {
             ok: tally.ok,
             errors,
             fallbacks: tally.fallbacks,
+            present_pct: (tally.values > 0).then(|| 100.0 * tally.present as f64 / tally.values as f64),
             skipped: self.skipped,
             rps: (tally.ok + errors) as f64 / self.elapsed_s,
             duration_s: self.elapsed_s,

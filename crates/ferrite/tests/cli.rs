@@ -36,10 +36,15 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
 }
 
 async fn start_server() -> ferrite_server::RunningServer {
+    start_server_on(tempfile::tempdir().unwrap().keep()).await
+}
+
+/// The shipped config on loopback, its embedded online store in `store`.
+async fn start_server_on(store: std::path::PathBuf) -> ferrite_server::RunningServer {
     let mut config = Config::from_file(&repo_root().join("ferrite.toml")).unwrap();
     config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    config.features.embedded_path = tempfile::tempdir().unwrap().keep();
+    config.features.embedded_path = store;
     ferrite_server::start(config).await.unwrap()
 }
 
@@ -336,6 +341,54 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     let report = bench::run(&a).await.unwrap();
     assert_eq!((report.run.ok, report.run.errors), (20, 0), "{:?}", report.run);
     server.shutdown().await.unwrap();
+}
+
+/// Feature reads report the share of values answered present: none from an empty store,
+/// most once the sample data is materialized (so a benchmark of an empty store shows it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feature_reads_report_the_share_of_values_present() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = feature_config(dir.path(), "");
+    let mut a = args(([127, 0, 0, 1], 0).into());
+    a.rpc = Rpc::Features100;
+    a.keys = 500;
+    a.requests = 20;
+    a.warmup = 0;
+
+    let empty = start_server_on(dir.path().join("empty")).await;
+    a.addr = empty.grpc_addr();
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(report.run.ok, 20);
+    assert_eq!(report.run.present_pct, Some(0.0));
+    assert!(
+        report.to_text().contains("values present 0.0 %"),
+        "{}",
+        report.to_text()
+    );
+    a.rpc = Rpc::Health;
+    assert_eq!(bench::run(&a).await.unwrap().run.present_pct, None);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "materialize",
+            "--quiet",
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2030-01-01",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let filled = start_server_on(dir.path().join("online")).await;
+    a.addr = filled.grpc_addr();
+    for rpc in [Rpc::Features, Rpc::Features100, Rpc::Features100Columnar] {
+        a.rpc = rpc;
+        let present = bench::run(&a).await.unwrap().run.present_pct.unwrap();
+        assert!(present > 50.0 && present <= 100.0, "{}: {present} %", rpc.name());
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
 use ferrite_proto::ferrite::v1::{
-    FeatureList, GetOnlineFeaturesRequest, Value, ValueList, get_online_features_request, value,
+    FeatureList, FeatureStatus, GetOnlineFeaturesRequest, Value, ValueList, get_online_features_request,
+    value,
 };
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
@@ -53,6 +54,10 @@ pub enum Rpc {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     pub fallback: bool,
+    /// Feature reads: values in the answer, and how many of them were present (a read of an
+    /// empty store answers as fast as it finds nothing, so a report says what it read).
+    pub values: u32,
+    pub present: u32,
 }
 
 impl Rpc {
@@ -110,20 +115,32 @@ impl Rpc {
                     .await?;
                 stream.call(key).await?;
             }
-            Rpc::Features => {
-                FeatureServiceClient::new(channel)
-                    .get_online_features(features_request(key, 1, false))
-                    .await?;
-            }
-            Rpc::Features100 => {
-                FeatureServiceClient::new(channel)
-                    .get_online_features(features_request(key, 100, false))
-                    .await?;
-            }
-            Rpc::Features100Columnar => {
-                FeatureServiceClient::new(channel)
-                    .get_online_features(features_request(key, 100, true))
-                    .await?;
+            Rpc::Features | Rpc::Features100 | Rpc::Features100Columnar => {
+                let (n, columnar) = match self {
+                    Rpc::Features => (1, false),
+                    Rpc::Features100 => (100, false),
+                    _ => (100, true),
+                };
+                let answer = FeatureServiceClient::new(channel)
+                    .get_online_features(features_request(key, n, columnar))
+                    .await?
+                    .into_inner();
+                let statuses = answer
+                    .results
+                    .iter()
+                    .map(|r| &r.statuses)
+                    .chain(answer.columns.iter().map(|c| &c.statuses))
+                    .flatten();
+                let (mut values, mut present) = (0, 0);
+                for s in statuses {
+                    values += 1;
+                    present += u32::from(*s == FeatureStatus::Present as i32);
+                }
+                return Ok(Outcome {
+                    values,
+                    present,
+                    ..Outcome::default()
+                });
             }
         }
         Ok(Outcome::default())
