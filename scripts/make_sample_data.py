@@ -180,7 +180,11 @@ def distinct_in_window(entity, bins, value, q, w):
     predecessor with the same value has left the window: for grid points
     [max(bin, prev_bin + w), bin + w). Summing those intervals gives the distinct count.
     """
-    o = np.lexsort((bins, value, entity))
+    # One int64 key (entity, value, bin) sorts several times faster than lexsort on three
+    # arrays; the order of equal keys does not change the counts.
+    nv = int(value.max()) + 1
+    assert (int(entity.max()) + 1) * nv * BIG < 2**63, "sort key overflow"
+    o = np.argsort((entity * nv + value.astype(np.int64)) * BIG + bins)
     e, b, v = entity[o], bins[o], value[o]
     same = np.r_[False, (e[1:] == e[:-1]) & (v[1:] == v[:-1])]
     prev = np.where(same, np.r_[0, b[:-1]], -BIG)
@@ -735,10 +739,166 @@ def orders_table(O, U, I):
     })
 
 
+# ----------------------------------------------------------------------------------------------
+# Derived fraud tables (fraud_v2). Written after every other table and computed only from the
+# arrays above, each with its own random stage, so that adding them changed none of the earlier
+# files.
+
+HIGH_RISK_CATEGORIES = ("digital_goods", "gift_cards", "gaming")
+YOUNG_ACCOUNT_DAYS = 30
+BIG_TICKET_RATIO = 3  # a transaction over 3x the user's mean of earlier ones
+
+
+def window_share(flag, lo, hi, n):
+    """Share of the events in [lo, hi) where flag is set; NaN (written as null) when none."""
+    p = prefix(flag.astype(np.int64))
+    return np.where(n > 0, (p[hi] - p[lo]) / np.maximum(n, 1), np.nan)
+
+
+def user_geo_device_table(seed, T, U, M):
+    r = rng(seed, "user_geo_device")
+    # The same snapshots as user_stats: one per (user, hour with a transaction), at its end.
+    bins = ceil_div(T.ts - START, HOUR)
+    key = T.u * BIG + bins
+    last = np.nonzero(np.r_[key[1:] != key[:-1], True])[0]
+    q = key[last]
+    su = T.u[last]
+    snap_ts = START + bins[last] * HOUR
+    hi = last + 1
+    lo = {w: window_lo(key, q, w) for w in (1, 6, 168, 720)}
+    n30 = hi - lo[720]
+    cents = prefix(T.cents)
+
+    def count30(flag):
+        p = prefix(flag.astype(np.int64))
+        return p[hi] - p[lo[720]]
+
+    mcountry = M.country[T.merchant]
+    high_risk = np.isin(M.category[T.merchant],
+                        [i for i, c in enumerate(MERCHANT_CATEGORIES) if c[0] in HIGH_RISK_CATEGORIES])
+    decl_key = np.sort(T.decline_u * BIG + ceil_div(T.decline_ts - START, HOUR))
+    decl_hi = np.searchsorted(decl_key, q, "right")
+    day = (T.ts - START) // DAY
+    cols = {
+        "txn_count_6h": hi - lo[6],
+        "amount_sum_1h": (cents[hi] - cents[lo[1]]) / 100,
+        "max_amount_7d": range_max(T.cents, lo[168], hi) / 100,
+        **{f"txn_count_{d}_30d": count30(T.device == k) for k, d in enumerate(DEVICES)},
+        **{f"txn_count_{c.lower()}_30d": count30(T.currency == k) for k, c in enumerate(CURRENCIES)},
+        "distinct_currencies_30d": distinct_in_window(T.u, bins, T.currency, q, 720),
+        "distinct_merchant_countries_30d": distinct_in_window(T.u, bins, mcountry, q, 720),
+        "distinct_merchant_categories_30d": distinct_in_window(T.u, bins, M.category[T.merchant], q, 720),
+        "foreign_merchant_share_30d": count30(mcountry != U.country[T.u]) / n30,
+        "foreign_currency_share_30d": count30(T.currency != U.home[T.u]) / n30,
+        "high_risk_category_share_30d": count30(high_risk) / n30,
+        "declined_count_1h": decl_hi - window_lo(decl_key, q, 1),
+        "declined_count_24h": decl_hi - window_lo(decl_key, q, 24),
+        "new_device_count_30d": count30(T.new_device),
+        "active_days_30d": distinct_in_window(T.u, bins, day, q, 720),
+        "last_amount_eur": T.cents[last] / 100,
+        "last_txn_at_us": T.ts[last],
+    }
+    created = snap_ts + (r.random(len(q)) * 30 * MIN).astype(np.int64)
+    o = np.lexsort((su, snap_ts))
+    out = {"user_id": i64(U.id[su[o]]), "event_timestamp": ts_array(snap_ts[o]),
+           "created_timestamp": ts_array(created[o])}
+    for k, v in cols.items():
+        out[k] = i64(v[o]) if v.dtype.kind == "i" else f64(v[o])
+    return pa.table(out)
+
+
+def user_account_table(seed, U):
+    r = rng(seed, "user_account")
+    # One row per user at signup: the signup time, so that request-time features can compute
+    # the account's age at the transaction (user_profile's account_age_days is the age when its
+    # row was written).
+    o = np.lexsort((U.id, U.signup))
+    created = U.signup[o] + (SEC + r.random(U.n) * MIN).astype(np.int64)
+    return pa.table({
+        "user_id": i64(U.id[o]),
+        "event_timestamp": ts_array(U.signup[o]),
+        "created_timestamp": ts_array(created),
+        "signup_at_us": i64(U.signup[o]),
+    })
+
+
+def merchant_risk_table(seed, cfg, T, U, M):
+    r = rng(seed, "merchant_risk")
+    days = cfg.days + 1  # snapshots at midnight, START .. START + days, as merchant_stats
+    # Per transaction (T is by user, then time): over the user's mean of earlier transactions,
+    # and the user's first transaction at this merchant.
+    n = T.n
+    first = np.r_[True, T.u[1:] != T.u[:-1]]
+    start_idx = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    prior_n = np.arange(n) - start_idx
+    csum = np.cumsum(T.cents) - T.cents
+    prior_sum = csum - csum[start_idx]
+    big = (prior_n > 0) & (T.cents * prior_n > BIG_TICKET_RATIO * prior_sum)
+    # T is by user then time, so a stable sort by (user, merchant) keeps each pair's first.
+    pair = np.argsort(T.u * M.n + T.merchant, kind="stable")
+    first_here = np.empty(n, bool)
+    first_here[pair] = np.r_[True, np.diff((T.u * M.n + T.merchant)[pair]) != 0]
+    age_days = (T.ts - U.signup[T.u]) / DAY
+    foreign_user = U.country[T.u] != M.country[T.merchant]
+    merchant_home = np.array([CURRENCIES.index(c[1]) for c in COUNTRIES])[M.country[T.merchant]]
+
+    assert days * DAY < 1 << 44
+    o = np.argsort(T.merchant * (1 << 44) + (T.ts - START), kind="stable")  # by merchant, then time
+    mm, cents, u = T.merchant[o], T.cents[o], T.u[o]
+    dbins = ceil_div(T.ts[o] - START, DAY)
+    key = mm * BIG + dbins
+    grid_m = np.repeat(np.arange(M.n), days)
+    grid_d = np.tile(np.arange(days), M.n)
+    q = grid_m * BIG + grid_d
+    hi = np.searchsorted(key, q, "right")
+    lo1, lo30 = window_lo(key, q, 1), window_lo(key, q, 30)
+    n30 = hi - lo30
+    p1, p2 = prefix(cents), prefix(cents * cents)
+    assert p2[-1] < 2**53, "int64 headroom, and window sums exact as float64"
+    s30, sq30 = p1[hi] - p1[lo30], p2[hi] - p2[lo30]
+    has = n30 > 0
+    # Exact integer sums; n * sq would overflow int64 at the busiest merchants of the large set.
+    var = np.maximum(sq30 - s30.astype(np.float64) ** 2 / np.maximum(n30, 1), 0) / np.maximum(n30, 1)
+    mx = np.full(len(q), np.nan)
+    mx[has] = range_max(cents, lo30[has], hi[has]) / 100
+    ages = prefix(age_days[o])
+    fraud = T.is_fraud[o]
+    cb_key = np.sort(mm[fraud] * BIG + ceil_div(T.chargeback_ts[o][fraud] - START, DAY))
+    cols = {
+        "txn_count_1d": hi - lo1,
+        "txn_count_30d": n30,
+        "distinct_users_7d": distinct_in_window(mm, dbins, u, q, 7),
+        "distinct_users_30d": distinct_in_window(mm, dbins, u, q, 30),
+        "std_amount_30d": np.where(has, np.sqrt(var) / 100, np.nan),
+        "max_amount_30d": mx,
+        "night_share_30d": window_share(T.night[o], lo30, hi, n30),
+        "new_device_share_30d": window_share(T.new_device[o], lo30, hi, n30),
+        "foreign_user_share_30d": window_share(foreign_user[o], lo30, hi, n30),
+        "foreign_currency_share_30d": window_share(T.currency[o] != merchant_home[o], lo30, hi, n30),
+        "mean_account_age_30d": np.where(has, (ages[hi] - ages[lo30]) / np.maximum(n30, 1), np.nan),
+        "young_account_share_30d": window_share(age_days[o] < YOUNG_ACCOUNT_DAYS, lo30, hi, n30),
+        "big_ticket_share_30d": window_share(big[o], lo30, hi, n30),
+        "first_time_user_share_30d": window_share(first_here[o], lo30, hi, n30),
+        "chargeback_count_30d": np.searchsorted(cb_key, q, "right") - window_lo(cb_key, q, 30),
+    }
+    event = START + grid_d * DAY
+    created = event + (HOUR + r.random(len(q)) * 2 * HOUR).astype(np.int64)
+    order = np.lexsort((grid_m, grid_d))
+    out = {"merchant_id": i64(M.id[grid_m][order]), "event_timestamp": ts_array(event[order]),
+           "created_timestamp": ts_array(created[order])}
+    for k, v in cols.items():
+        v = v[order]
+        out[k] = i64(v) if v.dtype.kind == "i" else f64(np.nan_to_num(v, nan=0.0), np.isnan(v))
+    return pa.table(out)
+
+
 NULLABLE = {  # every other column is never null (a required Parquet column)
     "user_profile": {"email_domain_risk"},
     "user_stats": {"hours_since_prev_txn", "avg_order_value_30d"},
     "merchant_stats": {"avg_amount_30d"},
+    "merchant_risk": {"std_amount_30d", "max_amount_30d", "night_share_30d", "new_device_share_30d",
+                      "foreign_user_share_30d", "foreign_currency_share_30d", "mean_account_age_30d",
+                      "young_account_share_30d", "big_ticket_share_30d", "first_time_user_share_30d"},
 }
 
 
@@ -783,6 +943,12 @@ def main():
     write(user_stats_table(seed, T, O, U), out, "user_stats", cfg, seed, args.size, t0)
     t0 = time.perf_counter()
     write(merchant_stats_table(seed, cfg, T, M), out, "merchant_stats", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    write(user_geo_device_table(seed, T, U, M), out, "user_geo_device", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    write(user_account_table(seed, U), out, "user_account", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    write(merchant_risk_table(seed, cfg, T, U, M), out, "merchant_risk", cfg, seed, args.size, t0)
     print(f"{args.size}: {out} in {time.perf_counter() - begin:.1f} s; fraud rate {T.is_fraud.mean():.2%}")
 
 
