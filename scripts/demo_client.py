@@ -69,7 +69,44 @@ EXAMPLES = [
             },
         },
     ),
+    ("ferrite.v1.ScoringService", "ListPipelines", {}),
 ]
+
+# The last transactions of features/data/transactions.parquet (the first two were fraud),
+# scored by the `fraud` pipeline (pipelines/fraud.toml) as a checkout would send them.
+TRANSACTIONS = [
+    {"transaction_id": "10029612", "user_id_int": 1001593, "merchant_id_int": 2000097, "amount": 319.65,
+     "currency": "USD", "device_type": "android", "event_time_us": 1790671880084405},
+    {"transaction_id": "10029989", "user_id": "1001692", "merchant_id": "2000121", "amount": 103.68,
+     "currency": "EUR", "device_type": "web", "event_time_us": 1790717947393468},
+    {"transaction_id": "10029998", "user_id_int": 1001384, "merchant_id_int": 2000102, "amount": 179.64,
+     "currency": "USD", "device_type": "ios", "event_time_us": 1790724410475460},
+    {"transaction_id": "10030000", "user_id_int": 1000175, "merchant_id_int": 2000035, "amount": 55.27,
+     "currency": "USD", "device_type": "web", "event_time_us": 1790725851574691},
+    # A user no feature view knows: the cold-start answer.
+    {"transaction_id": "new-user", "user_id_int": 1999999999, "merchant_id_int": 2000035, "amount": 80.0,
+     "currency": "EUR", "device_type": "web", "event_time_us": 1790725851574691},
+]
+
+
+def fraud_line(answer, ms):
+    """One transaction's decision, score, latency and reasons, on one line."""
+    meta = answer.get("meta", {})
+    latency = meta.get("latency") or {}
+    decision = answer["decision"].replace("FRAUD_DECISION_", "").lower()
+    parts = [f"txn {answer['transactionId']:>9}  {decision:<8} score {answer['score']:.4f}  {ms:6.2f} ms"]
+    if latency:
+        parts.append(
+            f"(server {latency['totalUs']} us: features {latency['featuresUs']}, model {latency['inferenceUs']})"
+        )
+    if meta.get("fallback"):
+        parts.append(f"FALLBACK: {meta['fallbackReason']}")
+    if meta.get("coldStart"):
+        parts.append("cold start")
+    reasons = ", ".join(f"{r['feature']}={float(r['value']):.3g} ({float(r['contribution']):+.3f})" for r in answer.get("reasons", []))
+    if reasons:
+        parts.append(f"reasons: {reasons}")
+    return "  ".join(parts)
 
 
 def call(channel, pool, service, method, request_json):
@@ -122,6 +159,22 @@ def main() -> int:
         except grpc.RpcError as e:
             failures += 1
             print(f"{service}/{method}  FAILED {e.code().name}: {e.details()}")
+    print("ferrite.v1.ScoringService/ScoreFraud (fraud decisions, with latency and reasons):")
+    for t in TRANSACTIONS:
+        try:
+            answer, ms = call(channel, pool, "ferrite.v1.ScoringService", "ScoreFraud", {**t, "include_latency": True})
+            print("  " + fraud_line(answer, ms))
+        except grpc.RpcError as e:
+            failures += 1
+            print(f"  FAILED {e.code().name}: {e.details()}")
+    try:
+        answer, ms = call(channel, pool, "ferrite.v1.ScoringService", "ScoreFraudBatch", {"transactions": TRANSACTIONS})
+        print(f"ferrite.v1.ScoringService/ScoreFraudBatch  {len(TRANSACTIONS)} transactions in {ms:.2f} ms")
+        for r in answer["results"]:
+            print("  " + fraud_line(r, ms))
+    except grpc.RpcError as e:
+        failures += 1
+        print(f"ferrite.v1.ScoringService/ScoreFraudBatch  FAILED {e.code().name}: {e.details()}")
     return 1 if failures else 0
 
 

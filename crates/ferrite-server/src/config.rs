@@ -13,6 +13,23 @@ pub struct Config {
     pub log: LogConfig,
     pub models: ModelsConfig,
     pub features: FeaturesConfig,
+    pub pipelines: PipelinesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelinesConfig {
+    /// The directory of pipeline definitions (`*.toml`, one pipeline a file). A directory that
+    /// does not exist declares no pipeline.
+    pub directory: PathBuf,
+}
+
+impl Default for PipelinesConfig {
+    fn default() -> Self {
+        PipelinesConfig {
+            directory: PathBuf::from("pipelines"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -177,6 +194,7 @@ impl Config {
         config.models.repository = base.join(&config.models.repository);
         config.features.repository = base.join(&config.features.repository);
         config.features.embedded_path = base.join(&config.features.embedded_path);
+        config.pipelines.directory = base.join(&config.pipelines.directory);
         if let Some(dir) = &config.features.data_dir {
             config.features.data_dir = Some(base.join(dir));
         }
@@ -209,6 +227,7 @@ mod tests {
         assert_eq!(c.models.onnxruntime_library, None);
         assert_eq!(c.models.poll_interval_s, 2.0);
         assert_eq!(c.features.repository, PathBuf::from("features"));
+        assert_eq!(c.pipelines.directory, PathBuf::from("pipelines"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use anyhow::Context;
 use ferrite_models::{ModelRepository, OnnxRuntime};
 use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureServiceServer;
+use ferrite_proto::ferrite::v1::scoring_service_server::ScoringServiceServer;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub models: Arc<ModelRepository>,
     /// Feature definitions and the online store.
     pub features: Arc<services::features::FeatureState>,
+    /// The scoring pipelines declared in `pipelines.directory`.
+    pub pipelines: ferrite_pipelines::Engine,
     ready: AtomicBool,
 }
 
@@ -138,10 +141,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         store = store.kind(),
         "feature store ready"
     );
-    let features = Arc::new(services::features::FeatureState {
-        registry: Arc::new(registry),
-        store,
-    });
+    let registry = Arc::new(registry);
+    let pipeline_set = ferrite_pipelines::PipelineSet::load(&config.pipelines.directory, &registry)
+        .context("loading the scoring pipelines (pipelines.directory)")?;
+    for p in pipeline_set.pipelines.values() {
+        if let Err(e) = models.get(&p.model.name) {
+            tracing::warn!(pipeline = %p.name, error = %e, "the pipeline's model is not loaded: its calls get the fallback");
+        }
+    }
+    tracing::info!(
+        pipelines = ?pipeline_set.pipelines.keys().collect::<Vec<_>>(),
+        "scoring pipelines ready"
+    );
+    let pipelines =
+        ferrite_pipelines::Engine::new(registry.clone(), store.clone(), models.clone(), pipeline_set);
+    // Start-up, not a request: reading the models' small metadata files here is fine.
+    pipelines.preload();
+    let features = Arc::new(services::features::FeatureState { registry, store });
 
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
@@ -152,6 +168,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         onnx_runtime,
         models,
         features,
+        pipelines,
         ready: AtomicBool::new(false),
     });
     let (stop, stopped) = watch::channel(false);
@@ -172,6 +189,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<FeatureServiceServer<services::features::Features>>()
         .await;
+    health
+        .set_serving::<ScoringServiceServer<services::scoring::Scoring>>()
+        .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -187,6 +207,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             state.clone(),
         )))
         .add_service(AdminServiceServer::new(services::admin::Admin::new(
+            state.clone(),
+        )))
+        .add_service(ScoringServiceServer::new(services::scoring::Scoring::new(
             state.clone(),
         )));
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));

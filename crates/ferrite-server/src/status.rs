@@ -2,6 +2,7 @@
 
 use ferrite_features::FeatureError;
 use ferrite_models::ModelError;
+use ferrite_pipelines::PipelineError;
 use ferrite_search::SearchError;
 use tonic::Status;
 
@@ -14,6 +15,8 @@ pub enum ApiError {
     Feature(#[from] FeatureError),
     #[error(transparent)]
     Search(#[from] SearchError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
 }
 
 impl From<ApiError> for Status {
@@ -37,6 +40,9 @@ impl From<ApiError> for Status {
             ApiError::Feature(FeatureError::Definitions(_)) => Status::failed_precondition(message),
             ApiError::Search(SearchError::Faiss(_)) => Status::internal(message),
             ApiError::Search(_) => Status::invalid_argument(message),
+            ApiError::Pipeline(PipelineError::Invalid { .. }) => Status::invalid_argument(message),
+            ApiError::Pipeline(PipelineError::NotFound(_)) => Status::invalid_argument(message),
+            ApiError::Pipeline(PipelineError::Config { .. }) => Status::failed_precondition(message),
         }
     }
 }

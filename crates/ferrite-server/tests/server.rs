@@ -6,7 +6,7 @@ mod common;
 use common::{python_json, scrape, start};
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
 use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
-use ferrite_proto::ferrite::v1::{GetServerInfoRequest, ScoreFraudRequest};
+use ferrite_proto::ferrite::v1::{GetServerInfoRequest, RecommendRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
 use tonic_health::pb::HealthCheckRequest;
@@ -94,7 +94,7 @@ async fn metrics_count_calls_by_method_and_status() {
     }
     // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
     let err = ScoringServiceClient::new(channel.clone())
-        .score_fraud(ScoreFraudRequest::default())
+        .recommend(RecommendRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,8 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -58,31 +59,55 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with_args(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let args: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         // A port can be taken between `free_port` and the server's bind: retry a few times.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("redis-server is not installed: run scripts/setup.sh");
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            if wait_for_ping(&mut child, addr) {
+            if let Some(child) = spawn_redis(port, dir.path(), &args) {
                 return RedisServer {
                     child,
-                    addr,
-                    _dir: dir,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    args,
+                    dir,
                 };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("redis-server did not start after 5 attempts");
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server (an outage); `restart` brings it back on the same port, empty.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on its port after `stop`.
+    pub fn restart(&mut self) {
+        self.stop();
+        let dir = self.dir.path().to_path_buf();
+        for _ in 0..50 {
+            if let Some(child) = spawn_redis(self.addr.port(), &dir, &self.args) {
+                self.child = child;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on {}", self.addr);
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as when a
+    /// host hangs. `resume` undoes it.
+    pub fn pause(&self) {
+        signal(self.pid(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -100,6 +125,35 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// Starts `redis-server` on `port` and waits for PING; `None` if it did not come up.
+fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-server is not installed: run scripts/setup.sh");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if wait_for_ping(&mut child, addr) {
+        return Some(child);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 fn wait_for_ping(child: &mut Child, addr: SocketAddr) -> bool {

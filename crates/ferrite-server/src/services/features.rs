@@ -31,7 +31,7 @@ impl Features {
 /// Entity rows and rows pushed per call are capped so one call cannot exhaust memory.
 const MAX_ROWS: usize = 100_000;
 
-fn value_from_pb(v: &pb::Value) -> Value {
+pub(crate) fn value_from_pb(v: &pb::Value) -> Value {
     use pb::value::Kind;
     match &v.kind {
         None => Value::Null,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod features;
 pub mod kserve;
+pub mod scoring;
 
 use tonic::Status;
 

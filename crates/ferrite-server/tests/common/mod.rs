@@ -14,6 +14,7 @@ pub fn test_config() -> Config {
     config.models.repository = repo_root().join("models");
     config.features.repository = repo_root().join("features");
     config.features.embedded_path = scratch_dir("online");
+    config.pipelines.directory = repo_root().join("pipelines");
     config
 }
 

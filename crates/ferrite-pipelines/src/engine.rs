@@ -1,0 +1,535 @@
+//! The request path of every pipeline, top to bottom: check the rows → read their features
+//! (one online-store read for the call) → run the model (one run per model version the rows
+//! go to) → decide and explain. All of it inside the smaller of the pipeline's budget and the
+//! caller's deadline; when the store or the model errors or is too slow, the pipeline's
+//! fallback answers instead, flagged with the reason, before the deadline.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrite_features::serving::read_online_features;
+use ferrite_features::{FeatureError, Micros, OnlineStore, Registry, Value};
+use ferrite_models::{ModelError, ModelRepository, Tensor, TensorData};
+
+use crate::PipelineError;
+use crate::input::{CallInput, check};
+use crate::model::{Configured, MetaCache, ModelChoice, ModelMeta, ModelSelector};
+use crate::pipeline::{Decision, Pipeline, PipelineSet};
+use crate::vector::Vectors;
+
+/// A feature that moved a score: the score minus the score with the feature at its training
+/// mean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
+    pub feature: String,
+    pub value: f64,
+    pub contribution: f64,
+}
+
+/// One row's answer.
+#[derive(Debug, Clone)]
+pub struct RowAnswer {
+    pub score: f64,
+    pub decision: Decision,
+    pub reasons: Vec<Reason>,
+    pub model_name: String,
+    /// Empty for a fallback answer.
+    pub model_version: String,
+    /// Why the fallback answered; `None` for a model answer.
+    pub fallback: Option<String>,
+    pub cold_start: bool,
+    /// Age of the oldest stored feature used, µs (0: none used).
+    pub feature_age_us: u64,
+}
+
+/// Server-side time by stage, µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    pub features_us: u64,
+    pub inference_us: u64,
+    pub postprocess_us: u64,
+    pub total_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub rows: Vec<RowAnswer>,
+    pub latency: Latency,
+}
+
+/// Runs the declared pipelines.
+pub struct Engine {
+    registry: Arc<Registry>,
+    store: Arc<dyn OnlineStore>,
+    models: Arc<ModelRepository>,
+    pipelines: PipelineSet,
+    selector: Arc<dyn ModelSelector>,
+    meta: MetaCache,
+}
+
+/// How long before the deadline the work stops and the fallback answers: enough to build and
+/// send the answer.
+fn reserve(window: Duration) -> Duration {
+    (window / 10).min(Duration::from_millis(2))
+}
+
+const STAGE_FEATURES: u8 = 0;
+const STAGE_MODEL: u8 = 1;
+const STAGE_POST: u8 = 2;
+
+/// What the work in flight has done; read after a timeout, when the work was dropped.
+#[derive(Default)]
+struct Progress {
+    stage: AtomicU8,
+    features_us: AtomicU64,
+    inference_us: AtomicU64,
+}
+
+/// Why a call fell back, for the answer and for the metrics' `reason` label.
+struct FallbackCause {
+    kind: &'static str,
+    message: String,
+}
+
+impl Engine {
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<dyn OnlineStore>,
+        models: Arc<ModelRepository>,
+        pipelines: PipelineSet,
+    ) -> Engine {
+        Engine {
+            registry,
+            store,
+            models,
+            pipelines,
+            selector: Arc::new(Configured),
+            meta: MetaCache::default(),
+        }
+    }
+
+    /// Routes model choices through `selector` instead of the pipelines' configured versions.
+    pub fn with_selector(mut self, selector: Arc<dyn ModelSelector>) -> Engine {
+        self.selector = selector;
+        self
+    }
+
+    pub fn pipelines(&self) -> &PipelineSet {
+        &self.pipelines
+    }
+
+    /// Reads the metadata of every loaded version of the pipelines' models now, so that no
+    /// call reads a file.
+    pub fn preload(&self) {
+        for p in self.pipelines.pipelines.values() {
+            if let Ok(model) = self.models.get(&p.model.name) {
+                for v in model.versions.keys() {
+                    self.meta.get(self.models.root(), &p.model.name, *v);
+                }
+            }
+        }
+    }
+
+    /// Runs pipeline `name` on `input`'s rows. `deadline` is the caller's (it can only shorten
+    /// the pipeline's budget); `now` is the time features' freshness and TTLs are judged at.
+    pub async fn score(
+        &self,
+        name: &str,
+        mut input: CallInput,
+        deadline: Option<Instant>,
+        now: Micros,
+    ) -> Result<Answer, PipelineError> {
+        let started = Instant::now();
+        let pipeline = self.pipelines.get(name)?.clone();
+        let rows = check(&pipeline, &mut input)?;
+        let mut window = pipeline.budget;
+        if let Some(d) = deadline {
+            window = window.min(d.saturating_duration_since(started));
+        }
+        let until = started + window - reserve(window);
+        let progress = Progress::default();
+        let work = self.run(&pipeline, &input, rows, now, &progress);
+        let outcome = match tokio::time::timeout_at(until.into(), work).await {
+            Ok(Ok(Ok(answers))) => Ok(answers),
+            Ok(Ok(Err(cause))) => Err(cause),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let what = match progress.stage.load(Ordering::Relaxed) {
+                    STAGE_FEATURES => "the online store",
+                    STAGE_MODEL => "the model",
+                    _ => "post-processing",
+                };
+                Err(FallbackCause {
+                    kind: "deadline",
+                    message: format!(
+                        "deadline: {what} did not answer within {} ms (budget {} ms, the caller's deadline {})",
+                        window.as_millis(),
+                        pipeline.budget.as_millis(),
+                        deadline.map_or("none".to_string(), |d| format!(
+                            "{} ms",
+                            d.saturating_duration_since(started).as_millis()
+                        ))
+                    ),
+                })
+            }
+        };
+        let features_us = progress.features_us.load(Ordering::Relaxed);
+        let inference_us = progress.inference_us.load(Ordering::Relaxed);
+        let rows_out = match outcome {
+            Ok(rows_out) => rows_out,
+            Err(cause) => {
+                tracing::warn!(pipeline = %pipeline.name, reason = %cause.message, "fallback answer");
+                metrics::counter!("ferrite_pipeline_fallbacks_total", "pipeline" => pipeline.name.clone(), "reason" => cause.kind)
+                    .increment(rows as u64);
+                fallback_rows(&pipeline, &input, rows, &cause.message)
+            }
+        };
+        let total_us = started.elapsed().as_micros() as u64;
+        let latency = Latency {
+            features_us,
+            inference_us,
+            postprocess_us: total_us.saturating_sub(features_us + inference_us),
+            total_us,
+        };
+        record(&pipeline, &rows_out, &latency);
+        Ok(Answer {
+            rows: rows_out,
+            latency,
+        })
+    }
+
+    /// The model path: features, model, decisions and reasons. The outer `Result` is the
+    /// caller's mistake; the inner one says why the fallback must answer.
+    async fn run(
+        &self,
+        pipeline: &Pipeline,
+        input: &CallInput,
+        rows: usize,
+        now: Micros,
+        progress: &Progress,
+    ) -> Result<Result<Vec<RowAnswer>, FallbackCause>, PipelineError> {
+        let t = Instant::now();
+        let read = self.read_features(pipeline, input, rows, now).await;
+        progress
+            .features_us
+            .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let vectors = match read {
+            Ok(v) => v,
+            Err(FeatureError::Unavailable(e)) => {
+                return Ok(Err(FallbackCause {
+                    kind: "features_unavailable",
+                    message: format!("online store unavailable: {e}"),
+                }));
+            }
+            Err(FeatureError::Invalid(m)) => return Err(PipelineError::invalid(None, "request", m)),
+            Err(e) => {
+                return Ok(Err(FallbackCause {
+                    kind: "features_error",
+                    message: format!("feature read failed: {e}"),
+                }));
+            }
+        };
+
+        progress.stage.store(STAGE_MODEL, Ordering::Relaxed);
+        let t = Instant::now();
+        let mut groups: BTreeMap<ModelChoice, Vec<usize>> = BTreeMap::new();
+        for row in 0..rows {
+            groups
+                .entry(self.selector.choose(pipeline, row))
+                .or_default()
+                .push(row);
+        }
+        let mut scores = vec![0.0; rows];
+        let mut ran: Vec<(usize, String, u64, Option<Arc<ModelMeta>>)> = Vec::with_capacity(rows);
+        for (choice, members) in &groups {
+            let mut x = Vec::with_capacity(members.len() * vectors.width);
+            for &row in members {
+                x.extend_from_slice(vectors.row(row));
+            }
+            let (version, out) = match self
+                .infer(pipeline, &choice.name, &choice.version, x, members.len())
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Err(FallbackCause {
+                        kind: "model_error",
+                        message: format!("model {:?} version {:?}: {e}", choice.name, choice.version),
+                    }));
+                }
+            };
+            let meta = self.meta.get(self.models.root(), &choice.name, version);
+            if let Some(m) = &meta
+                && m.features != pipeline.feature_names
+            {
+                tracing::error!(pipeline = %pipeline.name, model = %choice.name, version, "model trained on other features");
+                return Ok(Err(FallbackCause {
+                    kind: "model_mismatch",
+                    message: format!(
+                        "model {:?} version {version} was trained on other features than feature service {:?}",
+                        choice.name, pipeline.feature_service
+                    ),
+                }));
+            }
+            for (&row, s) in members.iter().zip(out) {
+                scores[row] = s;
+                ran.push((row, choice.name.clone(), version, meta.clone()));
+            }
+        }
+        progress
+            .inference_us
+            .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        progress.stage.store(STAGE_POST, Ordering::Relaxed);
+
+        ran.sort_by_key(|r| r.0);
+        let mut answers = Vec::with_capacity(rows);
+        for (row, model_name, version, meta) in ran {
+            let score = scores[row];
+            let decision = pipeline.decide(score);
+            let reasons = match (&pipeline.fraud, &meta) {
+                (Some(f), Some(meta))
+                    if f.top_reasons > 0
+                        && meta.baseline.len() == vectors.width
+                        && (f.explain == crate::config::Explain::All || decision != Decision::Approve) =>
+                {
+                    let t = Instant::now();
+                    let r = self
+                        .explain(
+                            pipeline,
+                            &model_name,
+                            version,
+                            vectors.row(row),
+                            score,
+                            meta,
+                            f.top_reasons,
+                        )
+                        .await;
+                    progress
+                        .inference_us
+                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    r
+                }
+                _ => Vec::new(),
+            };
+            answers.push(RowAnswer {
+                score,
+                decision,
+                reasons,
+                model_name,
+                model_version: version.to_string(),
+                fallback: None,
+                cold_start: vectors.cold_start(row),
+                feature_age_us: vectors.oldest[row].map_or(0, |ts| now.saturating_sub(ts).max(0) as u64),
+            });
+        }
+        Ok(Ok(answers))
+    }
+
+    /// The model input rows of `input`: one online-store read for all of them.
+    async fn read_features<'p>(
+        &self,
+        pipeline: &'p Pipeline,
+        input: &CallInput,
+        rows: usize,
+        now: Micros,
+    ) -> Result<Vectors<'p>, FeatureError> {
+        let mut vectors = Vectors::new(pipeline, rows);
+        read_online_features(
+            &self.registry,
+            self.store.as_ref(),
+            &pipeline.refs,
+            &input.entities,
+            &input.fields,
+            now,
+            &mut vectors,
+        )
+        .await?;
+        vectors.finish();
+        Ok(vectors)
+    }
+
+    /// The feature vectors pipeline `name` gives the model for `input`'s rows, without running
+    /// it (what parity checks compare with training sets).
+    pub async fn feature_rows(
+        &self,
+        name: &str,
+        mut input: CallInput,
+        now: Micros,
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let pipeline = self.pipelines.get(name)?.clone();
+        let rows = check(&pipeline, &mut input)?;
+        let vectors = self
+            .read_features(&pipeline, &input, rows, now)
+            .await
+            .map_err(|e| PipelineError::invalid(None, "request", e.to_string()))?;
+        Ok((0..rows).map(|r| vectors.row(r).to_vec()).collect())
+    }
+
+    /// Runs `rows` feature rows on the model; returns the version that ran and each row's
+    /// score.
+    async fn infer(
+        &self,
+        pipeline: &Pipeline,
+        model: &str,
+        version: &str,
+        x: Vec<f32>,
+        rows: usize,
+    ) -> Result<(u64, Vec<f64>), ModelError> {
+        let width = x.len().checked_div(rows).unwrap_or(0);
+        let tensor = Tensor::new(
+            pipeline.model.input.clone(),
+            vec![rows, width],
+            TensorData::Fp32(x),
+        )?;
+        let (version, outputs) = self.models.infer(model, version, vec![tensor]).await?;
+        let out = outputs
+            .into_iter()
+            .find(|t| t.name == pipeline.model.output)
+            .ok_or_else(|| {
+                ModelError::Inference(format!("the model gave no output {:?}", pipeline.model.output))
+            })?;
+        let columns = if out.shape.len() >= 2 {
+            out.shape[1..].iter().product()
+        } else {
+            1
+        };
+        let at = pipeline.model.output_index;
+        if at >= columns || out.data.len() != rows * columns {
+            return Err(ModelError::Inference(format!(
+                "output {:?} has shape {:?}; the pipeline reads column {at} of {rows} rows",
+                out.name, out.shape
+            )));
+        }
+        let scores = match &out.data {
+            TensorData::Fp32(v) => (0..rows).map(|r| f64::from(v[r * columns + at])).collect(),
+            TensorData::Fp64(v) => (0..rows).map(|r| v[r * columns + at]).collect(),
+            d => {
+                return Err(ModelError::Inference(format!(
+                    "output {:?} is {}; a score must be FP32 or FP64",
+                    out.name,
+                    d.dtype()
+                )));
+            }
+        };
+        Ok((version, scores))
+    }
+
+    /// Leave one out: each feature set to its training mean in turn, all in one model run;
+    /// the features whose change moved the score most, largest first.
+    #[allow(clippy::too_many_arguments)]
+    async fn explain(
+        &self,
+        pipeline: &Pipeline,
+        model: &str,
+        version: u64,
+        row: &[f32],
+        score: f64,
+        meta: &ModelMeta,
+        top: usize,
+    ) -> Vec<Reason> {
+        let width = row.len();
+        let mut x = Vec::with_capacity(width * width);
+        let mut changed = Vec::with_capacity(width);
+        for (f, mean) in meta.baseline.iter().enumerate() {
+            let base = mean.map_or(f32::NAN, |m| m as f32);
+            // A feature already at its mean (or both missing) moved nothing.
+            if row[f] == base || (row[f].is_nan() && base.is_nan()) {
+                continue;
+            }
+            x.extend_from_slice(row);
+            x[changed.len() * width + f] = base;
+            changed.push(f);
+        }
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let n = changed.len();
+        let others = match self.infer(pipeline, model, &version.to_string(), x, n).await {
+            Ok((_, s)) => s,
+            Err(e) => {
+                tracing::warn!(pipeline = %pipeline.name, error = %e, "reasons not computed");
+                return Vec::new();
+            }
+        };
+        let mut reasons: Vec<Reason> = changed
+            .into_iter()
+            .zip(others)
+            .map(|(f, other)| Reason {
+                feature: pipeline.feature_names[f].clone(),
+                value: f64::from(row[f]),
+                contribution: score - other,
+            })
+            .filter(|r| r.contribution != 0.0)
+            .collect();
+        reasons.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+        reasons.truncate(top);
+        reasons
+    }
+}
+
+/// The fallback's answer for every row: its rule-based score and decision.
+fn fallback_rows(pipeline: &Pipeline, input: &CallInput, rows: usize, reason: &str) -> Vec<RowAnswer> {
+    let fb = &pipeline.fallback;
+    let inputs: Vec<&Vec<Value>> = fb
+        .expr
+        .inputs()
+        .iter()
+        .map(|i| match i {
+            ferrite_features::expr::Input::Request(name) => &input.fields[name],
+            // Refused when the pipeline loads.
+            ferrite_features::expr::Input::Feature { .. } => {
+                unreachable!("fallbacks read request fields only")
+            }
+        })
+        .collect();
+    (0..rows)
+        .map(|row| {
+            let args: Vec<&Value> = inputs.iter().map(|c| &c[row]).collect();
+            let score = fb
+                .expr
+                .eval(&args)
+                .ok()
+                .and_then(|v| v.as_f64())
+                .filter(|s| s.is_finite())
+                .unwrap_or(fb.default_score)
+                .clamp(0.0, 1.0);
+            RowAnswer {
+                score,
+                decision: fb.decision,
+                reasons: Vec::new(),
+                model_name: pipeline.model.name.clone(),
+                model_version: String::new(),
+                fallback: Some(reason.to_string()),
+                cold_start: false,
+                feature_age_us: 0,
+            }
+        })
+        .collect()
+}
+
+/// Per call: its stages' times; per row: its decision and whether the model or the fallback
+/// answered.
+fn record(pipeline: &Pipeline, rows: &[RowAnswer], latency: &Latency) {
+    let name = pipeline.name.clone();
+    for (stage, us) in [
+        ("features", latency.features_us),
+        ("inference", latency.inference_us),
+        ("postprocess", latency.postprocess_us),
+        ("total", latency.total_us),
+    ] {
+        metrics::histogram!("ferrite_pipeline_seconds", "pipeline" => name.clone(), "stage" => stage)
+            .record(us as f64 / 1e6);
+    }
+    for r in rows {
+        let outcome = if r.fallback.is_some() { "fallback" } else { "model" };
+        metrics::counter!(
+            "ferrite_pipeline_rows_total",
+            "pipeline" => name.clone(),
+            "outcome" => outcome,
+            "decision" => r.decision.as_str()
+        )
+        .increment(1);
+    }
+}

@@ -1,0 +1,345 @@
+//! `ferrite.v1.ScoringService`: the typed faces of the scoring pipelines (ScoreFraud and its
+//! batch form) and the generic `Score`. Translates wire messages to a pipeline call's rows
+//! and the answer back; everything else is `ferrite-pipelines`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrite_features::Value;
+use ferrite_features::value::now_micros;
+use ferrite_pipelines::{Answer, CallInput, Decision, Engine, Pipeline, PipelineError, RowAnswer};
+use ferrite_proto::ferrite::v1 as pb;
+use ferrite_proto::ferrite::v1::scoring_service_server::ScoringService;
+use tonic::{Request, Response, Status};
+
+use super::features::value_from_pb;
+use crate::AppState;
+use crate::status::ApiError;
+
+pub struct Scoring {
+    state: Arc<AppState>,
+}
+
+impl Scoring {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Scoring { state }
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.state.pipelines
+    }
+}
+
+/// The pipeline ScoreFraud runs when the request names none.
+const DEFAULT_FRAUD_PIPELINE: &str = "fraud";
+
+/// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H M S m u n).
+pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
+    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    received.checked_add(timeout)
+}
+
+// Only the columns the pipeline reads are passed (a pipeline that needs no device type
+// ignores it), named as transactions.parquet names them.
+/// A row's columns by name.
+type Columns = Vec<(String, Value)>;
+
+/// One transaction as a pipeline row's entity ids and request fields; an error names a
+/// `context` entry that repeats a field of the request.
+fn fraud_row(pipeline: &Pipeline, t: pb::ScoreFraudRequest, now: i64) -> Result<(Columns, Columns), String> {
+    use pb::score_fraud_request::{Merchant, User};
+    let mut entities = Vec::with_capacity(2);
+    let wants_key = |k: &str| pipeline.entity_keys.iter().any(|(n, _)| n == k);
+    if wants_key("user_id") {
+        match t.user {
+            Some(User::UserId(s)) => entities.push(("user_id".to_string(), Value::Str(s))),
+            Some(User::UserIdInt(i)) => entities.push(("user_id".to_string(), Value::Int(i))),
+            None => {}
+        }
+    }
+    if wants_key("merchant_id") {
+        match t.merchant {
+            Some(Merchant::MerchantId(s)) => entities.push(("merchant_id".to_string(), Value::Str(s))),
+            Some(Merchant::MerchantIdInt(i)) => entities.push(("merchant_id".to_string(), Value::Int(i))),
+            None => {}
+        }
+    }
+    let non_empty = |s: String| if s.is_empty() { Value::Null } else { Value::Str(s) };
+    let event_time = if t.event_time_us == 0 {
+        now
+    } else {
+        t.event_time_us
+    };
+    let typed = [
+        ("amount", Value::Float(t.amount)),
+        ("currency", non_empty(t.currency)),
+        ("device_type", non_empty(t.device_type)),
+        ("event_timestamp", Value::Int(event_time)),
+    ];
+    let mut fields: Vec<(String, Value)> = typed
+        .into_iter()
+        .filter(|(k, _)| pipeline.request_fields.contains_key(*k))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    for (k, v) in t.context {
+        if fields.iter().any(|(f, _)| *f == k)
+            || matches!(
+                k.as_str(),
+                "amount" | "currency" | "device_type" | "event_timestamp"
+            )
+        {
+            return Err(k);
+        }
+        fields.push((k, value_from_pb(&v)));
+    }
+    Ok((entities, fields))
+}
+
+/// The ScoreFraud name of a pipeline field, as the caller wrote it.
+fn fraud_field(field: &str) -> &str {
+    match field {
+        "event_timestamp" => "event_time_us",
+        other => other,
+    }
+}
+
+/// Names a refused field as the caller's message has it (`transactions[3].amount`).
+fn renamed(
+    e: PipelineError,
+    prefix: impl Fn(Option<usize>) -> String,
+    rename: fn(&str) -> &str,
+) -> PipelineError {
+    match e {
+        PipelineError::Invalid { row, field, message } => PipelineError::Invalid {
+            row: None,
+            field: format!("{}{}", prefix(row), rename(&field)),
+            message,
+        },
+        e => e,
+    }
+}
+
+fn decision_pb(d: Decision) -> i32 {
+    (match d {
+        Decision::Approve => pb::FraudDecision::Approve,
+        Decision::Review => pb::FraudDecision::Review,
+        Decision::Decline => pb::FraudDecision::Decline,
+    }) as i32
+}
+
+fn meta(row: &RowAnswer, answer: &Answer, include_latency: bool) -> pb::ResponseMeta {
+    pb::ResponseMeta {
+        model_name: row.model_name.clone(),
+        model_version: row.model_version.clone(),
+        variant: String::new(),
+        fallback: row.fallback.is_some(),
+        fallback_reason: row.fallback.clone().unwrap_or_default(),
+        server_latency_us: answer.latency.total_us,
+        feature_age_us: row.feature_age_us,
+        cold_start: row.cold_start,
+        latency: include_latency.then_some(pb::LatencyBreakdown {
+            features_us: answer.latency.features_us,
+            inference_us: answer.latency.inference_us,
+            postprocess_us: answer.latency.postprocess_us,
+            total_us: answer.latency.total_us,
+        }),
+    }
+}
+
+fn reasons_pb(row: &RowAnswer) -> Vec<pb::Reason> {
+    row.reasons
+        .iter()
+        .map(|r| pb::Reason {
+            feature: r.feature.clone(),
+            value: r.value,
+            contribution: r.contribution,
+        })
+        .collect()
+}
+
+impl Scoring {
+    /// Scores transactions as one pipeline call; errors name fields with `prefix(row)`.
+    async fn score_transactions(
+        &self,
+        pipeline_name: &str,
+        transactions: Vec<pb::ScoreFraudRequest>,
+        deadline: Option<Instant>,
+        prefix: impl Fn(Option<usize>) -> String,
+    ) -> Result<(Answer, Vec<String>), Status> {
+        let pipeline = self
+            .engine()
+            .pipelines()
+            .get(pipeline_name)
+            .map_err(ApiError::from)?
+            .clone();
+        let now = now_micros();
+        let mut input = CallInput::default();
+        let mut ids = Vec::with_capacity(transactions.len());
+        for (i, t) in transactions.into_iter().enumerate() {
+            ids.push(t.transaction_id.clone());
+            let (entities, fields) = fraud_row(&pipeline, t, now).map_err(|k| {
+                Status::invalid_argument(format!(
+                    "{}context: {k:?} is a field of the request itself; set it there, not in context",
+                    prefix(Some(i))
+                ))
+            })?;
+            input.push_row(entities, fields);
+        }
+        let rows = ids.len();
+        let answer = self
+            .engine()
+            .score(pipeline_name, input, deadline, now)
+            .await
+            .map_err(|e| {
+                // A single row's error carries no row number; name it as row 0 of the batch.
+                let e = match e {
+                    PipelineError::Invalid {
+                        row: None,
+                        field,
+                        message,
+                    } if rows == 1 && field != "rows" => PipelineError::Invalid {
+                        row: Some(0),
+                        field,
+                        message,
+                    },
+                    e => e,
+                };
+                ApiError::from(renamed(e, &prefix, fraud_field))
+            })?;
+        Ok((answer, ids))
+    }
+}
+
+#[tonic::async_trait]
+impl ScoringService for Scoring {
+    async fn score_fraud(
+        &self,
+        request: Request<pb::ScoreFraudRequest>,
+    ) -> Result<Response<pb::ScoreFraudResponse>, Status> {
+        let deadline = deadline(&request, Instant::now());
+        let t = request.into_inner();
+        let name = if t.pipeline.is_empty() {
+            DEFAULT_FRAUD_PIPELINE.to_string()
+        } else {
+            t.pipeline.clone()
+        };
+        let include_latency = t.include_latency;
+        let (answer, mut ids) = self
+            .score_transactions(&name, vec![t], deadline, |_| String::new())
+            .await?;
+        let row = &answer.rows[0];
+        Ok(Response::new(pb::ScoreFraudResponse {
+            score: row.score,
+            meta: Some(meta(row, &answer, include_latency)),
+            decision: decision_pb(row.decision),
+            reasons: reasons_pb(row),
+            transaction_id: ids.swap_remove(0),
+        }))
+    }
+
+    async fn score_fraud_batch(
+        &self,
+        request: Request<pb::ScoreFraudBatchRequest>,
+    ) -> Result<Response<pb::ScoreFraudBatchResponse>, Status> {
+        let deadline = deadline(&request, Instant::now());
+        let transactions = request.into_inner().transactions;
+        let Some(first) = transactions.first() else {
+            return Err(Status::invalid_argument(
+                "transactions: expected at least one transaction, got none",
+            ));
+        };
+        let name = if first.pipeline.is_empty() {
+            DEFAULT_FRAUD_PIPELINE.to_string()
+        } else {
+            first.pipeline.clone()
+        };
+        if let Some(i) = transactions.iter().position(|t| t.pipeline != first.pipeline) {
+            return Err(Status::invalid_argument(format!(
+                "transactions[{i}].pipeline: {:?}; every transaction of a batch goes to one pipeline ({:?})",
+                transactions[i].pipeline, first.pipeline
+            )));
+        }
+        let include: Vec<bool> = transactions.iter().map(|t| t.include_latency).collect();
+        let (answer, ids) = self
+            .score_transactions(&name, transactions, deadline, |row| match row {
+                Some(i) => format!("transactions[{i}]."),
+                None => "transactions.".to_string(),
+            })
+            .await?;
+        let results = answer
+            .rows
+            .iter()
+            .zip(ids)
+            .zip(include)
+            .map(|((row, id), include_latency)| pb::ScoreFraudResponse {
+                score: row.score,
+                meta: Some(meta(row, &answer, include_latency)),
+                decision: decision_pb(row.decision),
+                reasons: reasons_pb(row),
+                transaction_id: id,
+            })
+            .collect();
+        Ok(Response::new(pb::ScoreFraudBatchResponse { results }))
+    }
+
+    async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
+        let deadline = deadline(&request, Instant::now());
+        let r = request.into_inner();
+        let mut input = CallInput::default();
+        input.push_row(
+            r.entities.into_iter().map(|(k, v)| (k, value_from_pb(&v))),
+            r.fields.into_iter().map(|(k, v)| (k, value_from_pb(&v))),
+        );
+        let answer = self
+            .engine()
+            .score(&r.pipeline, input, deadline, now_micros())
+            .await
+            .map_err(ApiError::from)?;
+        let row = &answer.rows[0];
+        Ok(Response::new(pb::ScoreResponse {
+            score: row.score,
+            decision: row.decision.as_str().to_string(),
+            reasons: reasons_pb(row),
+            meta: Some(meta(row, &answer, r.include_latency)),
+        }))
+    }
+
+    async fn list_pipelines(
+        &self,
+        _request: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        let pipelines = self
+            .engine()
+            .pipelines()
+            .pipelines
+            .values()
+            .map(|p| pb::PipelineInfo {
+                name: p.name.clone(),
+                kind: p.kind.name().to_string(),
+                feature_service: p.feature_service.clone(),
+                entity_keys: p.entity_keys.iter().map(|(k, _)| k.clone()).collect(),
+                request_fields: p
+                    .request_fields
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.name().to_string()))
+                    .collect(),
+                model_name: p.model.name.clone(),
+                model_version: p.model.version.clone(),
+                budget_ms: p.budget.as_millis() as u64,
+                features: p.feature_names.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListPipelinesResponse { pipelines }))
+    }
+}
