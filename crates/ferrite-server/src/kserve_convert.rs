@@ -1,6 +1,9 @@
-//! KServe v2 wire tensors ⇄ `ferrite_models::Tensor`, and checks on what the wire allows.
+//! KServe v2 wire tensors ⇄ `ferrite_models::Tensor`, and checks on what the wire allows; a
+//! pipeline's inputs and answers as KServe tensors.
 
+use ferrite_features::{DType, Value};
 use ferrite_models::{DataType, ModelConfig, Tensor, TensorData, TensorSpec, VersionPolicy};
+use ferrite_pipelines::{CallInput, Pipeline, RowAnswer};
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
 use ferrite_proto::inference::model_infer_response::InferOutputTensor;
 use ferrite_proto::inference::model_metadata_response::TensorMetadata;
@@ -314,6 +317,277 @@ pub fn statistics(name: &str, v: &ferrite_models::repository::LoadedVersion) -> 
     }
 }
 
+// Pipelines as KServe models: entity ids and request fields in, one row per element of the
+// first dimension; the row's answer out.
+
+/// The platform a pipeline reports in ModelMetadata and ModelConfig.
+pub const PIPELINE_PLATFORM: &str = "ferrite_pipeline";
+/// A pipeline has one version: its definition. (Its model's version is an output.)
+pub const PIPELINE_VERSION: u64 = 1;
+
+/// What a pipeline input becomes in the call.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Entity,
+    Field(DType),
+}
+
+impl Column {
+    /// The datatype metadata advertises. Ids are BYTES (decimal strings) so that one input
+    /// type fits every key type.
+    fn datatype(self) -> DataType {
+        match self {
+            Column::Entity | Column::Field(DType::String) => DataType::Bytes,
+            Column::Field(DType::Float) => DataType::Fp64,
+            Column::Field(DType::Int) => DataType::Int64,
+            Column::Field(DType::Bool) => DataType::Bool,
+            Column::Field(DType::FloatVector) => DataType::Fp32,
+        }
+    }
+
+    /// Alternatives that lose nothing are accepted too (ids as integers, FP32 for FP64, INT32
+    /// for INT64); vectors become f32 either way.
+    fn accepts(self) -> &'static [DataType] {
+        use DataType::*;
+        match self {
+            Column::Entity => &[Bytes, Int64, Int32],
+            Column::Field(DType::String) => &[Bytes],
+            Column::Field(DType::Float) => &[Fp64, Fp32],
+            Column::Field(DType::Int) => &[Int64, Int32],
+            Column::Field(DType::Bool) => &[Bool],
+            Column::Field(DType::FloatVector) => &[Fp32, Fp64],
+        }
+    }
+
+    /// One row's shape after the batch dimension: a value, or a vector of any length.
+    fn dims(self) -> Vec<i64> {
+        match self {
+            Column::Field(DType::FloatVector) => vec![-1],
+            _ => vec![1],
+        }
+    }
+}
+
+/// The pipeline's inputs in metadata order: entity keys, then request fields.
+fn pipeline_columns(p: &Pipeline) -> Vec<(&str, Column)> {
+    p.entity_keys
+        .iter()
+        .map(|(k, _)| (k.as_str(), Column::Entity))
+        .chain(
+            p.request_fields
+                .iter()
+                .map(|(f, &t)| (f.as_str(), Column::Field(t))),
+        )
+        .collect()
+}
+
+const PIPELINE_OUTPUTS: [(&str, DataType); 4] = [
+    ("score", DataType::Fp64),
+    ("decision", DataType::Bytes),
+    ("fallback", DataType::Bool),
+    ("model_version", DataType::Bytes),
+];
+
+fn with_batch(dims: Vec<i64>) -> Vec<i64> {
+    std::iter::once(-1).chain(dims).collect()
+}
+
+pub fn pipeline_metadata(p: &Pipeline) -> pb::ModelMetadataResponse {
+    pb::ModelMetadataResponse {
+        name: p.name.clone(),
+        versions: vec![PIPELINE_VERSION.to_string()],
+        platform: PIPELINE_PLATFORM.into(),
+        inputs: pipeline_columns(p)
+            .into_iter()
+            .map(|(name, c)| TensorMetadata {
+                name: name.to_string(),
+                datatype: c.datatype().as_str().to_string(),
+                shape: with_batch(c.dims()),
+            })
+            .collect(),
+        outputs: PIPELINE_OUTPUTS
+            .iter()
+            .map(|(name, d)| TensorMetadata {
+                name: name.to_string(),
+                datatype: d.as_str().to_string(),
+                shape: vec![-1, 1],
+            })
+            .collect(),
+    }
+}
+
+/// As Triton describes a batching model: `max_batch_size` is the pipeline's `max_batch` and
+/// dims leave out the batch dimension, so perf_analyzer sends `[batch, 1]` per input.
+pub fn pipeline_config(p: &Pipeline) -> pb::ModelConfig {
+    use pb::model_version_policy::{PolicyChoice, Specific};
+    pb::ModelConfig {
+        name: p.name.clone(),
+        platform: PIPELINE_PLATFORM.into(),
+        backend: PIPELINE_PLATFORM.into(),
+        version_policy: Some(pb::ModelVersionPolicy {
+            policy_choice: Some(PolicyChoice::Specific(Specific {
+                versions: vec![PIPELINE_VERSION as i64],
+            })),
+        }),
+        max_batch_size: i32::try_from(p.max_batch).unwrap_or(i32::MAX),
+        input: pipeline_columns(p)
+            .into_iter()
+            .map(|(name, c)| pb::ModelInput {
+                name: name.to_string(),
+                data_type: triton_type(c.datatype()) as i32,
+                dims: c.dims(),
+            })
+            .collect(),
+        output: PIPELINE_OUTPUTS
+            .iter()
+            .map(|&(name, d)| pb::ModelOutput {
+                name: name.to_string(),
+                data_type: triton_type(d) as i32,
+                dims: vec![1],
+            })
+            .collect(),
+        model_warmup: Vec::new(),
+        dynamic_batching: None,
+    }
+}
+
+/// The call's rows from the request's tensors: every input present once, of an accepted
+/// datatype, with as many rows as the first.
+pub fn pipeline_call(p: &Pipeline, tensors: Vec<Tensor>) -> Result<CallInput, Status> {
+    let columns = pipeline_columns(p);
+    let names = || columns.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+    let mut input = CallInput::default();
+    let mut first: Option<(String, usize)> = None;
+    for t in tensors {
+        let Some(&(_, column)) = columns.iter().find(|(n, _)| *n == t.name) else {
+            return Err(invalid(format!(
+                "input {:?}: not an input of pipeline {:?}; its inputs are {:?}",
+                t.name,
+                p.name,
+                names()
+            )));
+        };
+        let target = match column {
+            Column::Entity => &mut input.entities,
+            Column::Field(_) => &mut input.fields,
+        };
+        if target.contains_key(&t.name) {
+            return Err(invalid(format!("input {:?}: given twice", t.name)));
+        }
+        let dtype = t.data.dtype();
+        if !column.accepts().contains(&dtype) {
+            let accepted: Vec<&str> = column.accepts().iter().map(|d| d.as_str()).collect();
+            return Err(invalid(format!(
+                "input {:?}: datatype {dtype}, expected {} (accepted: {})",
+                t.name,
+                column.datatype(),
+                accepted.join(", ")
+            )));
+        }
+        let Some(&rows) = t.shape.first() else {
+            return Err(invalid(format!(
+                "input {:?}: shape [] has no batch dimension; expected [rows, 1]",
+                t.name
+            )));
+        };
+        let (first_name, want) = first.get_or_insert_with(|| (t.name.clone(), rows));
+        if rows != *want {
+            return Err(invalid(format!(
+                "input {:?}: {rows} rows (shape {:?}), but input {first_name:?} has {want}; every input needs one value per row",
+                t.name, t.shape
+            )));
+        }
+        let values = column_values(&t, column, rows)?;
+        target.insert(t.name, values);
+    }
+    for (name, column) in &columns {
+        let given = match column {
+            Column::Entity => input.entities.contains_key(*name),
+            Column::Field(_) => input.fields.contains_key(*name),
+        };
+        if !given {
+            return Err(invalid(format!(
+                "input {name:?}: missing; pipeline {:?} takes inputs {:?}",
+                p.name,
+                names()
+            )));
+        }
+    }
+    Ok(input)
+}
+
+/// One value per row: shape `[rows]` or `[rows, 1]`, or `[rows, n]` for a vector field.
+fn column_values(t: &Tensor, column: Column, rows: usize) -> Result<Vec<Value>, Status> {
+    let name = &t.name;
+    if let Column::Field(DType::FloatVector) = column {
+        if t.shape.len() != 2 {
+            return Err(invalid(format!(
+                "input {name:?}: shape {:?}; expected [rows, length]",
+                t.shape
+            )));
+        }
+        let width = t.shape[1];
+        let floats: Vec<f32> = match &t.data {
+            TensorData::Fp32(v) => v.clone(),
+            TensorData::Fp64(v) => v.iter().map(|&x| x as f32).collect(),
+            _ => unreachable!("datatype checked"),
+        };
+        return Ok(if width == 0 {
+            vec![Value::FloatVec(Vec::new()); rows]
+        } else {
+            floats
+                .chunks(width)
+                .map(|c| Value::FloatVec(c.to_vec()))
+                .collect()
+        });
+    }
+    if t.data.len() != rows || t.shape.len() > 2 {
+        return Err(invalid(format!(
+            "input {name:?}: shape {:?}; expected [{rows}] or [{rows}, 1], one value per row",
+            t.shape
+        )));
+    }
+    Ok(match &t.data {
+        TensorData::Bool(v) => v.iter().map(|&b| Value::Bool(b)).collect(),
+        TensorData::Int32(v) => v.iter().map(|&i| Value::Int(i64::from(i))).collect(),
+        TensorData::Int64(v) => v.iter().map(|&i| Value::Int(i)).collect(),
+        TensorData::Fp32(v) => v.iter().map(|&x| Value::Float(f64::from(x))).collect(),
+        TensorData::Fp64(v) => v.iter().map(|&x| Value::Float(x)).collect(),
+        TensorData::Bytes(v) => v
+            .iter()
+            .enumerate()
+            .map(|(row, b)| {
+                std::str::from_utf8(b)
+                    .map(|s| Value::Str(s.to_string()))
+                    .map_err(|_| invalid(format!("input {name:?}: row {row} is not UTF-8 text")))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Every output for the answered rows, each `[rows, 1]`.
+pub fn pipeline_outputs(rows: &[RowAnswer]) -> Vec<Tensor> {
+    let shape = vec![rows.len(), 1];
+    let text = |f: fn(&RowAnswer) -> &str| {
+        TensorData::Bytes(rows.iter().map(|r| f(r).as_bytes().to_vec()).collect())
+    };
+    let data = [
+        TensorData::Fp64(rows.iter().map(|r| r.score).collect()),
+        text(|r| r.decision.as_str()),
+        TensorData::Bool(rows.iter().map(|r| r.fallback.is_some()).collect()),
+        text(|r| &r.model_version),
+    ];
+    PIPELINE_OUTPUTS
+        .iter()
+        .zip(data)
+        .map(|(&(name, _), data)| Tensor {
+            name: name.to_string(),
+            shape: shape.clone(),
+            data,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +614,27 @@ mod tests {
         assert!(s.message().contains("7 raw bytes"), "{}", s.message());
         let s = decode_raw("x", DataType::Bytes, &[5, 0, 0, 0, b'a']).unwrap_err();
         assert!(s.message().contains("truncated BYTES"), "{}", s.message());
+    }
+
+    #[test]
+    fn pipeline_columns_take_one_value_per_row() {
+        let t = |shape: Vec<usize>, data| Tensor::new("x", shape, data).unwrap();
+        let values = column_values(
+            &t(vec![2], TensorData::Fp32(vec![1.5, 2.0])),
+            Column::Field(DType::Float),
+            2,
+        );
+        assert_eq!(values.unwrap(), [Value::Float(1.5), Value::Float(2.0)]);
+        let values = column_values(&t(vec![2, 1], TensorData::Int32(vec![7, 8])), Column::Entity, 2);
+        assert_eq!(values.unwrap(), [Value::Int(7), Value::Int(8)]);
+        let vectors = t(vec![2, 3], TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let values = column_values(&vectors, Column::Field(DType::FloatVector), 2).unwrap();
+        assert_eq!(values[1], Value::FloatVec(vec![4.0, 5.0, 6.0]));
+        let s = column_values(&vectors, Column::Field(DType::Float), 2).unwrap_err();
+        assert!(s.message().contains("expected [2] or [2, 1]"), "{}", s.message());
+        let bytes = t(vec![1], TensorData::Bytes(vec![vec![0xff]]));
+        let s = column_values(&bytes, Column::Entity, 1).unwrap_err();
+        assert!(s.message().contains("not UTF-8"), "{}", s.message());
     }
 
     #[test]
