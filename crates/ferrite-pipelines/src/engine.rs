@@ -472,21 +472,23 @@ impl Engine {
 /// The fallback's answer for every row: its rule-based score and decision.
 fn fallback_rows(pipeline: &Pipeline, input: &CallInput, rows: usize, reason: &str) -> Vec<RowAnswer> {
     let fb = &pipeline.fallback;
-    let inputs: Vec<&Vec<Value>> = fb
+    // Fallbacks read request fields only (checked when the pipeline loads); anything else
+    // would read as missing.
+    let inputs: Vec<Option<&Vec<Value>>> = fb
         .expr
         .inputs()
         .iter()
         .map(|i| match i {
-            ferrite_features::expr::Input::Request(name) => &input.fields[name],
-            // Refused when the pipeline loads.
-            ferrite_features::expr::Input::Feature { .. } => {
-                unreachable!("fallbacks read request fields only")
-            }
+            ferrite_features::expr::Input::Request(name) => input.fields.get(name),
+            ferrite_features::expr::Input::Feature { .. } => None,
         })
         .collect();
     (0..rows)
         .map(|row| {
-            let args: Vec<&Value> = inputs.iter().map(|c| &c[row]).collect();
+            let args: Vec<&Value> = inputs
+                .iter()
+                .map(|c| c.and_then(|c| c.get(row)).unwrap_or(&Value::Null))
+                .collect();
             let score = fb
                 .expr
                 .eval(&args)
