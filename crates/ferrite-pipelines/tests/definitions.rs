@@ -31,7 +31,10 @@ fn a_good_file_resolves_its_inputs_from_the_feature_service() {
     assert_eq!(p.budget.as_millis(), 50);
     assert_eq!(p.max_batch, 1024);
     let keys: Vec<&str> = p.entity_keys.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(keys.contains(&"user_id") && keys.contains(&"merchant_id"), "{keys:?}");
+    assert!(
+        keys.contains(&"user_id") && keys.contains(&"merchant_id"),
+        "{keys:?}"
+    );
     assert!(p.request_fields.contains_key("amount"));
     assert_eq!(p.feature_names.len(), p.refs.len());
     let err = set.get("nope").unwrap_err().to_string();

@@ -6,7 +6,9 @@
 //! that stalls is charged for the calls queued behind the stall (no coordinated omission).
 //! Both stop at `--requests` calls or `--duration-s` seconds, whichever comes first.
 
+mod fraud;
 mod host;
+mod procs;
 mod raw;
 mod rpc;
 
@@ -26,6 +28,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 pub use host::{CpuShares, HostReport};
+pub use procs::{ProcessCpu, ServerCpu};
 pub use rpc::Rpc;
 use rpc::Target;
 
@@ -61,7 +64,8 @@ pub struct BenchArgs {
     /// one socket write each.
     #[arg(long, default_value_t = 16_384)]
     pub max_frame_size: u32,
-    /// Rows per model request (the model RPCs send `[batch, width]` inputs).
+    /// Rows per model request (the model RPCs send `[batch, width]` inputs); transactions
+    /// per `score-fraud-batch` call.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// The model the model RPCs call, instead of their example model (same inputs needed).
@@ -97,6 +101,14 @@ pub struct BenchArgs {
     /// The model repository `--with-raw` loads the model from.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
+    /// The transactions the fraud RPCs send (Parquet, the columns of the sample's
+    /// transactions.parquet); key k sends the k-th, wrapping around.
+    #[arg(long, default_value = "features/data/transactions.parquet")]
+    pub transactions: PathBuf,
+    /// The server's processes (all of them: e.g. the server and its Redis), comma-separated:
+    /// their CPU time over each measured leg is read from /proc and reported per call.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -114,7 +126,8 @@ pub struct RunReport {
     pub sent: u64,
     pub ok: u64,
     pub errors: u64,
-    /// Answers that said they were a fallback, not a model output.
+    /// Answers (for score-fraud-batch: transactions) that said they were a fallback, not a
+    /// model output.
     pub fallbacks: u64,
     /// Feature reads: the share of values answered present, in percent (none for other RPCs).
     pub present_pct: Option<f64>,
@@ -124,6 +137,8 @@ pub struct RunReport {
     pub duration_s: f64,
     pub rps: f64,
     pub latency_us: Percentiles,
+    /// With `--server-pid`: the server's CPU time over the measured calls.
+    pub server_cpu: Option<ServerCpu>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,10 +227,19 @@ impl Report {
         for raw in &self.raw {
             out.push_str(&raw.to_text());
         }
+        let per = (self.run.rpc == Rpc::ScoreFraudBatch.name()).then_some((self.batch, "transaction"));
+        let cpu = |r: &RunReport, per: Option<(usize, &str)>| {
+            r.server_cpu
+                .as_ref()
+                .map(|c| format!("       {}", c.to_text(r.ok + r.errors, per)))
+                .unwrap_or_default()
+        };
         if let Some(floor) = &self.floor {
             out.push_str(&format!("floor  {}", line(floor)));
+            out.push_str(&cpu(floor, None));
         }
         out.push_str(&format!("run    {}", line(&self.run)));
+        out.push_str(&cpu(&self.run, per));
         if self.rounds.len() > 1 {
             for (i, round) in self.rounds.iter().enumerate() {
                 out.push_str(&round.gap_text(&format!("round {}", i + 1)));
@@ -272,6 +296,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if let Some(rate) = args.rate {
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
     }
+    anyhow::ensure!(
+        args.batch == 1 || args.rpc != Rpc::ScoreFraud,
+        "score-fraud sends one transaction per call; score-fraud-batch sends --batch"
+    );
+    for (pid, sample) in args.server_pid.iter().zip(procs::read_all(&args.server_pid)) {
+        anyhow::ensure!(sample.is_some(), "--server-pid {pid}: no such process in /proc");
+    }
     let cpu_at_start = host::CpuTimes::now();
     let raw = match (args.with_raw, args.rpc.model_input()) {
         (false, _) => Vec::new(),
@@ -295,10 +326,24 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             .await??
         }
     };
+    let transactions = if args.rpc.takes_transactions() {
+        let (path, limit) = (args.transactions.clone(), args.keys);
+        let loaded = tokio::task::spawn_blocking(move || fraud::Transactions::load(&path, limit)).await??;
+        Some(Arc::new(loaded))
+    } else {
+        None
+    };
     let channels: Vec<Arc<Target>> = connect(args)
         .await?
         .into_iter()
-        .map(|c| Arc::new(Target::new(c, args.model.clone(), args.batch)))
+        .map(|c| {
+            Arc::new(Target::new(
+                c,
+                args.model.clone(),
+                args.batch,
+                transactions.clone(),
+            ))
+        })
         .collect();
     let (floor, run, rounds) = if args.with_floor {
         alternated(args, &channels).await?
@@ -416,7 +461,7 @@ impl Tally {
         match outcome {
             Ok(o) => {
                 self.ok += 1;
-                self.fallbacks += u64::from(o.fallback);
+                self.fallbacks += u64::from(o.fallbacks);
                 self.values += u64::from(o.values);
                 self.present += u64::from(o.present);
             }
@@ -465,6 +510,8 @@ struct Leg {
     skipped: u64,
     elapsed_s: f64,
     connections: usize,
+    /// With `--server-pid`: each process's CPU time over the measured calls.
+    server_cpu: Option<Vec<ProcessCpu>>,
 }
 
 impl Leg {
@@ -473,12 +520,18 @@ impl Leg {
         self.sent += other.sent;
         self.skipped += other.skipped;
         self.elapsed_s += other.elapsed_s;
+        if let (Some(mine), Some(theirs)) = (&mut self.server_cpu, &other.server_cpu) {
+            procs::add(mine, theirs);
+        }
         self
     }
 
     fn report(self, args: &BenchArgs, rpc: Rpc) -> RunReport {
         let tally = self.tally;
-        let errors = tally.errors.values().sum();
+        let errors: u64 = tally.errors.values().sum();
+        let server_cpu = self
+            .server_cpu
+            .map(|p| ServerCpu::new(p, tally.ok + errors, self.elapsed_s));
         RunReport {
             rpc: rpc.name().to_string(),
             mode: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
@@ -495,6 +548,7 @@ impl Leg {
             duration_s: self.elapsed_s,
             latency_us: percentiles(&tally.histogram),
             errors_by_code: tally.errors,
+            server_cpu,
         }
     }
 }
@@ -508,17 +562,23 @@ async fn measure(args: &BenchArgs, rpc: Rpc, channels: &[Arc<Target>]) -> anyhow
         }
     }
     let budget = Duration::from_secs_f64(args.duration_s);
+    // Read around the measured calls only; an open loop's last answers arrive before it ends.
+    let cpu_before = procs::read_all(&args.server_pid);
     let start = Instant::now();
     let (tally, sent, skipped) = match args.rate {
         None => closed_loop(args, rpc, channels, budget).await?,
         Some(rate) => open_loop(args, rpc, channels, rate, budget).await?,
     };
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let server_cpu = (!args.server_pid.is_empty())
+        .then(|| procs::between(&cpu_before, &procs::read_all(&args.server_pid), &args.server_pid));
     Ok(Leg {
         tally,
         sent,
         skipped,
-        elapsed_s: start.elapsed().as_secs_f64(),
+        elapsed_s,
         connections: channels.len(),
+        server_cpu,
     })
 }
 

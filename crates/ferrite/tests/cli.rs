@@ -31,6 +31,8 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         batch: 1,
         models: repo_root().join("models"),
         model: None,
+        transactions: repo_root().join("features/data/transactions.parquet"),
+        server_pid: Vec::new(),
         json: None,
     }
 }
@@ -557,4 +559,120 @@ fn feature_store_commands_run_end_to_end_on_the_sample_data() {
         "{stderr}"
     );
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
+/// A ScoringService that checks each transaction is complete, answers the USD ones as
+/// fallbacks and counts them, so a report's fallbacks can be compared with what it answered.
+#[derive(Clone, Default)]
+struct FakeScoring {
+    usd: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FakeScoring {
+    fn answer(
+        &self,
+        t: ferrite_proto::ferrite::v1::ScoreFraudRequest,
+    ) -> Result<ferrite_proto::ferrite::v1::ScoreFraudResponse, tonic::Status> {
+        use ferrite_proto::ferrite::v1::score_fraud_request::{Merchant, User};
+        let complete = t.amount > 0.0
+            && !t.currency.is_empty()
+            && !t.device_type.is_empty()
+            && t.event_time_us > 0
+            && !t.transaction_id.is_empty()
+            && matches!(t.user, Some(User::UserIdInt(_)))
+            && matches!(t.merchant, Some(Merchant::MerchantIdInt(_)));
+        if !complete {
+            return Err(tonic::Status::invalid_argument(format!("incomplete: {t:?}")));
+        }
+        let fallback = t.currency == "USD";
+        if fallback {
+            self.usd.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(ferrite_proto::ferrite::v1::ScoreFraudResponse {
+            score: 0.5,
+            meta: Some(ferrite_proto::ferrite::v1::ResponseMeta {
+                fallback,
+                ..Default::default()
+            }),
+            transaction_id: t.transaction_id,
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ferrite_proto::ferrite::v1::scoring_service_server::ScoringService for FakeScoring {
+    async fn score_fraud(
+        &self,
+        request: tonic::Request<ferrite_proto::ferrite::v1::ScoreFraudRequest>,
+    ) -> Result<tonic::Response<ferrite_proto::ferrite::v1::ScoreFraudResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.answer(request.into_inner())?))
+    }
+
+    async fn score_fraud_batch(
+        &self,
+        request: tonic::Request<ferrite_proto::ferrite::v1::ScoreFraudBatchRequest>,
+    ) -> Result<tonic::Response<ferrite_proto::ferrite::v1::ScoreFraudBatchResponse>, tonic::Status> {
+        let results = request
+            .into_inner()
+            .transactions
+            .into_iter()
+            .map(|t| self.answer(t))
+            .collect::<Result<_, _>>()?;
+        Ok(tonic::Response::new(
+            ferrite_proto::ferrite::v1::ScoreFraudBatchResponse { results },
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_calls_send_sample_transactions_and_count_fallbacks_and_server_cpu() {
+    let fake = FakeScoring::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ferrite_proto::ferrite::v1::scoring_service_server::ScoringServiceServer::new(fake.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut a = args(addr);
+    a.rpc = Rpc::ScoreFraud;
+    a.warmup = 0;
+    // The server is this process: its CPU time over the run is read from /proc.
+    a.server_pid = vec![std::process::id()];
+    let report = bench::run(&a).await.unwrap();
+    let run = &report.run;
+    assert_eq!((run.ok, run.errors), (300, 0), "{run:?}");
+    let usd = fake.usd.swap(0, std::sync::atomic::Ordering::Relaxed);
+    // The sample's first 1,000 transactions include USD ones, and not only those.
+    assert!(0 < usd && usd < 300, "{usd}");
+    assert_eq!(run.fallbacks, usd);
+    let cpu = run.server_cpu.as_ref().expect("server CPU read");
+    assert!(cpu.cpu_s > 0.0 && cpu.us_per_call > 0.0, "{cpu:?}");
+    assert_eq!(cpu.processes.len(), 1);
+    let text = report.to_text();
+    assert!(text.contains("server CPU per call: "), "{text}");
+
+    // Batches: every transaction of a call is answered and counted.
+    a.rpc = Rpc::ScoreFraudBatch;
+    a.batch = 8;
+    a.requests = 40;
+    a.server_pid = Vec::new();
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!((report.run.ok, report.run.errors), (40, 0), "{:?}", report.run);
+    assert_eq!(
+        report.run.fallbacks,
+        fake.usd.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(report.run.server_cpu.is_none());
+
+    // One transaction per score-fraud call; a pid that does not exist is refused up front.
+    a.rpc = Rpc::ScoreFraud;
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(err.to_string().contains("score-fraud-batch"), "{err}");
+    a.batch = 1;
+    a.server_pid = vec![u32::MAX];
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(err.to_string().contains("--server-pid"), "{err}");
 }

@@ -19,6 +19,8 @@ use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
 use prost::Message;
 use prost::bytes::Bytes;
 
+use super::fraud::{FraudAnswer, FraudBatchAnswer, Transactions};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
     /// grpc.health.v1.Health/Check: the empty-RPC floor every result is reported beside.
@@ -48,12 +50,20 @@ pub enum Rpc {
     /// The same 100 × 30 call answered feature-major (`columnar`: packed arrays).
     #[value(name = "features-100-columnar")]
     Features100Columnar,
+    /// ferrite.v1.ScoringService/ScoreFraud: one real transaction of `--transactions` (the
+    /// sample's transactions.parquet), the key picking which; encoded once, like the model
+    /// RPCs' requests. An answer whose `meta.fallback` is set counts as a fallback.
+    ScoreFraud,
+    /// ScoringService/ScoreFraudBatch: `--batch` consecutive transactions from the one the
+    /// key picks. Fallbacks are counted per transaction.
+    ScoreFraudBatch,
 }
 
 /// What the load generator reads from an answer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
-    pub fallback: bool,
+    /// Answers (of a batch call: transactions) that were the fallback, not a model output.
+    pub fallbacks: u32,
     /// Feature reads: values in the answer, and how many of them were present (a read of an
     /// empty store answers as fast as it finds nothing, so a report says what it read).
     pub values: u32,
@@ -71,6 +81,8 @@ impl Rpc {
             Rpc::Features => "features",
             Rpc::Features100 => "features-100",
             Rpc::Features100Columnar => "features-100-columnar",
+            Rpc::ScoreFraud => "score-fraud",
+            Rpc::ScoreFraudBatch => "score-fraud-batch",
         }
     }
 
@@ -81,6 +93,11 @@ impl Rpc {
             Rpc::ModelInferGbdt | Rpc::ModelStreamInferGbdt => Some(("fraud_gbdt", "X", 40)),
             _ => None,
         }
+    }
+
+    /// Whether the RPC sends the transactions of `--transactions`.
+    pub fn takes_transactions(self) -> bool {
+        matches!(self, Rpc::ScoreFraud | Rpc::ScoreFraudBatch)
     }
 
     /// One call. `key` is the entity id for RPCs that take one.
@@ -139,6 +156,40 @@ impl Rpc {
                 return Ok(Outcome {
                     values,
                     present,
+                    ..Outcome::default()
+                });
+            }
+            Rpc::ScoreFraud | Rpc::ScoreFraudBatch => {
+                let transactions = target
+                    .transactions
+                    .as_deref()
+                    .ok_or_else(|| tonic::Status::failed_precondition("no transactions loaded"))?;
+                let fallbacks = if self == Rpc::ScoreFraud {
+                    let answer: FraudAnswer = unary(
+                        channel,
+                        "/ferrite.v1.ScoringService/ScoreFraud",
+                        transactions.single(key),
+                    )
+                    .await?;
+                    u32::from(answer.fallback())
+                } else {
+                    let answer: FraudBatchAnswer = unary(
+                        channel,
+                        "/ferrite.v1.ScoringService/ScoreFraudBatch",
+                        transactions.batch(key, target.batch),
+                    )
+                    .await?;
+                    if answer.results.len() != target.batch {
+                        return Err(tonic::Status::internal(format!(
+                            "{} answers to {} transactions",
+                            answer.results.len(),
+                            target.batch
+                        )));
+                    }
+                    answer.results.iter().filter(|r| r.fallback()).count() as u32
+                };
+                return Ok(Outcome {
+                    fallbacks,
                     ..Outcome::default()
                 });
             }
@@ -205,16 +256,24 @@ pub struct Target {
     stream: OnceCell<InferStream>,
     /// The encoded requests of ModelInfer (`fraud_logreg`) and of ModelInferGbdt.
     unary: [OnceCell<Vec<Encoded>>; 2],
+    /// The fraud RPCs' transactions, shared by every connection.
+    transactions: Option<Arc<Transactions>>,
 }
 
 impl Target {
-    pub fn new(channel: Channel, model: Option<String>, batch: usize) -> Self {
+    pub fn new(
+        channel: Channel,
+        model: Option<String>,
+        batch: usize,
+        transactions: Option<Arc<Transactions>>,
+    ) -> Self {
         Target {
             channel,
             model,
             batch,
             stream: OnceCell::new(),
             unary: Default::default(),
+            transactions,
         }
     }
 }
@@ -245,25 +304,36 @@ struct InferAnswer {
 
 /// One ModelInfer call with an encoded request; an answer without outputs is an error.
 async fn infer_unary(channel: Channel, request: Encoded) -> Result<(), tonic::Status> {
+    let answer: InferAnswer = unary(channel, "/inference.GRPCInferenceService/ModelInfer", request).await?;
+    if answer.outputs.is_empty() {
+        return Err(tonic::Status::internal("an answer without outputs"));
+    }
+    Ok(())
+}
+
+/// One unary call of `path` with an encoded request, decoding the answer as `A`.
+async fn unary<A: Message + Default + Send + Sync + 'static>(
+    channel: Channel,
+    path: &'static str,
+    request: Encoded,
+) -> Result<A, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
-    let codec = ferrite_proto::codec::SliceCodec::<Encoded, InferAnswer>::default();
-    let answer = grpc.unary(tonic::Request::new(request), path, codec).await?;
-    if answer.get_ref().outputs.is_empty() {
-        return Err(tonic::Status::internal("an answer without outputs"));
-    }
-    Ok(())
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let codec = ferrite_proto::codec::SliceCodec::<Encoded, A>::default();
+    Ok(grpc
+        .unary(tonic::Request::new(request), path, codec)
+        .await?
+        .into_inner())
 }
 
 /// A message encoded once and sent as it is: on a machine the server shares, every instruction
 /// the load generator spends building a message is taken from the server (the throughput
 /// benchmark) and added to the latency it reports (the latency benchmarks).
 #[derive(Debug, Clone, Default)]
-struct Encoded(Bytes);
+pub struct Encoded(pub Bytes);
 
 impl Message for Encoded {
     fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {

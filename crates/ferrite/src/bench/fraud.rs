@@ -1,0 +1,235 @@
+//! The fraud-scoring RPCs' requests: real transactions of the sample data, each encoded once
+//! (like the model RPCs' requests), and of each answer only what the report counts decoded.
+
+use std::path::Path;
+
+use anyhow::Context;
+use ferrite_features::ParquetSource;
+use ferrite_proto::ferrite::v1::{ScoreFraudRequest, score_fraud_request};
+use polars::prelude::{DataType, IdxSize, TimeUnit, col};
+use prost::Message;
+use prost::bytes::{BufMut, Bytes, BytesMut};
+
+use super::rpc::Encoded;
+
+/// The columns of `transactions.parquet` a request is built from.
+const COLUMNS: [&str; 7] = [
+    "transaction_id",
+    "user_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "device_type",
+    "event_timestamp",
+];
+
+/// Encoded `ScoreFraudRequest`s, one per transaction; a key picks one.
+#[derive(Debug)]
+pub struct Transactions {
+    encoded: Vec<Bytes>,
+}
+
+impl Transactions {
+    /// The first `limit` transactions of the Parquet file at `path` (keys beyond them wrap
+    /// around, so only as many as keys can pick are encoded).
+    pub fn load(path: &Path, limit: u64) -> anyhow::Result<Self> {
+        let frame = ParquetSource::new(path)
+            .scan_columns(&COLUMNS)?
+            .limit(IdxSize::try_from(limit).unwrap_or(IdxSize::MAX).max(1))
+            .with_column(
+                col("event_timestamp")
+                    .dt()
+                    .timestamp(TimeUnit::Microseconds)
+                    .cast(DataType::Int64),
+            )
+            .collect()
+            .with_context(|| format!("cannot read transactions from {}", path.display()))?;
+        let int = |name: &str| -> anyhow::Result<Vec<Option<i64>>> {
+            let c = frame.column(name)?.cast(&DataType::Int64)?;
+            Ok(c.i64()?.iter().collect())
+        };
+        let text = |name: &str| -> anyhow::Result<Vec<String>> {
+            let c = frame.column(name)?.cast(&DataType::String)?;
+            Ok(c.str()?
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect())
+        };
+        let (ids, users, merchants, times) = (
+            int("transaction_id")?,
+            int("user_id")?,
+            int("merchant_id")?,
+            int("event_timestamp")?,
+        );
+        let amounts: Vec<Option<f64>> = frame
+            .column("amount")?
+            .cast(&DataType::Float64)?
+            .f64()?
+            .iter()
+            .collect();
+        let (currencies, devices) = (text("currency")?, text("device_type")?);
+        let encoded: Vec<Bytes> = (0..frame.height())
+            .map(|i| {
+                ScoreFraudRequest {
+                    transaction_id: ids[i].map(|t| t.to_string()).unwrap_or_default(),
+                    user: users[i].map(score_fraud_request::User::UserIdInt),
+                    merchant: merchants[i].map(score_fraud_request::Merchant::MerchantIdInt),
+                    amount: amounts[i].unwrap_or(0.0),
+                    currency: currencies[i].clone(),
+                    device_type: devices[i].clone(),
+                    event_time_us: times[i].unwrap_or(0),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+                .into()
+            })
+            .collect();
+        anyhow::ensure!(!encoded.is_empty(), "{} holds no transactions", path.display());
+        Ok(Transactions { encoded })
+    }
+
+    #[cfg(test)]
+    fn from_requests(requests: &[ScoreFraudRequest]) -> Self {
+        Transactions {
+            encoded: requests.iter().map(|r| r.encode_to_vec().into()).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.encoded.len()
+    }
+
+    fn pick(&self, key: u64) -> &Bytes {
+        &self.encoded[(key.saturating_sub(1) % self.encoded.len() as u64) as usize]
+    }
+
+    /// The request for key `key` (keys start at 1).
+    pub fn single(&self, key: u64) -> Encoded {
+        Encoded(self.pick(key).clone())
+    }
+
+    /// A `ScoreFraudBatchRequest` of the transactions of keys `key..key + n`: each one is
+    /// field 1 of the batch, so the batch is their encodings, each behind a tag and length.
+    pub fn batch(&self, key: u64, n: usize) -> Encoded {
+        let parts: Vec<&Bytes> = (0..n as u64).map(|i| self.pick(key + i)).collect();
+        let len: usize = parts
+            .iter()
+            .map(|p| 1 + prost::encoding::encoded_len_varint(p.len() as u64) + p.len())
+            .sum();
+        let mut buf = BytesMut::with_capacity(len);
+        for p in parts {
+            // Field 1, wire type 2 (length-delimited).
+            buf.put_u8(0x0a);
+            prost::encoding::encode_varint(p.len() as u64, &mut buf);
+            buf.put_slice(p);
+        }
+        Encoded(buf.freeze())
+    }
+}
+
+/// The part of a `ScoreFraudResponse` the load generator reads.
+#[derive(Clone, PartialEq, Message)]
+pub struct FraudAnswer {
+    #[prost(message, optional, tag = "2")]
+    pub meta: Option<MetaAnswer>,
+}
+
+/// The part of a `ResponseMeta` the load generator reads.
+#[derive(Clone, PartialEq, Message)]
+pub struct MetaAnswer {
+    #[prost(bool, tag = "4")]
+    pub fallback: bool,
+}
+
+impl FraudAnswer {
+    pub fn fallback(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.fallback)
+    }
+}
+
+/// The part of a `ScoreFraudBatchResponse` the load generator reads.
+#[derive(Clone, PartialEq, Message)]
+pub struct FraudBatchAnswer {
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<FraudAnswer>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_proto::ferrite::v1::{ResponseMeta, ScoreFraudBatchRequest, ScoreFraudResponse};
+
+    fn request(i: i64) -> ScoreFraudRequest {
+        ScoreFraudRequest {
+            transaction_id: i.to_string(),
+            user: Some(score_fraud_request::User::UserIdInt(1_000_000 + i)),
+            merchant: Some(score_fraud_request::Merchant::MerchantIdInt(2_000_000 + i)),
+            amount: 10.5 * i as f64,
+            currency: "EUR".into(),
+            device_type: "ios".into(),
+            event_time_us: 1_785_000_000_000_000 + i,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_decodes_as_the_transactions_the_keys_pick_wrapping_around() {
+        let all: Vec<_> = (1..=3).map(request).collect();
+        let t = Transactions::from_requests(&all);
+        let single = ScoreFraudRequest::decode(t.single(2).0).unwrap();
+        assert_eq!(single, all[1]);
+        let batch = ScoreFraudBatchRequest::decode(t.batch(2, 4).0).unwrap();
+        let ids: Vec<&str> = batch
+            .transactions
+            .iter()
+            .map(|r| r.transaction_id.as_str())
+            .collect();
+        assert_eq!(ids, ["2", "3", "1", "2"]);
+        assert_eq!(batch.transactions[0], all[1]);
+    }
+
+    #[test]
+    fn the_sample_transactions_become_requests_with_every_field() {
+        let path = sample_transactions();
+        let t = Transactions::load(&path, 50).unwrap();
+        assert_eq!(t.len(), 50);
+        for key in 1..=50 {
+            let r = ScoreFraudRequest::decode(t.single(key).0).unwrap();
+            assert!(r.transaction_id.parse::<i64>().unwrap() > 10_000_000, "{r:?}");
+            assert!(matches!(r.user, Some(score_fraud_request::User::UserIdInt(u)) if u > 1_000_000));
+            assert!(
+                matches!(r.merchant, Some(score_fraud_request::Merchant::MerchantIdInt(m)) if m > 2_000_000)
+            );
+            assert!(r.amount > 0.0 && ["EUR", "USD", "GBP"].contains(&r.currency.as_str()));
+            assert!(["web", "ios", "android"].contains(&r.device_type.as_str()));
+            // In the sample's range, 2026-08-01 .. 2026-10-01 UTC.
+            assert!((1_785_542_400_000_000..1_790_812_800_000_000).contains(&r.event_time_us));
+        }
+    }
+
+    fn sample_transactions() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../features/data/transactions.parquet")
+    }
+
+    #[test]
+    fn only_the_fallback_flag_is_read_from_an_answer() {
+        let answer = |fallback| ScoreFraudResponse {
+            score: 0.5,
+            meta: Some(ResponseMeta {
+                fallback,
+                model_name: "m".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let one = FraudAnswer::decode(answer(true).encode_to_vec().as_slice()).unwrap();
+        assert!(one.fallback());
+        let none = FraudAnswer::decode(ScoreFraudResponse::default().encode_to_vec().as_slice()).unwrap();
+        assert!(!none.fallback());
+        let batch = ferrite_proto::ferrite::v1::ScoreFraudBatchResponse {
+            results: vec![answer(false), answer(true), answer(true)],
+        };
+        let b = FraudBatchAnswer::decode(batch.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(b.results.iter().filter(|r| r.fallback()).count(), 2);
+    }
+}
