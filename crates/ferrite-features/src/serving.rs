@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::FeatureError;
-use crate::definitions::{FeatureRef, FeatureView, Registry};
+use crate::definitions::{FeatureRef, FeatureView, Registry, RequestView};
 use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
 use crate::value::{DType, KeyType, KeyValue, Micros, Value, encode_entity_key, now_micros};
 
@@ -126,6 +126,124 @@ pub async fn read_online_features(
     now: Micros,
     sink: &mut (impl AnswerSink + Send),
 ) -> Result<(), FeatureError> {
+    let plan = ReadPlan::new(registry, refs)?;
+    read_planned(&plan, store, entities, request, now, sink).await
+}
+
+#[derive(Debug)]
+enum Out {
+    Stored {
+        slot: usize,
+        index: usize,
+    },
+    Request {
+        view: Arc<RequestView>,
+        feature: usize,
+        inputs: Vec<Input>,
+    },
+}
+
+#[derive(Debug)]
+enum Input {
+    Field(String, DType),
+    Feature { slot: usize, index: usize },
+}
+
+/// What reading a list of feature refs takes, resolved once: the stored views to read, where
+/// each answered value comes from, and which stored values are read for the last time (and
+/// can be moved rather than copied). A caller that reads the same refs on every call (a
+/// scoring pipeline) keeps one instead of resolving names per call.
+#[derive(Debug)]
+pub struct ReadPlan {
+    views: Vec<Arc<FeatureView>>,
+    outs: Vec<Out>,
+    /// Request fields the request-time features read, with the first feature that reads each.
+    fields: Vec<(String, DType, String)>,
+    last_use: Vec<bool>,
+}
+
+impl ReadPlan {
+    pub fn new(registry: &Registry, refs: &[FeatureRef]) -> Result<ReadPlan, FeatureError> {
+        if refs.is_empty() {
+            return Err(FeatureError::Invalid("no features requested".into()));
+        }
+        // Which stored views are needed: those requested and those request features read.
+        let mut plan = Plan { views: Vec::new() };
+        let mut outs = Vec::with_capacity(refs.len());
+        let mut fields: Vec<(String, DType, String)> = Vec::new();
+        for r in refs {
+            match r {
+                FeatureRef::Stored { view, index } => {
+                    let slot = plan.view_slot(view);
+                    outs.push(Out::Stored { slot, index: *index });
+                }
+                FeatureRef::Request { view, index } => {
+                    let f = &view.features[*index];
+                    let mut inputs = Vec::new();
+                    for input in f.expr.inputs() {
+                        inputs.push(match input {
+                            crate::expr::Input::Request(name) => {
+                                let dtype = view.request_fields[name];
+                                if !fields.iter().any(|(n, _, _)| n == name) {
+                                    fields.push((name.clone(), dtype, r.name()));
+                                }
+                                Input::Field(name.clone(), dtype)
+                            }
+                            crate::expr::Input::Feature { view: v, feature } => {
+                                let fv = registry.view(v).map_err(FeatureError::NotFound)?;
+                                let index = fv.feature_index(feature).ok_or_else(|| {
+                                    FeatureError::NotFound(format!(
+                                        "feature view {v:?} has no feature {feature:?}"
+                                    ))
+                                })?;
+                                let slot = plan.view_slot(fv);
+                                Input::Feature { slot, index }
+                            }
+                        });
+                    }
+                    outs.push(Out::Request {
+                        view: view.clone(),
+                        feature: *index,
+                        inputs,
+                    });
+                }
+            }
+        }
+        // A stored value read for the last time in a row can be moved into the answer instead
+        // of copied, when the row is not shared (rows decoded for this call are not; rows held
+        // by a cache are).
+        let last_use: Vec<bool> = outs
+            .iter()
+            .enumerate()
+            .map(|(k, out)| match out {
+                Out::Stored { slot, index } => !outs[k + 1..].iter().any(|later| match later {
+                    Out::Stored { slot: s, index: i } => (s, i) == (slot, index),
+                    Out::Request { inputs, .. } => inputs.iter().any(
+                        |input| matches!(input, Input::Feature { slot: s, index: i } if (s, i) == (slot, index)),
+                    ),
+                }),
+                Out::Request { .. } => false,
+            })
+            .collect();
+        Ok(ReadPlan {
+            views: plan.views,
+            outs,
+            fields,
+            last_use,
+        })
+    }
+}
+
+/// Reads what `plan` resolved for every entity row. `entities` maps join-key names to one
+/// value per row; `request` maps request fields (for request-time features) the same way.
+pub async fn read_planned(
+    plan: &ReadPlan,
+    store: &dyn OnlineStore,
+    entities: &HashMap<String, Vec<Value>>,
+    request: &HashMap<String, Vec<Value>>,
+    now: Micros,
+    sink: &mut (impl AnswerSink + Send),
+) -> Result<(), FeatureError> {
     let n = row_count("entity key", entities)?.unwrap_or(0);
     if let Some(m) = row_count("request field", request)?
         && m != n
@@ -134,63 +252,14 @@ pub async fn read_online_features(
             "request fields have {m} values per field but there are {n} entity rows"
         )));
     }
-    if refs.is_empty() {
-        return Err(FeatureError::Invalid("no features requested".into()));
-    }
-
-    // Which stored views are needed: those requested and those request features read.
-    let mut plan = Plan { views: Vec::new() };
-    enum Out {
-        Stored { slot: usize, index: usize },
-        Request { feature: usize, inputs: Vec<Input> },
-    }
-    enum Input {
-        Field(String, DType),
-        Feature { slot: usize, index: usize },
-    }
-    let mut outs = Vec::with_capacity(refs.len());
-    let mut request_views = Vec::new();
-    for r in refs {
-        match r {
-            FeatureRef::Stored { view, index } => {
-                let slot = plan.view_slot(view);
-                outs.push(Out::Stored { slot, index: *index });
-            }
-            FeatureRef::Request { view, index } => {
-                let f = &view.features[*index];
-                let mut inputs = Vec::new();
-                for input in f.expr.inputs() {
-                    inputs.push(match input {
-                        crate::expr::Input::Request(name) => {
-                            let dtype = view.request_fields[name];
-                            if !request.contains_key(name) {
-                                return Err(FeatureError::Invalid(format!(
-                                    "request feature {} needs the request field {name:?} ({dtype})",
-                                    r.name()
-                                )));
-                            }
-                            Input::Field(name.clone(), dtype)
-                        }
-                        crate::expr::Input::Feature { view: v, feature } => {
-                            let fv = registry.view(v).map_err(FeatureError::NotFound)?;
-                            let index = fv.feature_index(feature).ok_or_else(|| {
-                                FeatureError::NotFound(format!(
-                                    "feature view {v:?} has no feature {feature:?}"
-                                ))
-                            })?;
-                            let slot = plan.view_slot(fv);
-                            Input::Feature { slot, index }
-                        }
-                    });
-                }
-                request_views.push(view.clone());
-                outs.push(Out::Request {
-                    feature: *index,
-                    inputs,
-                });
-            }
+    for (name, dtype, feature) in &plan.fields {
+        if !request.contains_key(name) {
+            return Err(FeatureError::Invalid(format!(
+                "request feature {feature} needs the request field {name:?} ({dtype})"
+            )));
         }
     }
+    let (outs, last_use) = (&plan.outs, &plan.last_use);
 
     // One key per (view, entity row); one read for all of them. Views with the same join keys
     // (the usual case) share the entity strings.
@@ -266,22 +335,6 @@ pub async fn read_online_features(
             }
         })
         .collect();
-    // A stored value read for the last time in a row can be moved into the answer instead of
-    // copied, when the row is not shared (rows decoded for this call are not; rows held by a
-    // cache are).
-    let last_use: Vec<bool> = outs
-        .iter()
-        .enumerate()
-        .map(|(k, out)| match out {
-            Out::Stored { slot, index } => !outs[k + 1..].iter().any(|later| match later {
-                Out::Stored { slot: s, index: i } => (s, i) == (slot, index),
-                Out::Request { inputs, .. } => inputs.iter().any(
-                    |input| matches!(input, Input::Feature { slot: s, index: i } if (s, i) == (slot, index)),
-                ),
-            }),
-            Out::Request { .. } => false,
-        })
-        .collect();
     let missing = FeatureValue {
         value: Value::Null,
         status: Status::NotFound,
@@ -290,7 +343,6 @@ pub async fn read_online_features(
     // Rows index several columns (stored rows, request fields) at once.
     #[allow(clippy::needless_range_loop)]
     for row in 0..n {
-        let mut request_view = request_views.iter();
         for (k, out) in outs.iter().enumerate() {
             let value = match out {
                 Out::Stored { slot, index } => {
@@ -313,8 +365,11 @@ pub async fn read_online_features(
                         },
                     }
                 }
-                Out::Request { feature, inputs } => {
-                    let view = request_view.next().expect("one request view per request output");
+                Out::Request {
+                    view,
+                    feature,
+                    inputs,
+                } => {
                     let f = &view.features[*feature];
                     let mut input_values: Vec<&Value> = Vec::with_capacity(inputs.len());
                     let mut bad_field = None;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrite_features::serving::read_online_features;
-use ferrite_features::{FeatureError, Micros, OnlineStore, Registry, Value};
+use ferrite_features::serving::read_planned;
+use ferrite_features::{FeatureError, Micros, OnlineStore, Value};
 use ferrite_models::{ModelError, ModelRepository, Tensor, TensorData};
 
 use crate::PipelineError;
@@ -61,7 +61,6 @@ pub struct Answer {
 
 /// Runs the declared pipelines.
 pub struct Engine {
-    registry: Arc<Registry>,
     store: Arc<dyn OnlineStore>,
     models: Arc<ModelRepository>,
     pipelines: PipelineSet,
@@ -94,14 +93,8 @@ struct FallbackCause {
 }
 
 impl Engine {
-    pub fn new(
-        registry: Arc<Registry>,
-        store: Arc<dyn OnlineStore>,
-        models: Arc<ModelRepository>,
-        pipelines: PipelineSet,
-    ) -> Engine {
+    pub fn new(store: Arc<dyn OnlineStore>, models: Arc<ModelRepository>, pipelines: PipelineSet) -> Engine {
         Engine {
-            registry,
             store,
             models,
             pipelines,
@@ -336,10 +329,9 @@ impl Engine {
         now: Micros,
     ) -> Result<Vectors<'p>, FeatureError> {
         let mut vectors = Vectors::new(pipeline, rows);
-        read_online_features(
-            &self.registry,
+        read_planned(
+            &pipeline.plan,
             self.store.as_ref(),
-            &pipeline.refs,
             &input.entities,
             &input.fields,
             now,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_features::expr::{Expr, Input};
+use ferrite_features::serving::ReadPlan;
 use ferrite_features::{DType, FeatureRef, KeyType, Registry};
 
 use crate::PipelineError;
@@ -56,6 +57,8 @@ pub struct Pipeline {
     pub feature_service: String,
     /// The model's input vector: these features, in this order.
     pub refs: Vec<FeatureRef>,
+    /// How the online store is read for them, resolved once.
+    pub plan: Arc<ReadPlan>,
     /// Each ref's feature name (the training set's column name).
     pub feature_names: Vec<String>,
     /// Join keys a call must carry, with their types.
@@ -210,12 +213,14 @@ impl Pipeline {
             }
         };
         let fallback = resolve_fallback(path, file.fallback, &request_fields)?;
+        let plan = ReadPlan::new(registry, &refs).map_err(|e| bad(format!("feature_service: {e}")))?;
         Ok(Pipeline {
             name,
             kind: file.kind,
             description: file.description,
             feature_service: file.feature_service,
             refs,
+            plan: Arc::new(plan),
             feature_names,
             entity_keys,
             request_fields,

@@ -153,8 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         pipelines = ?pipeline_set.pipelines.keys().collect::<Vec<_>>(),
         "scoring pipelines ready"
     );
-    let pipelines =
-        ferrite_pipelines::Engine::new(registry.clone(), store.clone(), models.clone(), pipeline_set);
+    let pipelines = ferrite_pipelines::Engine::new(store.clone(), models.clone(), pipeline_set);
     // Start-up, not a request: reading the models' small metadata files here is fine.
     pipelines.preload();
     let features = Arc::new(services::features::FeatureState { registry, store });

@@ -67,7 +67,7 @@ pub async fn embedded_store() -> Arc<dyn OnlineStore> {
 
 pub fn engine(registry: Arc<Registry>, store: Arc<dyn OnlineStore>, models: Arc<ModelRepository>) -> Engine {
     let pipelines = PipelineSet::load(&repo_root().join("pipelines"), &registry).unwrap();
-    let engine = Engine::new(registry, store, models, pipelines);
+    let engine = Engine::new(store, models, pipelines);
     engine.preload();
     engine
 }
