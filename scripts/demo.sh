@@ -39,8 +39,11 @@ echo "==> latency: 2000 health checks (the empty-RPC floor) from the load genera
 echo "==> latency: 2000 GetOnlineFeatures calls, 1 user x 30 features, beside the floor" >&2
 "$bin" bench --addr "$GRPC_ADDR" --rpc features --keys 2000 --requests 2000 --concurrency 1 --with-floor
 
+echo "==> latency: 2000 ScoreFraud calls (130 features, 400-tree GBDT, decision) beside the floor" >&2
+"$bin" bench --addr "$GRPC_ADDR" --rpc score-fraud --keys 2000 --requests 2000 --concurrency 1 --with-floor
+
 echo "==> metrics: http://$METRICS_ADDR/metrics" >&2
-curl -s "http://$METRICS_ADDR/metrics" | grep '^ferrite_grpc_requests_total' | head -n 5
+curl -s "http://$METRICS_ADDR/metrics" | grep -E '^ferrite_(grpc_requests|pipeline_rows)_total' | head -n 8
 
 if [ -t 0 ]; then
   echo "==> serving on $GRPC_ADDR (log: $log); Ctrl-C to stop" >&2
