@@ -518,28 +518,15 @@ async fn tritonclient_works_unchanged() {
     server.shutdown().await.unwrap();
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_broken_model_is_refused_and_the_working_versions_keep_serving() {
     let repo = tempfile::tempdir().unwrap();
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_logreg"),
         &repo.path().join("fraud_logreg"),
     );
     // A model whose config promises an output the ONNX file does not have.
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_logreg"),
         &repo.path().join("mismatched"),
     );
@@ -749,7 +736,7 @@ async fn statistics_count_successes_failures_and_batch_sizes() {
 #[tokio::test]
 async fn the_server_picks_up_a_new_version_dropped_into_the_repository() {
     let repo = tempfile::tempdir().unwrap();
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_logreg"),
         &repo.path().join("fraud_logreg"),
     );
@@ -801,7 +788,7 @@ async fn serve_batched_logreg(
     preferred: usize,
 ) -> (tempfile::TempDir, ferrite_server::RunningServer, Channel) {
     let repo = tempfile::tempdir().unwrap();
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_logreg"),
         &repo.path().join("fraud_logreg"),
     );

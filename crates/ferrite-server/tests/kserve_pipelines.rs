@@ -500,27 +500,14 @@ async fn bad_inputs_are_refused_naming_the_input() {
     server.shutdown().await.unwrap();
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_loaded_model_of_the_same_name_wins_over_the_pipeline() {
     let repo = tempfile::tempdir().unwrap();
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_txn_gbdt"),
         &repo.path().join("fraud_txn_gbdt"),
     );
-    copy_dir(
+    common::copy_dir(
         &repo_root().join("models/fraud_logreg"),
         &repo.path().join("fraud"),
     );
