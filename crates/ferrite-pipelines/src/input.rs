@@ -102,7 +102,8 @@ pub fn check(pipeline: &Pipeline, input: &mut CallInput) -> Result<usize, Pipeli
             *v =
                 typed(std::mem::take(v), *dtype).map_err(|m| PipelineError::invalid(at, field.clone(), m))?;
             if let Some(rule) = rule {
-                check_rule(v, rule).map_err(|m| PipelineError::invalid(at, field.clone(), m))?;
+                rule.check(v, 0)
+                    .map_err(|m| PipelineError::invalid(at, field.clone(), m))?;
             }
         }
     }
@@ -158,25 +159,4 @@ fn typed(v: Value, dtype: DType) -> Result<Value, String> {
             v.dtype().map(|t| t.name()).unwrap_or("null")
         )),
     }
-}
-
-fn check_rule(v: &Value, rule: &crate::config::FieldRule) -> Result<(), String> {
-    if let Some(x) = v.as_f64() {
-        if let Some(min) = rule.min
-            && x < min
-        {
-            return Err(format!("expected at least {min}, got {x}"));
-        }
-        if let Some(max) = rule.max
-            && x > max
-        {
-            return Err(format!("expected at most {max}, got {x}"));
-        }
-    }
-    if let (Some(allowed), Value::Str(s)) = (&rule.allowed, v)
-        && !allowed.contains(s)
-    {
-        return Err(format!("expected one of {allowed:?}, got {s:?}"));
-    }
-    Ok(())
 }

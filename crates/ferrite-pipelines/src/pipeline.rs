@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrite_features::definitions::Rules;
 use ferrite_features::expr::{Expr, Input};
 use ferrite_features::serving::ReadPlan;
 use ferrite_features::{DType, FeatureRef, KeyType, Registry};
 
 use crate::PipelineError;
-use crate::config::{FallbackSection, FieldRule, FraudSection, Kind, ModelSection, PipelineFile};
+use crate::config::{FallbackSection, FraudSection, Kind, ModelSection, PipelineFile};
 
 /// What a fraud pipeline decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,8 @@ pub struct Pipeline {
     pub entity_keys: Vec<(String, KeyType)>,
     /// Request fields a call must carry, with their types.
     pub request_fields: BTreeMap<String, DType>,
-    pub field_rules: BTreeMap<String, FieldRule>,
+    /// Checks on request fields beyond their types (the feature store's rules).
+    pub field_rules: BTreeMap<String, Rules>,
     pub budget: Duration,
     pub max_batch: usize,
     pub model: ModelSection,
@@ -224,7 +226,21 @@ impl Pipeline {
             feature_names,
             entity_keys,
             request_fields,
-            field_rules: file.field_rules,
+            field_rules: file
+                .field_rules
+                .into_iter()
+                .map(|(field, r)| {
+                    let rules = Rules {
+                        min: r.min,
+                        max: r.max,
+                        allowed: r
+                            .allowed
+                            .map(|a| a.into_iter().map(ferrite_features::Value::Str).collect()),
+                        ..Rules::default()
+                    };
+                    (field, rules)
+                })
+                .collect(),
             budget: Duration::from_millis(file.budget_ms),
             max_batch: file.max_batch,
             model: file.model,

@@ -254,7 +254,7 @@ async fn bad_input_names_the_field_and_what_was_expected() {
     invalid(
         call(transactions(&[negative])).await.unwrap_err(),
         "amount",
-        "at least 0",
+        "below the minimum 0",
     );
     let mut currency = row();
     currency.currency = "XYZ".into();
