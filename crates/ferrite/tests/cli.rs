@@ -303,7 +303,15 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     a.requests = 40;
     a.with_floor = true;
     let report = bench::run(&a).await.unwrap();
-    assert_eq!((report.run.ok, report.run.errors), (40, 0), "{:?}", report.run);
+    // Every scheduled call is sent or, when the generator falls behind on a busy machine,
+    // counted as skipped: never lost, never an error.
+    assert_eq!(
+        (report.run.ok + report.run.skipped, report.run.errors),
+        (40, 0),
+        "{:?}",
+        report.run
+    );
+    assert!(report.run.ok > 0, "{:?}", report.run);
     let raw: Vec<(usize, u64, Option<f64>)> = report.raw.iter().map(|r| (r.batch, r.calls, r.rate)).collect();
     assert_eq!(raw, [(1, 40, None), (64, 100, None), (1, 40, Some(500.0))]);
     let text = report.to_text();
