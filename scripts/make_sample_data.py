@@ -550,16 +550,19 @@ def user_profile_table(seed, U):
     })
 
 
-def user_stats_table(seed, T, O, U):
-    r = rng(seed, "user_stats")
-    # Snapshots: one per (user, hour with a transaction), at the end of that hour.
+def hourly_snapshots(T):
+    """One snapshot per (user, hour with a transaction), at the end of that hour. Per
+    transaction: its hour bin and (user, hour) key; per snapshot: its last transaction, key,
+    user, time, and the end (exclusive) of its transactions."""
     bins = ceil_div(T.ts - START, HOUR)
     key = T.u * BIG + bins
     last = np.nonzero(np.r_[key[1:] != key[:-1], True])[0]
-    q = key[last]
-    su = T.u[last]
-    snap_ts = START + bins[last] * HOUR
-    hi = last + 1
+    return bins, key, last, key[last], T.u[last], START + bins[last] * HOUR, last + 1
+
+
+def user_stats_table(seed, T, O, U):
+    r = rng(seed, "user_stats")
+    bins, key, last, q, su, snap_ts, hi = hourly_snapshots(T)
     lo = {w: window_lo(key, q, w) for w in (1, 24, 168, 720)}
     n = {w: hi - lo[w] for w in lo}
     p1 = prefix(T.cents)
@@ -757,14 +760,8 @@ def window_share(flag, lo, hi, n):
 
 def user_geo_device_table(seed, T, U, M):
     r = rng(seed, "user_geo_device")
-    # The same snapshots as user_stats: one per (user, hour with a transaction), at its end.
-    bins = ceil_div(T.ts - START, HOUR)
-    key = T.u * BIG + bins
-    last = np.nonzero(np.r_[key[1:] != key[:-1], True])[0]
-    q = key[last]
-    su = T.u[last]
-    snap_ts = START + bins[last] * HOUR
-    hi = last + 1
+    # The same snapshots as user_stats.
+    bins, key, last, q, su, snap_ts, hi = hourly_snapshots(T)
     lo = {w: window_lo(key, q, w) for w in (1, 6, 168, 720)}
     n30 = hi - lo[720]
     cents = prefix(T.cents)
