@@ -35,14 +35,7 @@ set_halt_poll
 sleep 0.5
 
 config() { # $1 store kind, $2 file
-  cat >"$2" <<CFG
-[log]
-level = "info"
-[models]
-repository = "$PWD/models"
-poll_interval_s = 0
-[features]
-repository = "$PWD/features"
+  write_config "$2" <<CFG
 data_dir = "$DATA"
 online_store = "$1"
 embedded_path = "$OUT/embedded"

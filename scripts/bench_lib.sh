@@ -3,6 +3,17 @@
 # A free loopback port.
 port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
+# Writes a config to $1: the repository's models (hot reload off) and feature definitions,
+# info logs, then the lines on stdin, which continue the [features] table (store keys) or add
+# tables of their own.
+write_config() {
+  {
+    printf '[log]\nlevel = "info"\n[models]\nrepository = "%s/models"\npoll_interval_s = 0\n' "$PWD"
+    printf '[features]\nrepository = "%s/features"\n' "$PWD"
+    cat
+  } >"$1"
+}
+
 # Starts `ferrite serve --config $1` on free loopback ports; sets server (its pid) and ADDR.
 serve() {
   on_server_cpu "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &

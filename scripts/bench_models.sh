@@ -23,16 +23,9 @@ trap '[ -z "$server" ] || stop; restore_halt_poll' EXIT
 set_halt_poll
 
 config() { # $1 async worker threads (0: one per core), $2 file
-  cat >"$2" <<CFG
+  write_config "$2" <<CFG
 [server]
 worker_threads = $1
-[log]
-level = "info"
-[models]
-repository = "$PWD/models"
-poll_interval_s = 0
-[features]
-repository = "$PWD/features"
 CFG
 }
 config 0 "$OUT/default.toml"

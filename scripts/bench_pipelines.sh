@@ -92,14 +92,7 @@ peer_redis=$!
 sleep 0.5
 
 echo "==> Ferrite: materialize into Redis :$FERRITE_REDIS" >&2
-cat >"$OUT/ferrite.toml" <<CFG
-[log]
-level = "info"
-[models]
-repository = "$PWD/models"
-poll_interval_s = 0
-[features]
-repository = "$PWD/features"
+write_config "$OUT/ferrite.toml" <<CFG
 data_dir = "$DATA"
 online_store = "redis"
 redis_url = "redis://127.0.0.1:$FERRITE_REDIS/0"
