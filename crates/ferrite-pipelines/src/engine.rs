@@ -66,6 +66,7 @@ pub struct Engine {
     pipelines: PipelineSet,
     selector: Arc<dyn ModelSelector>,
     meta: MetaCache,
+    meters: std::collections::HashMap<String, Meters>,
 }
 
 /// How long before the deadline the work stops and the fallback answers: enough to build and
@@ -94,7 +95,13 @@ struct FallbackCause {
 
 impl Engine {
     pub fn new(store: Arc<dyn OnlineStore>, models: Arc<ModelRepository>, pipelines: PipelineSet) -> Engine {
+        let meters = pipelines
+            .pipelines
+            .keys()
+            .map(|name| (name.clone(), Meters::new(name)))
+            .collect();
         Engine {
+            meters,
             store,
             models,
             pipelines,
@@ -186,7 +193,9 @@ impl Engine {
             postprocess_us: total_us.saturating_sub(features_us + inference_us),
             total_us,
         };
-        record(&pipeline, &rows_out, &latency);
+        if let Some(m) = self.meters.get(&pipeline.name) {
+            m.record(&rows_out, &latency);
+        }
         Ok(Answer {
             rows: rows_out,
             latency,
@@ -503,27 +512,57 @@ fn fallback_rows(pipeline: &Pipeline, input: &CallInput, rows: usize, reason: &s
         .collect()
 }
 
-/// Per call: its stages' times; per row: its decision and whether the model or the fallback
-/// answered.
-fn record(pipeline: &Pipeline, rows: &[RowAnswer], latency: &Latency) {
-    let name = pipeline.name.clone();
-    for (stage, us) in [
-        ("features", latency.features_us),
-        ("inference", latency.inference_us),
-        ("postprocess", latency.postprocess_us),
-        ("total", latency.total_us),
-    ] {
-        metrics::histogram!("ferrite_pipeline_seconds", "pipeline" => name.clone(), "stage" => stage)
-            .record(us as f64 / 1e6);
+/// A pipeline's metric handles, registered once when the engine starts rather than looked up
+/// by their labels on every call.
+struct Meters {
+    /// `ferrite_pipeline_seconds` by stage: features, inference, postprocess, total.
+    stages: [metrics::Histogram; 4],
+    /// `ferrite_pipeline_rows_total` by outcome (model, fallback) and decision.
+    rows: [[metrics::Counter; 3]; 2],
+}
+
+const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Review, Decision::Decline];
+
+impl Meters {
+    fn new(pipeline: &str) -> Meters {
+        let stage = |stage: &'static str| metrics::histogram!("ferrite_pipeline_seconds", "pipeline" => pipeline.to_string(), "stage" => stage);
+        let rows = |outcome: &'static str| {
+            DECISIONS.map(|d| {
+                metrics::counter!(
+                    "ferrite_pipeline_rows_total",
+                    "pipeline" => pipeline.to_string(),
+                    "outcome" => outcome,
+                    "decision" => d.as_str()
+                )
+            })
+        };
+        Meters {
+            stages: [
+                stage("features"),
+                stage("inference"),
+                stage("postprocess"),
+                stage("total"),
+            ],
+            rows: [rows("model"), rows("fallback")],
+        }
     }
-    for r in rows {
-        let outcome = if r.fallback.is_some() { "fallback" } else { "model" };
-        metrics::counter!(
-            "ferrite_pipeline_rows_total",
-            "pipeline" => name.clone(),
-            "outcome" => outcome,
-            "decision" => r.decision.as_str()
-        )
-        .increment(1);
+
+    /// Per call: its stages' times; per row: its decision and whether the model or the
+    /// fallback answered.
+    fn record(&self, rows: &[RowAnswer], latency: &Latency) {
+        let times = [
+            latency.features_us,
+            latency.inference_us,
+            latency.postprocess_us,
+            latency.total_us,
+        ];
+        for (h, us) in self.stages.iter().zip(times) {
+            h.record(us as f64 / 1e6);
+        }
+        for r in rows {
+            let outcome = usize::from(r.fallback.is_some());
+            let decision = DECISIONS.iter().position(|d| *d == r.decision).unwrap_or(0);
+            self.rows[outcome][decision].increment(1);
+        }
     }
 }

@@ -144,6 +144,17 @@ async fn an_unloaded_model_gets_the_fallback_and_it_is_counted() {
                 && l.contains("reason=\"model_error\"")),
         "{text}"
     );
+    assert!(
+        text.lines().any(|l| l.starts_with("ferrite_pipeline_rows_total")
+            && l.contains("outcome=\"fallback\"")
+            && l.contains("decision=\"review\"")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ferrite_pipeline_seconds_count") && l.contains("stage=\"total\"")),
+        "{text}"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -52,6 +52,10 @@ pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Ins
 
 // Only the columns the pipeline reads are passed (a pipeline that needs no device type
 // ignores it), named as transactions.parquet names them.
+/// The pipeline fields a ScoreFraud request sets itself (the columns of transactions.parquet),
+/// in the order `fraud_row` gives their values.
+const TRANSACTION_FIELDS: [&str; 4] = ["amount", "currency", "device_type", "event_timestamp"];
+
 /// A row's columns by name.
 type Columns = Vec<(String, Value)>;
 
@@ -81,24 +85,20 @@ fn fraud_row(pipeline: &Pipeline, t: pb::ScoreFraudRequest, now: i64) -> Result<
     } else {
         t.event_time_us
     };
-    let typed = [
-        ("amount", Value::Float(t.amount)),
-        ("currency", non_empty(t.currency)),
-        ("device_type", non_empty(t.device_type)),
-        ("event_timestamp", Value::Int(event_time)),
+    let values = [
+        Value::Float(t.amount),
+        non_empty(t.currency),
+        non_empty(t.device_type),
+        Value::Int(event_time),
     ];
-    let mut fields: Vec<(String, Value)> = typed
+    let mut fields: Vec<(String, Value)> = TRANSACTION_FIELDS
         .into_iter()
+        .zip(values)
         .filter(|(k, _)| pipeline.request_fields.contains_key(*k))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     for (k, v) in t.context {
-        if fields.iter().any(|(f, _)| *f == k)
-            || matches!(
-                k.as_str(),
-                "amount" | "currency" | "device_type" | "event_timestamp"
-            )
-        {
+        if TRANSACTION_FIELDS.contains(&k.as_str()) {
             return Err(k);
         }
         fields.push((k, value_from_pb(&v)));
