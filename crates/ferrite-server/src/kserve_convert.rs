@@ -530,7 +530,12 @@ fn column_values(t: &Tensor, column: Column, rows: usize) -> Result<Vec<Value>, 
         let floats: Vec<f32> = match &t.data {
             TensorData::Fp32(v) => v.clone(),
             TensorData::Fp64(v) => v.iter().map(|&x| x as f32).collect(),
-            _ => unreachable!("datatype checked"),
+            d => {
+                return Err(invalid(format!(
+                    "input {name:?}: datatype {}, expected FP32 or FP64",
+                    d.dtype()
+                )));
+            }
         };
         return Ok(if width == 0 {
             vec![Value::FloatVec(Vec::new()); rows]

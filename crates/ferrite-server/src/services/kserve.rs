@@ -293,7 +293,7 @@ impl GrpcInferenceService for KServe {
         &self,
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = super::scoring::deadline(&req, Instant::now());
+        let deadline = super::deadline(&req, Instant::now());
         infer(
             self.state.clone(),
             self.pipeline_stats.clone(),
@@ -309,7 +309,7 @@ impl GrpcInferenceService for KServe {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
         // The stream's deadline bounds each of its requests.
-        let deadline = super::scoring::deadline(&req, Instant::now());
+        let deadline = super::deadline(&req, Instant::now());
         Ok(Response::new(Box::pin(stream_answers(
             self.state.clone(),
             self.pipeline_stats.clone(),

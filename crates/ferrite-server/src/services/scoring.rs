@@ -3,7 +3,7 @@
 //! and the answer back; everything else is `ferrite-pipelines`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferrite_features::Value;
 use ferrite_features::value::now_micros;
@@ -12,6 +12,7 @@ use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::scoring_service_server::ScoringService;
 use tonic::{Request, Response, Status};
 
+use super::deadline;
 use super::features::value_from_pb;
 use crate::AppState;
 use crate::status::ApiError;
@@ -32,23 +33,6 @@ impl Scoring {
 
 /// The pipeline ScoreFraud runs when the request names none.
 const DEFAULT_FRAUD_PIPELINE: &str = "fraud";
-
-/// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H M S m u n).
-pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
-    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    };
-    received.checked_add(timeout)
-}
 
 // Only the columns the pipeline reads are passed (a pipeline that needs no device type
 // ignores it), named as transactions.parquet names them.
