@@ -37,6 +37,10 @@ pub enum OutputActivation {
     None,
     Sigmoid,
     Softmax,
+    /// e^x per value: a positive rate (e.g. expected units sold) from a log-rate layer.
+    Exp,
+    /// Each row divided by its L2 norm (a zero row stays zero): embeddings for cosine search.
+    L2Normalize,
 }
 
 /// The weights files the candle backend reads, told apart by their extension.
@@ -179,11 +183,7 @@ impl ModelBackend for CandleModel {
             Net::Mlp(m) => m.forward(&x)?,
             Net::WideDeep(m) => m.forward(&x)?,
         };
-        let y = match self.output {
-            OutputActivation::None => y,
-            OutputActivation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
-            OutputActivation::Softmax => candle_nn::ops::softmax_last_dim(&y)?,
-        };
+        let y = activate(y, self.output)?;
         let (r, c) = y.dims2()?;
         let data = y.flatten_all()?.to_vec1::<f32>()?;
         Ok(vec![Tensor::new(
@@ -191,5 +191,50 @@ impl ModelBackend for CandleModel {
             vec![r, c],
             TensorData::Fp32(data),
         )?])
+    }
+}
+
+/// The configured activation on the last layer's `[rows, columns]` output.
+fn activate(y: candle_core::Tensor, output: OutputActivation) -> Result<candle_core::Tensor, ModelError> {
+    Ok(match output {
+        OutputActivation::None => y,
+        OutputActivation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
+        OutputActivation::Softmax => candle_nn::ops::softmax_last_dim(&y)?,
+        OutputActivation::Exp => y.exp()?,
+        OutputActivation::L2Normalize => {
+            let norm = y.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(f32::MIN_POSITIVE)?;
+            y.broadcast_div(&norm)?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{OutputActivation, activate};
+
+    fn run(output: OutputActivation, rows: &[[f32; 2]]) -> Vec<Vec<f32>> {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let y = Tensor::from_vec(flat, (rows.len(), 2), &Device::Cpu).unwrap();
+        activate(y, output).unwrap().to_vec2().unwrap()
+    }
+
+    #[test]
+    fn exp_gives_e_to_the_value() {
+        let out = run(OutputActivation::Exp, &[[0.0, 1.0], [-2.0, 0.5]]);
+        let want = [[1.0, 1f32.exp()], [(-2f32).exp(), 0.5f32.exp()]];
+        for (o, w) in out.iter().flatten().zip(want.iter().flatten()) {
+            assert!((o - w).abs() < 1e-6, "{o} vs {w}");
+        }
+    }
+
+    #[test]
+    fn l2_normalize_makes_each_row_unit_length_and_keeps_a_zero_row_zero() {
+        let out = run(
+            OutputActivation::L2Normalize,
+            &[[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]],
+        );
+        assert_eq!(out, vec![vec![0.6, 0.8], vec![0.0, 0.0], vec![-1.0, 0.0]]);
     }
 }
