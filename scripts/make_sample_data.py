@@ -52,12 +52,15 @@ class Size:
     txns: int
     orders: int
     zstd_level: int
+    sessions: int  # recommendation sessions of SLATE impressions each
 
 
 SIZES = {
-    "small": Size(days=60, users=2_000, merchants=200, items=500, txns=30_000, orders=8_000, zstd_level=19),
+    "small": Size(days=60, users=2_000, merchants=200, items=500, txns=30_000, orders=8_000, zstd_level=19,
+                  sessions=15_000),
     "large": Size(
-        days=90, users=150_000, merchants=5_000, items=20_000, txns=3_700_000, orders=950_000, zstd_level=3
+        days=90, users=150_000, merchants=5_000, items=20_000, txns=3_700_000, orders=950_000, zstd_level=3,
+        sessions=600_000,
     ),
 }
 
@@ -889,6 +892,224 @@ def merchant_risk_table(seed, cfg, T, U, M):
     return pa.table(out)
 
 
+# ----------------------------------------------------------------------------------------------
+# Recommendation and pricing tables. Written after every other table, from the users and items
+# above and their own random stages, so that the files above are the same bytes with or
+# without them.
+
+SLATE = 10  # items shown per session (positions 0..9)
+POPULAR_SLOT_SHARE = 0.5  # the logging policy fills a slot by popularity, else uniformly
+TARGET_CTR, TARGET_CVR = 0.06, 0.2  # mean click rate of impressions, purchase rate of clicks
+TASTE_WINDOW_DAYS = 30
+# Own-price elasticity of demand per item category (ITEM_CATEGORIES order), before item noise.
+ELASTICITY = [2.2, 2.6, 1.6, 1.3, 1.8, 1.7, 1.1, 1.0, 2.8, 1.2]
+COMPETITOR_ELASTICITY = 0.8  # demand falls as (price / competitor's price)^-0.8
+WEEKDAY_DEMAND = [0.9, 0.92, 0.95, 1.0, 1.08, 1.2, 1.12]  # Monday .. Sunday
+PRICE_TEST_SHARE = 0.3  # item-days with a price test of +-2..15 %
+WARMUP_DAYS = 7  # simulated before START so that the first snapshots have full 7-day windows
+
+
+def make_taste(seed, U, I):
+    """Each user's latent taste: a Dirichlet category preference (concentrated on a few
+    categories) and a unit vector in the items' content-embedding space, near the
+    preference-weighted category centroids."""
+    r = rng(seed, "recs_taste")
+    k = len(ITEM_CATEGORIES)
+    pref = r.dirichlet(np.full(k, 0.3), U.n)
+    centroid = np.zeros((k, EMBEDDING_DIM))
+    np.add.at(centroid, I.category, I.embedding.astype(np.float64))
+    centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
+    vec = pref @ centroid + r.normal(0, 0.25, (U.n, EMBEDDING_DIM))
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    return NS(pref=pref, vec=vec)
+
+
+def make_impressions(cfg, seed, U, I, taste):
+    """Sessions of SLATE impressions chosen by a logging policy (each slot by popularity or
+    uniformly among the items on sale that week, no item twice in a slate), clicks from the
+    user's taste match, the item's quality, discount and the position, purchases from clicks."""
+    r = rng(seed, "impressions")
+    n = cfg.sessions
+    span = U.end - U.active_from
+    weight = U.activity**0.8 * span
+    su = np.repeat(np.arange(U.n), r.multinomial(n, weight / weight.sum()))
+    sts = U.active_from[su] + (r.random(n) * span[su]).astype(np.int64)
+    sts = place_in_day(r, sts, U.offset[su], ORDER_HOURS, U.active_from[su], U.end - SLATE * SEC)
+    week = (sts - START) // (7 * DAY)
+    item = np.empty((n, SLATE), np.int64)
+    for k in range(I.weeks):
+        sel = np.nonzero(week == k)[0]
+        live = np.nonzero((I.launch <= k) & (I.retire > k))[0]
+        p = I.popularity[live] / I.popularity[live].sum()
+        m = len(sel)
+        slots = np.where(r.random((m, SLATE)) < POPULAR_SLOT_SHARE, live[r.choice(len(live), (m, SLATE), p=p)],
+                         live[r.integers(0, len(live), (m, SLATE))])
+        for _ in range(20):  # a repeated item in a slate is redrawn uniformly
+            srt = np.sort(slots, axis=1)
+            if not (srt[:, 1:] == srt[:, :-1]).any():
+                break
+            o = np.argsort(slots, axis=1, kind="stable")
+            s = np.take_along_axis(slots, o, axis=1)
+            dup_sorted = np.c_[np.zeros((m, 1), bool), s[:, 1:] == s[:, :-1]]
+            dup = np.empty_like(dup_sorted)
+            np.put_along_axis(dup, o, dup_sorted, axis=1)
+            slots = np.where(dup, live[r.integers(0, len(live), (m, SLATE))], slots)
+        item[sel] = slots
+    u = np.repeat(su, SLATE)
+    ts = np.repeat(sts, SLATE) + np.tile(np.arange(SLATE), n) * SEC  # one second apart
+    position = np.tile(np.arange(SLATE), n)
+    item = item.reshape(-1)
+    wk = np.repeat(week, SLATE)
+    match = np.einsum("ij,ij->i", taste.vec[u], I.embedding[item].astype(np.float64))
+    disc = I.discount[item, wk]
+    logit = 4.0 * match + 0.9 * (I.quality[item] - 4.0) + 2.0 * disc - 0.12 * position
+    clicked = r.random(len(u)) < sigmoid(shift_to_rate(logit, TARGET_CTR))
+    rel_price = np.log(I.price[item, wk] / np.median(I.price[:, 0]))
+    buy = 1.5 * match + 1.0 * (I.quality[item] - 4.0) + 3.0 * disc - 0.3 * rel_price
+    purchased = np.zeros(len(u), bool)
+    purchased[clicked] = r.random(clicked.sum()) < sigmoid(shift_to_rate(buy[clicked], TARGET_CVR))
+    o = np.lexsort((position, u, ts))
+    return NS(n=len(u), u=u[o], ts=ts[o], item=item[o], position=position[o], clicked=clicked[o],
+              purchased=purchased[o])
+
+
+def impressions_table(E, U, I):
+    return pa.table({
+        "user_id": i64(U.id[E.u]),
+        "item_id": i64(I.id[E.item]),
+        "event_timestamp": ts_array(E.ts),
+        "position": i64(E.position),
+        "clicked": bools(E.clicked),
+        "purchased": bools(E.purchased),
+    })
+
+
+def user_taste_table(seed, cfg, E, U, I):
+    r = rng(seed, "user_taste")
+    # A snapshot at midnight whenever the user's 30-day window changes: the midnight after a day
+    # with an impression (it enters) and 30 days later (it leaves), up to the end of the range.
+    w = TASTE_WINDOW_DAYS
+    o = np.lexsort((E.ts, E.u))
+    eu, item, clicked, purchased = E.u[o], E.item[o], E.clicked[o], E.purchased[o]
+    dbins = ceil_div(E.ts[o] - START, DAY)
+    key = eu * BIG + dbins
+    grid = np.unique(np.r_[key, key + w])
+    grid = grid[grid % BIG <= cfg.days]
+    gu, gd = grid // BIG, grid % BIG
+    hi = np.searchsorted(key, grid, "right")
+    lo = window_lo(key, grid, w)
+    n_imp = hi - lo
+
+    def count(flag):
+        p = prefix(flag.astype(np.int64))
+        return p[hi] - p[lo]
+
+    n_click = count(clicked)
+    cols = {}
+    for c, (name, *_rest) in enumerate(ITEM_CATEGORIES):
+        cols[f"click_share_{name}_30d"] = np.round(count(clicked & (I.category[item] == c)) / np.maximum(n_click, 1), 4)
+    # Integer micro-units, so that window sums are exact and an empty window gives exactly 0.
+    emb = np.rint(I.embedding[item].astype(np.float64) * 1e6).astype(np.int64) * clicked[:, None]
+    for j in range(EMBEDDING_DIM):
+        p = prefix(emb[:, j])
+        cols[f"taste_{j}"] = np.round((p[hi] - p[lo]) / np.maximum(n_click, 1) / 1e6, 4)
+    cols["clicks_30d"] = n_click
+    cols["purchases_30d"] = count(purchased)
+    cols["impressions_30d"] = n_imp
+    cols["ctr_30d"] = np.round(n_click / np.maximum(n_imp, 1), 4)
+    event = START + gd * DAY
+    created = event + (5 * MIN + r.random(len(grid)) * 25 * MIN).astype(np.int64)
+    order = np.lexsort((gu, gd))
+    out = {"user_id": i64(U.id[gu][order]), "event_timestamp": ts_array(event[order]),
+           "created_timestamp": ts_array(created[order])}
+    for k, v in cols.items():
+        out[k] = i64(v[order]) if v.dtype.kind == "i" else f64(v[order])
+    return pa.table(out)
+
+
+def item_content_table(seed, I):
+    r = rng(seed, "item_content")
+    # One row per item at its launch snapshot: the content embedding as 16 scalar columns.
+    launch = START + I.launch * 7 * DAY
+    o = np.lexsort((I.id, launch))
+    created = launch[o] + (MIN + r.random(I.n) * 9 * MIN).astype(np.int64)
+    out = {"item_id": i64(I.id[o]), "event_timestamp": ts_array(launch[o]), "created_timestamp": ts_array(created)}
+    for j in range(EMBEDDING_DIM):
+        out[f"content_{j}"] = f64(I.embedding[o, j].astype(np.float64))
+    return pa.table(out)
+
+
+def make_prices(cfg, seed, I):
+    """Daily prices and demand per item: the week's price with seeded price tests on some
+    days, a competitor's price, and units sold ~ Poisson(base demand x weekday x
+    (price / launch price)^-elasticity x (price / competitor)^-0.8), views independent of
+    the own price. Simulated from WARMUP_DAYS before START; item-days off sale are empty."""
+    r = rng(seed, "item_prices")
+    nd = cfg.days + WARMUP_DAYS
+    day = np.arange(nd) - WARMUP_DAYS  # day index relative to START
+    wk = np.clip(day // 7, 0, I.weeks - 1)
+    live = (I.launch[:, None] * 7 <= np.maximum(day, 0)[None, :]) & (day[None, :] < I.retire[:, None] * 7)
+    live &= (I.launch[:, None] == 0) | (day[None, :] >= 0)
+    week_price = I.price[:, wk]
+    launch_price = I.price[np.arange(I.n), I.launch]
+    cost = np.round(launch_price * r.uniform(0.4, 0.8, I.n), 2)
+    test = r.random((I.n, nd)) < PRICE_TEST_SHARE
+    step = r.uniform(0.02, 0.15, (I.n, nd)) * np.where(r.random((I.n, nd)) < 0.5, -1, 1)
+    list_price = np.round(week_price * np.where(test, 1 + step, 1.0), 2)
+    bias = np.exp(r.normal(0, 0.08, I.n))
+    competitor = np.round(week_price * bias[:, None] * np.exp(r.normal(0, 0.05, (I.n, nd))), 2)
+    pop = I.popularity / np.median(I.popularity)
+    base = (4.0 * pop**0.6 * np.exp(r.normal(0, 0.3, I.n))).clip(0.2, 80)
+    elasticity = np.array(ELASTICITY)[I.category] * np.exp(r.normal(0, 0.1, I.n))
+    weekday = np.array(WEEKDAY_DEMAND)[(day + 5) % 7]  # 2026-08-01 is a Saturday
+    mean = (base[:, None] * weekday[None, :] * (list_price / launch_price[:, None]) ** -elasticity[:, None]
+            * (list_price / competitor) ** -COMPETITOR_ELASTICITY)
+    units = np.where(live, r.poisson(mean), 0)
+    views = np.where(live, r.poisson(base[:, None] * weekday[None, :] * 15), 0)
+    return NS(nd=nd, day=day, live=live, cost=cost, list_price=list_price, competitor=competitor,
+              week_price=week_price, units=units, views=views, mean=mean, elasticity=elasticity)
+
+
+def item_prices_tables(seed, cfg, I, P):
+    r = rng(seed, "item_prices_rows")
+    # Windows of the 7 days before each day (that day's sales come after its snapshot).
+    cu = np.concatenate([np.zeros((I.n, 1), np.int64), np.cumsum(P.units, axis=1)], axis=1)
+    cv = np.concatenate([np.zeros((I.n, 1), np.int64), np.cumsum(P.views, axis=1)], axis=1)
+    cents = np.where(P.live, np.rint(P.list_price * 100).astype(np.int64), 0)
+    cp = np.concatenate([np.zeros((I.n, 1), np.int64), np.cumsum(cents, axis=1)], axis=1)
+    cn = np.concatenate([np.zeros((I.n, 1), np.int64), np.cumsum(P.live, axis=1)], axis=1)
+    j = np.arange(WARMUP_DAYS, P.nd)  # the written days: 0 .. days - 1
+    lo = j - 7
+    units7 = cu[:, j] - cu[:, lo]
+    views7 = cv[:, j] - cv[:, lo]
+    n7 = cn[:, j] - cn[:, lo]
+    avg7 = np.where(n7 > 0, np.round((cp[:, j] - cp[:, lo]) / np.maximum(n7, 1) / 100, 2), P.week_price[:, j])
+    it, dd = np.nonzero(P.live[:, j])
+    o = np.lexsort((it, dd))
+    it, dd = it[o], dd[o]
+    col = dd + WARMUP_DAYS
+    event = START + dd * DAY
+    created = event + (15 * MIN + r.random(len(it)) * 45 * MIN).astype(np.int64)
+    prices = pa.table({
+        "item_id": i64(I.id[it]),
+        "event_timestamp": ts_array(event),
+        "created_timestamp": ts_array(created),
+        "cost": f64(P.cost[it]),
+        "list_price": f64(P.list_price[it, col]),
+        "competitor_price": f64(P.competitor[it, col]),
+        "units_sold_7d": i64(units7[it, dd]),
+        "views_7d": i64(views7[it, dd]),
+        "avg_price_7d": f64(avg7[it, dd]),
+    })
+    demand = pa.table({
+        "item_id": i64(I.id[it]),
+        "event_timestamp": ts_array(event),
+        "price": f64(P.list_price[it, col]),
+        "units": i64(P.units[it, col]),
+    })
+    return prices, demand
+
+
 NULLABLE = {  # every other column is never null (a required Parquet column)
     "user_profile": {"email_domain_risk"},
     "user_stats": {"hours_since_prev_txn", "avg_order_value_30d"},
@@ -946,7 +1167,21 @@ def main():
     write(user_account_table(seed, U), out, "user_account", cfg, seed, args.size, t0)
     t0 = time.perf_counter()
     write(merchant_risk_table(seed, cfg, T, U, M), out, "merchant_risk", cfg, seed, args.size, t0)
-    print(f"{args.size}: {out} in {time.perf_counter() - begin:.1f} s; fraud rate {T.is_fraud.mean():.2%}")
+    t0 = time.perf_counter()
+    taste = make_taste(seed, U, I)
+    E = make_impressions(cfg, seed, U, I, taste)
+    write(impressions_table(E, U, I), out, "impressions", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    write(user_taste_table(seed, cfg, E, U, I), out, "user_taste", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    write(item_content_table(seed, I), out, "item_content", cfg, seed, args.size, t0)
+    t0 = time.perf_counter()
+    P = make_prices(cfg, seed, I)
+    prices, demand = item_prices_tables(seed, cfg, I, P)
+    write(prices, out, "item_prices", cfg, seed, args.size, t0)
+    write(demand, out, "item_demand", cfg, seed, args.size, t0)
+    print(f"{args.size}: {out} in {time.perf_counter() - begin:.1f} s; fraud rate {T.is_fraud.mean():.2%}; "
+          f"click rate {E.clicked.mean():.2%}, purchases per click {E.purchased.sum() / max(E.clicked.sum(), 1):.2%}")
 
 
 if __name__ == "__main__":
