@@ -898,8 +898,11 @@ def merchant_risk_table(seed, cfg, T, U, M):
 # without them.
 
 SLATE = 10  # items shown per session (positions 0..9)
-POPULAR_SLOT_SHARE = 0.5  # the logging policy fills a slot by popularity, else uniformly
+POPULAR_SLOT_SHARE = 0.4  # the logging policy fills a slot by popularity, else uniformly
 TARGET_CTR, TARGET_CVR = 0.06, 0.2  # mean click rate of impressions, purchase rate of clicks
+TASTE_CONCENTRATION = 0.3  # Dirichlet parameter of the category preference (small: few categories)
+TASTE_NOISE = 0.2  # per-dimension noise of the taste vector around the preferred centroids
+MATCH_WEIGHT = 10.0  # click logit per unit of cosine(taste, item embedding)
 TASTE_WINDOW_DAYS = 30
 # Own-price elasticity of demand per item category (ITEM_CATEGORIES order), before item noise.
 ELASTICITY = [2.2, 2.6, 1.6, 1.3, 1.8, 1.7, 1.1, 1.0, 2.8, 1.2]
@@ -915,11 +918,11 @@ def make_taste(seed, U, I):
     preference-weighted category centroids."""
     r = rng(seed, "recs_taste")
     k = len(ITEM_CATEGORIES)
-    pref = r.dirichlet(np.full(k, 0.3), U.n)
+    pref = r.dirichlet(np.full(k, TASTE_CONCENTRATION), U.n)
     centroid = np.zeros((k, EMBEDDING_DIM))
     np.add.at(centroid, I.category, I.embedding.astype(np.float64))
     centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
-    vec = pref @ centroid + r.normal(0, 0.25, (U.n, EMBEDDING_DIM))
+    vec = pref @ centroid + r.normal(0, TASTE_NOISE, (U.n, EMBEDDING_DIM))
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     return NS(pref=pref, vec=vec)
 
@@ -962,7 +965,7 @@ def make_impressions(cfg, seed, U, I, taste):
     wk = np.repeat(week, SLATE)
     match = np.einsum("ij,ij->i", taste.vec[u], I.embedding[item].astype(np.float64))
     disc = I.discount[item, wk]
-    logit = 4.0 * match + 0.9 * (I.quality[item] - 4.0) + 2.0 * disc - 0.12 * position
+    logit = MATCH_WEIGHT * match + 0.9 * (I.quality[item] - 4.0) + 2.0 * disc - 0.12 * position
     clicked = r.random(len(u)) < sigmoid(shift_to_rate(logit, TARGET_CTR))
     rel_price = np.log(I.price[item, wk] / np.median(I.price[:, 0]))
     buy = 1.5 * match + 1.0 * (I.quality[item] - 4.0) + 3.0 * disc - 0.3 * rel_price
