@@ -3,8 +3,11 @@
 //! Owns the `VectorIndex` trait and its FAISS implementation. It does not own turning
 //! images into embeddings (a model backend does that) nor item metadata.
 
+use faiss::index::SearchWithParams;
 use faiss::index::flat::FlatIndex;
 use faiss::index::id_map::IdMap;
+use faiss::search_params::SearchParameters;
+use faiss::selector::IdSelector;
 use faiss::{ConcurrentIndex, Index};
 
 /// Errors from building or querying an index.
@@ -109,5 +112,145 @@ impl VectorIndex for FaissFlatIndex {
             .zip(result.distances)
             .filter_map(|(label, score)| label.get().map(|id| Hit { id, score }))
             .collect())
+    }
+}
+
+/// How a filtered search was run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPlan {
+    /// No filter: the index's own search.
+    Index,
+    /// The filter keeps few vectors: an exact scan of just those.
+    Exact,
+    /// The filter keeps many: the index's search, told which ids it may return (a FAISS
+    /// `IDSelector` bitmap), so that no post-filter can starve the answer.
+    Selector,
+}
+
+impl SearchPlan {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchPlan::Index => "index",
+            SearchPlan::Exact => "exact",
+            SearchPlan::Selector => "selector",
+        }
+    }
+}
+
+/// Exact inner-product search over vectors numbered `0..len` (their position is their id),
+/// with filters planned per query: a filter that keeps at most `exact_share` of the vectors
+/// is answered by scanning just those, a wider one by FAISS with an id selector.
+pub struct PositionIndex {
+    index: FlatIndex,
+    vectors: Vec<f32>,
+    dim: usize,
+    exact_share: f64,
+}
+
+impl PositionIndex {
+    /// Builds the index over `vectors` (rows of `dim` values laid end to end).
+    pub fn new(dim: usize, vectors: Vec<f32>) -> Result<Self, SearchError> {
+        if dim == 0 || dim > u32::MAX as usize {
+            return Err(SearchError::Dimension {
+                expected: 1,
+                got: dim,
+            });
+        }
+        if !vectors.len().is_multiple_of(dim) {
+            return Err(SearchError::Dimension {
+                expected: dim,
+                got: vectors.len() % dim,
+            });
+        }
+        let mut index = FlatIndex::new_ip(dim as u32)?;
+        index.add(&vectors)?;
+        Ok(PositionIndex {
+            index,
+            vectors,
+            dim,
+            exact_share: 0.05,
+        })
+    }
+
+    /// Filters keeping at most this share of the vectors are scanned exactly (default 5 %).
+    pub fn with_exact_share(mut self, share: f64) -> Self {
+        self.exact_share = share;
+        self
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn len(&self) -> usize {
+        self.vectors.len() / self.dim
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vectors.is_empty()
+    }
+
+    /// The vector at `position`.
+    pub fn vector(&self, position: usize) -> &[f32] {
+        &self.vectors[position * self.dim..(position + 1) * self.dim]
+    }
+
+    /// The `k` vectors most similar to `query` among those `keep` accepts (all when `None`),
+    /// most similar first, and how the search ran.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: Option<&dyn Fn(usize) -> bool>,
+    ) -> Result<(Vec<Hit>, SearchPlan), SearchError> {
+        if query.len() != self.dim {
+            return Err(SearchError::Dimension {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        if k == 0 {
+            return Err(SearchError::ZeroK);
+        }
+        let n = self.len();
+        let hits = |result: faiss::index::SearchResult| {
+            result
+                .labels
+                .iter()
+                .zip(result.distances)
+                .filter_map(|(label, score)| label.get().map(|id| Hit { id, score }))
+                .collect::<Vec<_>>()
+        };
+        let Some(keep) = keep else {
+            let result = ConcurrentIndex::search(&self.index, query, k.min(n.max(1)))?;
+            return Ok((hits(result), SearchPlan::Index));
+        };
+        let kept: Vec<usize> = (0..n).filter(|&p| keep(p)).collect();
+        if kept.is_empty() {
+            return Ok((Vec::new(), SearchPlan::Exact));
+        }
+        if (kept.len() as f64) <= self.exact_share * n as f64 || kept.len() <= k {
+            let mut scored: Vec<Hit> = kept
+                .iter()
+                .map(|&p| Hit {
+                    id: p as u64,
+                    score: self.vector(p).iter().zip(query).map(|(a, b)| a * b).sum(),
+                })
+                .collect();
+            let k = k.min(scored.len());
+            if k < scored.len() {
+                scored.select_nth_unstable_by(k - 1, |a, b| b.score.total_cmp(&a.score));
+                scored.truncate(k);
+            }
+            scored.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            return Ok((scored, SearchPlan::Exact));
+        }
+        let mut bitmap = vec![0u8; n.div_ceil(8)];
+        for &p in &kept {
+            bitmap[p >> 3] |= 1 << (p & 7);
+        }
+        let params = SearchParameters::new(IdSelector::bitmap(&bitmap)?)?;
+        let result = self.index.search_with_params(query, k.min(kept.len()), &params)?;
+        Ok((hits(result), SearchPlan::Selector))
     }
 }
