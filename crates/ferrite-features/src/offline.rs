@@ -74,3 +74,31 @@ impl ParquetSource {
             .select(columns.iter().map(|c| col(*c)).collect::<Vec<_>>()))
     }
 }
+
+/// Every distinct entity of a single-key view's offline source (pushed files included),
+/// sorted: e.g. the whole catalogue of an item view, for jobs that must visit every item.
+pub fn entity_ids(view: &crate::FeatureView) -> Result<Vec<crate::Value>, FeatureError> {
+    let [key] = view.join_keys.as_slice() else {
+        return Err(FeatureError::Invalid(format!(
+            "feature view {:?} has join keys {:?}; listing entities needs exactly one",
+            view.name, view.join_keys
+        )));
+    };
+    let source = view.source.parquet();
+    let frame = source
+        .scan_columns(&[key.as_str()])?
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort([key.as_str()], SortMultipleOptions::default())
+        .collect()
+        .map_err(|e| source.error(e))?;
+    let column = frame.column(key).map_err(|e| source.error(e))?;
+    let keys = crate::frame::key_values(column, view.key_types[0]).map_err(|e| source.error(e))?;
+    Ok(keys
+        .into_iter()
+        .flatten()
+        .map(|k| match k {
+            crate::value::KeyValue::Int(i) => crate::Value::Int(i),
+            crate::value::KeyValue::Str(s) => crate::Value::Str(s),
+        })
+        .collect())
+}

@@ -252,6 +252,12 @@ pub async fn read_planned(
             "request fields have {m} values per field but there are {n} entity rows"
         )));
     }
+    check_fields(plan, request)?;
+    let mut fetched = fetch(plan, store, entities, now).await?;
+    assemble(plan, &mut fetched, None, request, sink)
+}
+
+fn check_fields(plan: &ReadPlan, request: &HashMap<String, Vec<Value>>) -> Result<(), FeatureError> {
     for (name, dtype, feature) in &plan.fields {
         if !request.contains_key(name) {
             return Err(FeatureError::Invalid(format!(
@@ -259,7 +265,49 @@ pub async fn read_planned(
             )));
         }
     }
-    let (outs, last_use) = (&plan.outs, &plan.last_use);
+    Ok(())
+}
+
+/// The stored rows a plan reads, one per (view, entity row), fetched in one store read;
+/// [`assemble`] turns them into answers.
+pub struct Fetched {
+    stored: Vec<Option<crate::online::ReadRow>>,
+    states: Vec<Status>,
+    /// Entity rows.
+    n: usize,
+}
+
+impl Fetched {
+    /// Entity rows fetched.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// The stored value that answer column `feature` of `plan` takes for entity row `row`:
+    /// `None` when the column is a request-time feature or the value is not present.
+    pub fn stored_value(&self, plan: &ReadPlan, feature: usize, row: usize) -> Option<&Value> {
+        match plan.outs.get(feature)? {
+            Out::Stored { slot, index } => {
+                let cell = slot * self.n + row;
+                match (&self.stored[cell], self.states[cell]) {
+                    (Some(r), Status::Present) => r.values.get(*index),
+                    _ => None,
+                }
+            }
+            Out::Request { .. } => None,
+        }
+    }
+}
+
+/// Fetches the stored rows `plan` needs for the entity rows of `entities` (join-key name ->
+/// one value per row) in one store read.
+pub async fn fetch(
+    plan: &ReadPlan,
+    store: &dyn OnlineStore,
+    entities: &HashMap<String, Vec<Value>>,
+    now: Micros,
+) -> Result<Fetched, FeatureError> {
+    let n = row_count("entity key", entities)?.unwrap_or(0);
 
     // One key per (view, entity row); one read for all of them. Views with the same join keys
     // (the usual case) share the entity strings.
@@ -319,7 +367,7 @@ pub async fn read_planned(
             });
         }
     }
-    let mut stored = timed(store.kind(), "read", keys.len(), store.read(&keys)).await?;
+    let stored = timed(store.kind(), "read", keys.len(), store.read(&keys)).await?;
 
     // The state of each (view, row).
     let states: Vec<Status> = (0..plan.views.len() * n)
@@ -335,6 +383,40 @@ pub async fn read_planned(
             }
         })
         .collect();
+    Ok(Fetched { stored, states, n })
+}
+
+/// Answers every output row from `fetched`: output row `i` reads the stored rows of entity row
+/// `rows[i]` (`None`: output row `i` is entity row `i`) and request field values `request[..][i]`.
+/// One entity row may feed many output rows (a price evaluated at many candidate prices).
+pub fn assemble(
+    plan: &ReadPlan,
+    fetched: &mut Fetched,
+    rows: Option<&[usize]>,
+    request: &HashMap<String, Vec<Value>>,
+    sink: &mut impl AnswerSink,
+) -> Result<(), FeatureError> {
+    let out_rows = rows.map_or(fetched.n, <[usize]>::len);
+    if let Some(m) = row_count("request field", request)?
+        && m != out_rows
+    {
+        return Err(FeatureError::Invalid(format!(
+            "request fields have {m} values per field but there are {out_rows} rows"
+        )));
+    }
+    if let Some(bad) = rows.and_then(|r| r.iter().find(|&&e| e >= fetched.n)) {
+        return Err(FeatureError::Invalid(format!(
+            "row {bad} is not one of the {} entity rows fetched",
+            fetched.n
+        )));
+    }
+    check_fields(plan, request)?;
+    let outs = &plan.outs;
+    // Values are moved out of rows read for this call alone when each entity row feeds one
+    // output row; shared entity rows are copied.
+    let moving = rows.is_none();
+    let n = fetched.n;
+    let Fetched { stored, states, .. } = fetched;
     let missing = FeatureValue {
         value: Value::Null,
         status: Status::NotFound,
@@ -342,7 +424,8 @@ pub async fn read_planned(
     };
     // Rows index several columns (stored rows, request fields) at once.
     #[allow(clippy::needless_range_loop)]
-    for row in 0..n {
+    for out_row in 0..out_rows {
+        let row = rows.map_or(out_row, |r| r[out_row]);
         for (k, out) in outs.iter().enumerate() {
             let value = match out {
                 Out::Stored { slot, index } => {
@@ -352,7 +435,9 @@ pub async fn read_planned(
                     match (&mut stored[cell], status) {
                         (Some(r), Status::Present) => FeatureValue {
                             value: match r.values_mut() {
-                                Some(values) if last_use[k] => std::mem::take(&mut values[*index]),
+                                Some(values) if moving && plan.last_use[k] => {
+                                    std::mem::take(&mut values[*index])
+                                }
                                 _ => r.values[*index].clone(),
                             },
                             status,
@@ -376,13 +461,13 @@ pub async fn read_planned(
                     for input in inputs {
                         input_values.push(match input {
                             Input::Field(name, dtype) => {
-                                let v = &request[name][row];
+                                let v = &request[name][out_row];
                                 if !v.is_null()
                                     && v.dtype() != Some(*dtype)
                                     && !(v.dtype() == Some(DType::Int) && *dtype == DType::Float)
                                 {
                                     bad_field = Some(format!(
-                                        "request field {name:?}, entity row {row}: expected {dtype}, got {}",
+                                        "request field {name:?}, row {out_row}: expected {dtype}, got {}",
                                         v.dtype().map(|d| d.name()).unwrap_or("null")
                                     ));
                                 }
@@ -418,7 +503,7 @@ pub async fn read_planned(
                     }
                 }
             };
-            sink.push(row, k, value);
+            sink.push(out_row, k, value);
         }
     }
     Ok(())
