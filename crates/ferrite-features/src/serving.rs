@@ -283,6 +283,23 @@ impl Fetched {
         self.n
     }
 
+    /// Whether any view has a stored row (even expired) for entity row `row`: false for an
+    /// entity the store has never heard of (a cold start).
+    pub fn found(&self, row: usize) -> bool {
+        let views = self.states.len().checked_div(self.n).unwrap_or(0);
+        (0..views).any(|v| self.states[v * self.n + row] != Status::NotFound)
+    }
+
+    /// The oldest event time among the present stored rows of entity row `row`.
+    pub fn oldest(&self, row: usize) -> Option<Micros> {
+        let views = self.states.len().checked_div(self.n).unwrap_or(0);
+        (0..views)
+            .map(|v| v * self.n + row)
+            .filter(|&cell| self.states[cell] == Status::Present)
+            .filter_map(|cell| self.stored[cell].as_deref().map(|r| r.event_ts))
+            .min()
+    }
+
     /// The stored value that answer column `feature` of `plan` takes for entity row `row`:
     /// `None` when the column is a request-time feature or the value is not present.
     pub fn stored_value(&self, plan: &ReadPlan, feature: usize, row: usize) -> Option<&Value> {

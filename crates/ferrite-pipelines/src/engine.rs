@@ -14,6 +14,7 @@ use ferrite_features::{FeatureError, Micros, OnlineStore, Value};
 use ferrite_models::{ModelError, ModelRepository, Tensor, TensorData};
 
 use crate::PipelineError;
+use crate::config::Kind;
 use crate::input::{CallInput, check};
 use crate::model::{Configured, MetaCache, ModelChoice, ModelMeta, ModelSelector};
 use crate::pipeline::{Decision, Pipeline, PipelineSet};
@@ -61,18 +62,53 @@ pub struct Answer {
 
 /// Runs the declared pipelines.
 pub struct Engine {
-    store: Arc<dyn OnlineStore>,
-    models: Arc<ModelRepository>,
-    pipelines: PipelineSet,
+    pub(crate) store: Arc<dyn OnlineStore>,
+    pub(crate) models: Arc<ModelRepository>,
+    pub(crate) pipelines: PipelineSet,
     selector: Arc<dyn ModelSelector>,
     meta: MetaCache,
-    meters: std::collections::HashMap<String, Meters>,
+    pub(crate) meters: std::collections::HashMap<String, Meters>,
+    /// Recommendations and pricing pipelines' catalogues, by pipeline.
+    pub(crate) catalogs: std::collections::HashMap<String, arc_swap::ArcSwapOption<crate::catalog::Catalog>>,
 }
 
 /// How long before the deadline the work stops and the fallback answers: enough to build and
 /// send the answer.
 fn reserve(window: Duration) -> Duration {
     (window / 10).min(Duration::from_millis(2))
+}
+
+/// The time a call has (the smaller of the pipeline's budget and the caller's deadline), and
+/// when its work must stop for the fallback to answer in time.
+pub(crate) fn window(
+    pipeline: &Pipeline,
+    deadline: Option<Instant>,
+    started: Instant,
+) -> (Duration, Instant) {
+    let mut window = pipeline.budget;
+    if let Some(d) = deadline {
+        window = window.min(d.saturating_duration_since(started));
+    }
+    (window, started + window - reserve(window))
+}
+
+/// Why a call stopped at its deadline, naming the stage that was running.
+pub(crate) fn deadline_message(
+    what: &str,
+    window: Duration,
+    pipeline: &Pipeline,
+    deadline: Option<Instant>,
+    started: Instant,
+) -> String {
+    format!(
+        "deadline: {what} did not answer within {} ms (budget {} ms, the caller's deadline {})",
+        window.as_millis(),
+        pipeline.budget.as_millis(),
+        deadline.map_or("none".to_string(), |d| format!(
+            "{} ms",
+            d.saturating_duration_since(started).as_millis()
+        ))
+    )
 }
 
 const STAGE_FEATURES: u8 = 0;
@@ -88,9 +124,9 @@ struct Progress {
 }
 
 /// Why a call fell back, for the answer and for the metrics' `reason` label.
-struct FallbackCause {
-    kind: &'static str,
-    message: String,
+pub(crate) struct FallbackCause {
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
 impl Engine {
@@ -100,8 +136,15 @@ impl Engine {
             .keys()
             .map(|name| (name.clone(), Meters::new(name)))
             .collect();
+        let catalogs = pipelines
+            .pipelines
+            .values()
+            .filter(|p| p.recs.is_some() || p.pricing.is_some())
+            .map(|p| (p.name.clone(), arc_swap::ArcSwapOption::empty()))
+            .collect();
         Engine {
             meters,
+            catalogs,
             store,
             models,
             pipelines,
@@ -118,6 +161,10 @@ impl Engine {
 
     pub fn pipelines(&self) -> &PipelineSet {
         &self.pipelines
+    }
+
+    pub fn models(&self) -> &Arc<ModelRepository> {
+        &self.models
     }
 
     /// Reads the metadata of every loaded version of the pipelines' models now, so that no
@@ -143,12 +190,11 @@ impl Engine {
     ) -> Result<Answer, PipelineError> {
         let started = Instant::now();
         let pipeline = self.pipelines.get(name)?.clone();
+        let Some(fb) = pipeline.fallback.as_ref() else {
+            return Err(wrong_kind(&pipeline, Kind::Fraud));
+        };
         let rows = check(&pipeline, &mut input)?;
-        let mut window = pipeline.budget;
-        if let Some(d) = deadline {
-            window = window.min(d.saturating_duration_since(started));
-        }
-        let until = started + window - reserve(window);
+        let (window, until) = window(&pipeline, deadline, started);
         let progress = Progress::default();
         let work = self.run(&pipeline, &input, rows, now, &progress);
         let outcome = match tokio::time::timeout_at(until.into(), work).await {
@@ -163,15 +209,7 @@ impl Engine {
                 };
                 Err(FallbackCause {
                     kind: "deadline",
-                    message: format!(
-                        "deadline: {what} did not answer within {} ms (budget {} ms, the caller's deadline {})",
-                        window.as_millis(),
-                        pipeline.budget.as_millis(),
-                        deadline.map_or("none".to_string(), |d| format!(
-                            "{} ms",
-                            d.saturating_duration_since(started).as_millis()
-                        ))
-                    ),
+                    message: deadline_message(what, window, &pipeline, deadline, started),
                 })
             }
         };
@@ -180,10 +218,8 @@ impl Engine {
         let rows_out = match outcome {
             Ok(rows_out) => rows_out,
             Err(cause) => {
-                tracing::warn!(pipeline = %pipeline.name, reason = %cause.message, "fallback answer");
-                metrics::counter!("ferrite_pipeline_fallbacks_total", "pipeline" => pipeline.name.clone(), "reason" => cause.kind)
-                    .increment(rows as u64);
-                fallback_rows(&pipeline, &input, rows, &cause.message)
+                self.note_fallback(&pipeline, &cause, rows as u64);
+                fallback_rows(&pipeline, fb, &input, rows, &cause.message)
             }
         };
         let total_us = started.elapsed().as_micros() as u64;
@@ -200,6 +236,13 @@ impl Engine {
             rows: rows_out,
             latency,
         })
+    }
+
+    /// Logs and counts (`ferrite_pipeline_fallbacks_total` by reason) a fallback answer.
+    pub(crate) fn note_fallback(&self, pipeline: &Pipeline, cause: &FallbackCause, rows: u64) {
+        tracing::warn!(pipeline = %pipeline.name, reason = %cause.message, "fallback answer");
+        metrics::counter!("ferrite_pipeline_fallbacks_total", "pipeline" => pipeline.name.clone(), "reason" => cause.kind)
+            .increment(rows);
     }
 
     /// The model path: features, model, decisions and reasons. The outer `Result` is the
@@ -264,14 +307,14 @@ impl Engine {
             };
             let meta = self.meta.get(self.models.root(), &choice.name, version);
             if let Some(m) = &meta
-                && m.features != pipeline.feature_names
+                && m.features != pipeline.input.feature_names
             {
                 tracing::error!(pipeline = %pipeline.name, model = %choice.name, version, "model trained on other features");
                 return Ok(Err(FallbackCause {
                     kind: "model_mismatch",
                     message: format!(
                         "model {:?} version {version} was trained on other features than feature service {:?}",
-                        choice.name, pipeline.feature_service
+                        choice.name, pipeline.input.name
                     ),
                 }));
             }
@@ -337,9 +380,9 @@ impl Engine {
         rows: usize,
         now: Micros,
     ) -> Result<Vectors<'p>, FeatureError> {
-        let mut vectors = Vectors::new(pipeline, rows);
+        let mut vectors = Vectors::new(&pipeline.input, rows);
         read_planned(
-            &pipeline.plan,
+            &pipeline.input.plan,
             self.store.as_ref(),
             &input.entities,
             &input.fields,
@@ -378,34 +421,55 @@ impl Engine {
         x: Vec<f32>,
         rows: usize,
     ) -> Result<(u64, Vec<f64>), ModelError> {
+        let m = &pipeline.model;
+        let (version, out, columns) = self
+            .infer_matrix(model, version, &m.input, &m.output, x, rows)
+            .await?;
+        let at = m.output_index;
+        if at >= columns {
+            return Err(ModelError::Inference(format!(
+                "output {:?} has {columns} columns; the pipeline reads column {at}",
+                m.output
+            )));
+        }
+        Ok((
+            version,
+            (0..rows).map(|r| f64::from(out[r * columns + at])).collect(),
+        ))
+    }
+
+    /// Runs `rows` rows of `x` (row-major) through `model` as input `input`; returns the version
+    /// that ran, output `output` as f32 row-major, and its columns per row.
+    pub(crate) async fn infer_matrix(
+        &self,
+        model: &str,
+        version: &str,
+        input: &str,
+        output: &str,
+        x: Vec<f32>,
+        rows: usize,
+    ) -> Result<(u64, Vec<f32>, usize), ModelError> {
         let width = x.len().checked_div(rows).unwrap_or(0);
-        let tensor = Tensor::new(
-            pipeline.model.input.clone(),
-            vec![rows, width],
-            TensorData::Fp32(x),
-        )?;
+        let tensor = Tensor::new(input.to_string(), vec![rows, width], TensorData::Fp32(x))?;
         let (version, outputs) = self.models.infer(model, version, vec![tensor]).await?;
         let out = outputs
             .into_iter()
-            .find(|t| t.name == pipeline.model.output)
-            .ok_or_else(|| {
-                ModelError::Inference(format!("the model gave no output {:?}", pipeline.model.output))
-            })?;
-        let columns = if out.shape.len() >= 2 {
+            .find(|t| t.name == output)
+            .ok_or_else(|| ModelError::Inference(format!("the model gave no output {output:?}")))?;
+        let columns: usize = if out.shape.len() >= 2 {
             out.shape[1..].iter().product()
         } else {
             1
         };
-        let at = pipeline.model.output_index;
-        if at >= columns || out.data.len() != rows * columns {
+        if out.data.len() != rows * columns {
             return Err(ModelError::Inference(format!(
-                "output {:?} has shape {:?}; the pipeline reads column {at} of {rows} rows",
+                "output {:?} has shape {:?} for {rows} rows",
                 out.name, out.shape
             )));
         }
-        let scores = match &out.data {
-            TensorData::Fp32(v) => (0..rows).map(|r| f64::from(v[r * columns + at])).collect(),
-            TensorData::Fp64(v) => (0..rows).map(|r| v[r * columns + at]).collect(),
+        let values = match out.data {
+            TensorData::Fp32(v) => v,
+            TensorData::Fp64(v) => v.into_iter().map(|x| x as f32).collect(),
             d => {
                 return Err(ModelError::Inference(format!(
                     "output {:?} is {}; a score must be FP32 or FP64",
@@ -414,7 +478,7 @@ impl Engine {
                 )));
             }
         };
-        Ok((version, scores))
+        Ok((version, values, columns))
     }
 
     /// Leave one out: each feature set to its training mean in turn, all in one model run;
@@ -458,7 +522,7 @@ impl Engine {
             .into_iter()
             .zip(others)
             .map(|(f, other)| Reason {
-                feature: pipeline.feature_names[f].clone(),
+                feature: pipeline.input.feature_names[f].clone(),
                 value: f64::from(row[f]),
                 contribution: score - other,
             })
@@ -470,9 +534,33 @@ impl Engine {
     }
 }
 
+/// The error for a call to a pipeline of another kind than the RPC serves.
+pub(crate) fn wrong_kind(pipeline: &Pipeline, expected: Kind) -> PipelineError {
+    let rpc = match pipeline.kind {
+        Kind::Fraud => "ScoreFraud or Score",
+        Kind::Recommendations => "Recommend",
+        Kind::Pricing => "Price",
+    };
+    PipelineError::invalid(
+        None,
+        "pipeline",
+        format!(
+            "{:?} is a {} pipeline; this call needs a {} pipeline (call {rpc} for it)",
+            pipeline.name,
+            pipeline.kind.name(),
+            expected.name()
+        ),
+    )
+}
+
 /// The fallback's answer for every row: its rule-based score and decision.
-fn fallback_rows(pipeline: &Pipeline, input: &CallInput, rows: usize, reason: &str) -> Vec<RowAnswer> {
-    let fb = &pipeline.fallback;
+fn fallback_rows(
+    pipeline: &Pipeline,
+    fb: &crate::pipeline::Fallback,
+    input: &CallInput,
+    rows: usize,
+    reason: &str,
+) -> Vec<RowAnswer> {
     // Fallbacks read request fields only (checked when the pipeline loads); anything else
     // would read as missing.
     let inputs: Vec<Option<&Vec<Value>>> = fb
@@ -514,11 +602,13 @@ fn fallback_rows(pipeline: &Pipeline, input: &CallInput, rows: usize, reason: &s
 
 /// A pipeline's metric handles, registered once when the engine starts rather than looked up
 /// by their labels on every call.
-struct Meters {
+pub(crate) struct Meters {
     /// `ferrite_pipeline_seconds` by stage: features, inference, postprocess, total.
     stages: [metrics::Histogram; 4],
     /// `ferrite_pipeline_rows_total` by outcome (model, fallback) and decision.
     rows: [[metrics::Counter; 3]; 2],
+    /// The same counter for pipelines without decisions (`decision=""`), by outcome.
+    calls: [metrics::Counter; 2],
 }
 
 const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Review, Decision::Decline];
@@ -544,12 +634,25 @@ impl Meters {
                 stage("total"),
             ],
             rows: [rows("model"), rows("fallback")],
+            calls: ["model", "fallback"].map(|outcome| {
+                metrics::counter!(
+                    "ferrite_pipeline_rows_total",
+                    "pipeline" => pipeline.to_string(),
+                    "outcome" => outcome,
+                    "decision" => ""
+                )
+            }),
         }
     }
 
-    /// Per call: its stages' times; per row: its decision and whether the model or the
-    /// fallback answered.
-    fn record(&self, rows: &[RowAnswer], latency: &Latency) {
+    /// A call of a pipeline without decisions (recommendations, pricing): its stages' times
+    /// and whether the model or the fallback answered.
+    pub(crate) fn record_call(&self, fallback: bool, latency: &Latency) {
+        self.record_stages(latency);
+        self.calls[usize::from(fallback)].increment(1);
+    }
+
+    fn record_stages(&self, latency: &Latency) {
         let times = [
             latency.features_us,
             latency.inference_us,
@@ -559,6 +662,12 @@ impl Meters {
         for (h, us) in self.stages.iter().zip(times) {
             h.record(us as f64 / 1e6);
         }
+    }
+
+    /// Per call: its stages' times; per row: its decision and whether the model or the
+    /// fallback answered.
+    fn record(&self, rows: &[RowAnswer], latency: &Latency) {
+        self.record_stages(latency);
         for r in rows {
             let outcome = usize::from(r.fallback.is_some());
             let decision = DECISIONS.iter().position(|d| *d == r.decision).unwrap_or(0);

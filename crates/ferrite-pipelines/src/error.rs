@@ -17,6 +17,10 @@ pub enum PipelineError {
         field: String,
         message: String,
     },
+    /// Neither the model path nor the fallback can answer (e.g. a price for an item the
+    /// online store cannot be asked about and the catalogue does not know).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl PipelineError {

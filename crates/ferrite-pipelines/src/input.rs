@@ -62,39 +62,44 @@ pub fn check(pipeline: &Pipeline, input: &mut CallInput) -> Result<usize, Pipeli
         ));
     }
     for name in input.entities.keys() {
-        if !pipeline.entity_keys.iter().any(|(k, _)| k == name) {
+        if !pipeline.input.entity_keys.iter().any(|(k, _)| k == name) {
             return Err(PipelineError::invalid(
                 None,
                 name.clone(),
                 format!(
                     "not an entity key of pipeline {:?}; expected {:?}",
                     pipeline.name,
-                    pipeline.entity_keys.iter().map(|(k, _)| k).collect::<Vec<_>>()
+                    pipeline
+                        .input
+                        .entity_keys
+                        .iter()
+                        .map(|(k, _)| k)
+                        .collect::<Vec<_>>()
                 ),
             ));
         }
     }
     for name in input.fields.keys() {
-        if !pipeline.request_fields.contains_key(name) {
+        if !pipeline.input.request_fields.contains_key(name) {
             return Err(PipelineError::invalid(
                 None,
                 name.clone(),
                 format!(
                     "not a request field of pipeline {:?}; expected {:?}",
                     pipeline.name,
-                    pipeline.request_fields.keys().collect::<Vec<_>>()
+                    pipeline.input.request_fields.keys().collect::<Vec<_>>()
                 ),
             ));
         }
     }
-    for (key, key_type) in &pipeline.entity_keys {
+    for (key, key_type) in &pipeline.input.entity_keys {
         let values = column(&mut input.entities, key, rows, key_type.name())?;
         for (row, v) in values.iter_mut().enumerate() {
             *v = entity_id(std::mem::take(v), *key_type)
                 .map_err(|m| PipelineError::invalid(single(rows, row), key.clone(), m))?;
         }
     }
-    for (field, dtype) in &pipeline.request_fields {
+    for (field, dtype) in &pipeline.input.request_fields {
         let rule = pipeline.field_rules.get(field);
         let values = column(&mut input.fields, field, rows, dtype.name())?;
         for (row, v) in values.iter_mut().enumerate() {

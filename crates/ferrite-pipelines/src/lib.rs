@@ -11,12 +11,15 @@
 //! protocol (`ferrite-server`), feature storage (`ferrite-features`) or model execution
 //! (`ferrite-models`).
 
+pub mod catalog;
 pub mod config;
 pub mod engine;
 mod error;
 pub mod input;
 pub mod model;
 pub mod pipeline;
+pub mod price;
+pub mod recommend;
 pub mod vector;
 
 pub use engine::{Answer, Engine, Latency, Reason, RowAnswer};
@@ -24,3 +27,5 @@ pub use error::PipelineError;
 pub use input::CallInput;
 pub use model::{ModelChoice, ModelSelector};
 pub use pipeline::{Decision, Pipeline, PipelineSet};
+pub use price::{Bound, PriceAnswer, PriceCall};
+pub use recommend::{RecommendCall, Recommendation, RecommendedItem};

@@ -5,11 +5,11 @@
 use ferrite_features::serving::{AnswerSink, FeatureValue, Status};
 use ferrite_features::{Micros, Value};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::Service;
 
 /// The feature matrix of a call, row-major, and what the call learned about its rows.
 pub struct Vectors<'a> {
-    pipeline: &'a Pipeline,
+    service: &'a Service,
     pub width: usize,
     pub data: Vec<f32>,
     /// Per row and entity: whether any of the entity's stored rows exists (even expired).
@@ -19,13 +19,13 @@ pub struct Vectors<'a> {
 }
 
 impl<'a> Vectors<'a> {
-    pub fn new(pipeline: &'a Pipeline, rows: usize) -> Self {
-        let width = pipeline.refs.len();
+    pub fn new(service: &'a Service, rows: usize) -> Self {
+        let width = service.refs.len();
         Vectors {
-            pipeline,
+            service,
             width,
             data: vec![f32::NAN; rows * width],
-            known: vec![false; rows * pipeline.entities.len()],
+            known: vec![false; rows * service.entities.len()],
             oldest: vec![None; rows],
         }
     }
@@ -37,20 +37,20 @@ impl<'a> Vectors<'a> {
     /// True when some entity of `row` has no stored row in any view: its features took the
     /// cold-start values.
     pub fn cold_start(&self, row: usize) -> bool {
-        let n = self.pipeline.entities.len();
+        let n = self.service.entities.len();
         self.known[row * n..(row + 1) * n].iter().any(|k| !k)
     }
 
     /// Cold-start values go where an unknown entity left a feature missing; done once the
     /// whole answer is in, when it is known which entities were found.
     pub fn finish(&mut self) {
-        if self.pipeline.cold_start.iter().all(Option::is_none) {
+        if self.service.cold_start.iter().all(Option::is_none) {
             return;
         }
-        let n = self.pipeline.entities.len();
+        let n = self.service.entities.len();
         for row in 0..self.oldest.len() {
-            for (f, default) in self.pipeline.cold_start.iter().enumerate() {
-                if let (Some(d), Some(e)) = (default, self.pipeline.feature_entity[f])
+            for (f, default) in self.service.cold_start.iter().enumerate() {
+                if let (Some(d), Some(e)) = (default, self.service.feature_entity[f])
                     && !self.known[row * n + e]
                 {
                     self.data[row * self.width + f] = *d;
@@ -71,9 +71,9 @@ pub fn to_f32(v: &Value) -> f32 {
 
 impl AnswerSink for Vectors<'_> {
     fn push(&mut self, row: usize, feature: usize, value: FeatureValue) {
-        if let Some(e) = self.pipeline.feature_entity[feature] {
+        if let Some(e) = self.service.feature_entity[feature] {
             if value.status != Status::NotFound {
-                self.known[row * self.pipeline.entities.len() + e] = true;
+                self.known[row * self.service.entities.len() + e] = true;
             }
             if value.status == Status::Present
                 && let Some(ts) = value.event_ts

@@ -30,13 +30,13 @@ fn a_good_file_resolves_its_inputs_from_the_feature_service() {
     let p = set.get("checkout").unwrap();
     assert_eq!(p.budget.as_millis(), 50);
     assert_eq!(p.max_batch, 1024);
-    let keys: Vec<&str> = p.entity_keys.iter().map(|(k, _)| k.as_str()).collect();
+    let keys: Vec<&str> = p.input.entity_keys.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
         keys.contains(&"user_id") && keys.contains(&"merchant_id"),
         "{keys:?}"
     );
-    assert!(p.request_fields.contains_key("amount"));
-    assert_eq!(p.feature_names.len(), p.refs.len());
+    assert!(p.input.request_fields.contains_key("amount"));
+    assert_eq!(p.input.feature_names.len(), p.input.refs.len());
     let err = set.get("nope").unwrap_err().to_string();
     assert!(err.contains("pipeline") && err.contains("checkout"), "{err}");
 }
@@ -100,7 +100,109 @@ fn the_shipped_pipelines_load() {
     let registry = Registry::load(&repo_root().join("features"), None).unwrap();
     let set = PipelineSet::load(&repo_root().join("pipelines"), &registry).unwrap();
     assert!(set.get("fraud").is_ok());
+    let recs = set.get("recommendations").unwrap();
+    let r = recs.recs.as_ref().unwrap();
+    assert_eq!(r.item_key.0, "item_id");
+    assert_eq!(r.items.feature_names[r.in_stock], "stock_level");
+    assert_eq!(recs.input.entity_keys[0].0, "user_id");
+    let pricing = set.get("pricing").unwrap();
+    let p = pricing.pricing.as_ref().unwrap();
+    assert_eq!(pricing.input.feature_names[p.cost], "cost");
+    assert_eq!(pricing.input.feature_names[p.current_price], "list_price");
+    assert!(pricing.input.request_fields.contains_key("price"));
     // A directory that does not exist declares no pipeline.
     let none = PipelineSet::load(&repo_root().join("no-such-dir"), &registry).unwrap();
     assert!(none.pipelines.is_empty());
+}
+
+/// The shipped recommendations and pricing files, each broken one key at a time.
+#[test]
+fn recommendations_and_pricing_files_that_cannot_work_are_refused_with_the_key() {
+    let shipped = |name: &str| std::fs::read_to_string(repo_root().join("pipelines").join(name)).unwrap();
+    let recs = shipped("recommendations.toml");
+    let pricing = shipped("pricing.toml");
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            &recs,
+            "in_stock = \"stock_level\"",
+            "in_stock = \"stock\"",
+            &["recommendations.in_stock", "stock"],
+        ),
+        (
+            &recs,
+            "category = \"item_features:category\"",
+            "category = \"user_profile:country\"",
+            &["recommendations.category", "item"],
+        ),
+        (
+            &recs,
+            "item_service = \"recs_item_v1\"",
+            "item_service = \"pricing_v1\"",
+            &["item_service", "request fields"],
+        ),
+        (&recs, "top_k = 20", "top_k = 200", &["top_k", "max_top_k"]),
+        (
+            &recs,
+            "budget_ms = 20",
+            "budget_ms = 20\n[fallback]\nscore = \"0.5\"",
+            &["[fallback]", "built in"],
+        ),
+        (
+            &recs,
+            "budget_ms = 20",
+            "budget_ms = 20\n[fraud]\nreview_at = 0.3\ndecline_at = 0.8",
+            &["[fraud]", "recommendations pipeline"],
+        ),
+        (
+            &recs,
+            "[recommendations]",
+            "[recommendation]",
+            &["recommendation"],
+        ),
+        (
+            &pricing,
+            "max_change = 0.10",
+            "max_change = 1.5",
+            &["pricing.max_change"],
+        ),
+        (
+            &pricing,
+            "min_margin = 0.10",
+            "min_margin = -2.0",
+            &["pricing.min_margin"],
+        ),
+        (
+            &pricing,
+            "cost = \"cost\"",
+            "cost = \"price_vs_list\"",
+            &["pricing.cost", "request-time"],
+        ),
+        (
+            &pricing,
+            "price_field = \"price\"",
+            "price_field = \"amount\"",
+            &["pricing.price_field", "amount"],
+        ),
+        (
+            &pricing,
+            "{ step = 1.0, at = 0.99 }",
+            "{ step = 1.0, at = 1.5 }",
+            &["pricing.endings[0]"],
+        ),
+        (
+            &pricing,
+            "candidates = 50",
+            "candidates = 1",
+            &["pricing.candidates"],
+        ),
+    ];
+    for (good, from, to, needles) in cases {
+        let text = good.replacen(from, to, 1);
+        assert_ne!(&text, good, "{from:?} not in the shipped file");
+        let err = load(&text).unwrap_err();
+        assert!(err.contains("checkout.toml"), "{err}");
+        for n in *needles {
+            assert!(err.contains(n), "{to:?}: {err:?} lacks {n:?}");
+        }
+    }
 }

@@ -30,13 +30,13 @@ async fn online_vectors_equal_training_rows_and_scores_equal_onnxruntime() {
     let engine = engine(registry.clone(), store, models());
     let fraud = engine.pipelines().get("fraud").unwrap().clone();
     assert_eq!(
-        fraud.feature_names, parity.features,
+        fraud.input.feature_names, parity.features,
         "the pipeline's features are the model's"
     );
     assert!(
-        fraud.feature_names.len() >= 100,
+        fraud.input.feature_names.len() >= 100,
         "{} features",
-        fraud.feature_names.len()
+        fraud.input.feature_names.len()
     );
 
     // The training set as the current code builds it, for the same (entity, time) rows.
@@ -45,7 +45,7 @@ async fn online_vectors_equal_training_rows_and_scores_equal_onnxruntime() {
     )
     .scan()
     .unwrap();
-    let set = training_set(&registry, &fraud.refs, entities, "event_timestamp").unwrap();
+    let set = training_set(&registry, &fraud.input.refs, entities, "event_timestamp").unwrap();
     assert_eq!(set.height(), parity.rows.len());
 
     let online = engine
@@ -54,7 +54,7 @@ async fn online_vectors_equal_training_rows_and_scores_equal_onnxruntime() {
         .unwrap();
     for (i, (row, got)) in parity.rows.iter().zip(&online).enumerate() {
         let want = expected_vector(&row.vector);
-        for (f, name) in fraud.feature_names.iter().enumerate() {
+        for (f, name) in fraud.input.feature_names.iter().enumerate() {
             let offline = set
                 .column(name)
                 .unwrap()
@@ -161,7 +161,7 @@ async fn decisions_follow_the_thresholds_and_flagged_answers_carry_their_reasons
             );
         }
         for r in &row.reasons {
-            assert!(fraud.feature_names.contains(&r.feature), "{}", r.feature);
+            assert!(fraud.input.feature_names.contains(&r.feature), "{}", r.feature);
             assert!(r.contribution != 0.0);
         }
     }

@@ -117,7 +117,7 @@ fn filtered_search_plans_exact_or_selector_and_both_equal_brute_force() {
     assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
 
     // Half of them: FAISS with an id selector; nothing filtered out comes back.
-    let wide = |p: usize| p % 2 == 0;
+    let wide = |p: usize| p.is_multiple_of(2);
     let (hits, plan) = index.search(&query, k, Some(&wide)).unwrap();
     assert_eq!(plan, SearchPlan::Selector);
     assert_eq!(ids(&hits), brute_force(&data, dim, &query, k, &wide));

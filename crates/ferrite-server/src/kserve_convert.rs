@@ -370,11 +370,13 @@ impl Column {
 
 /// The pipeline's inputs in metadata order: entity keys, then request fields.
 fn pipeline_columns(p: &Pipeline) -> Vec<(&str, Column)> {
-    p.entity_keys
+    p.input
+        .entity_keys
         .iter()
         .map(|(k, _)| (k.as_str(), Column::Entity))
         .chain(
-            p.request_fields
+            p.input
+                .request_fields
                 .iter()
                 .map(|(f, &t)| (f.as_str(), Column::Field(t))),
         )

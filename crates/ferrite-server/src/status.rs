@@ -43,6 +43,7 @@ impl From<ApiError> for Status {
             ApiError::Pipeline(PipelineError::Invalid { .. }) => Status::invalid_argument(message),
             ApiError::Pipeline(PipelineError::NotFound(_)) => Status::invalid_argument(message),
             ApiError::Pipeline(PipelineError::Config { .. }) => Status::failed_precondition(message),
+            ApiError::Pipeline(PipelineError::Unavailable(_)) => Status::unavailable(message),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The repository's own pipelines, features and models, with a real online store filled by
-//! materialization, for the integration tests.
+//! materialization, for the integration tests. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
@@ -45,9 +46,16 @@ pub fn registry() -> Arc<Registry> {
 
 /// The model repository with only the fraud pipeline's model loaded.
 pub fn models() -> Arc<ModelRepository> {
+    models_loaded(&["fraud_txn_gbdt"])
+}
+
+/// The model repository with `names` loaded.
+pub fn models_loaded(names: &[&str]) -> Arc<ModelRepository> {
     let runtime = OnnxRuntime::get(None).unwrap();
     let models = Arc::new(ModelRepository::new(repo_root().join("models"), runtime));
-    models.load("fraud_txn_gbdt").unwrap();
+    for name in names {
+        models.load(name).unwrap();
+    }
     models
 }
 
@@ -67,6 +75,33 @@ pub async fn embedded_store() -> Arc<dyn OnlineStore> {
 
 pub fn engine(registry: Arc<Registry>, store: Arc<dyn OnlineStore>, models: Arc<ModelRepository>) -> Engine {
     let pipelines = PipelineSet::load(&repo_root().join("pipelines"), &registry).unwrap();
+    let engine = Engine::new(store, models, pipelines);
+    engine.preload();
+    engine
+}
+
+/// The repository's pipelines with every budget set to `budget_ms`: functional tests must not
+/// depend on how fast a debug build runs on a busy machine.
+pub fn relaxed_engine(
+    registry: Arc<Registry>,
+    store: Arc<dyn OnlineStore>,
+    models: Arc<ModelRepository>,
+    budget_ms: u64,
+) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| match l.starts_with("budget_ms") {
+                true => format!("budget_ms = {budget_ms}"),
+                false => l.to_string(),
+            })
+            .collect();
+        std::fs::write(dir.path().join(path.file_name().unwrap()), text.join("\n")).unwrap();
+    }
+    let pipelines = PipelineSet::load(dir.path(), &registry).unwrap();
     let engine = Engine::new(store, models, pipelines);
     engine.preload();
     engine

@@ -48,7 +48,7 @@ type Columns = Vec<(String, Value)>;
 fn fraud_row(pipeline: &Pipeline, t: pb::ScoreFraudRequest, now: i64) -> Result<(Columns, Columns), String> {
     use pb::score_fraud_request::{Merchant, User};
     let mut entities = Vec::with_capacity(2);
-    let wants_key = |k: &str| pipeline.entity_keys.iter().any(|(n, _)| n == k);
+    let wants_key = |k: &str| pipeline.input.entity_keys.iter().any(|(n, _)| n == k);
     if wants_key("user_id") {
         match t.user {
             Some(User::UserId(s)) => entities.push(("user_id".to_string(), Value::Str(s))),
@@ -78,7 +78,7 @@ fn fraud_row(pipeline: &Pipeline, t: pb::ScoreFraudRequest, now: i64) -> Result<
     let mut fields: Vec<(String, Value)> = TRANSACTION_FIELDS
         .into_iter()
         .zip(values)
-        .filter(|(k, _)| pipeline.request_fields.contains_key(*k))
+        .filter(|(k, _)| pipeline.input.request_fields.contains_key(*k))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     for (k, v) in t.context {
@@ -311,9 +311,10 @@ impl ScoringService for Scoring {
             .map(|p| pb::PipelineInfo {
                 name: p.name.clone(),
                 kind: p.kind.name().to_string(),
-                feature_service: p.feature_service.clone(),
-                entity_keys: p.entity_keys.iter().map(|(k, _)| k.clone()).collect(),
+                feature_service: p.input.name.clone(),
+                entity_keys: p.input.entity_keys.iter().map(|(k, _)| k.clone()).collect(),
                 request_fields: p
+                    .input
                     .request_fields
                     .iter()
                     .map(|(k, t)| (k.clone(), t.name().to_string()))
@@ -321,7 +322,7 @@ impl ScoringService for Scoring {
                 model_name: p.model.name.clone(),
                 model_version: p.model.version.clone(),
                 budget_ms: p.budget.as_millis() as u64,
-                features: p.feature_names.clone(),
+                features: p.input.feature_names.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListPipelinesResponse { pipelines }))
