@@ -125,6 +125,19 @@ impl Engine {
         }
     }
 
+    /// The pipelines that keep a catalogue, with how often it is rebuilt.
+    pub fn catalog_refreshes(&self) -> Vec<(String, std::time::Duration)> {
+        self.pipelines
+            .pipelines
+            .values()
+            .filter_map(|p| match (&p.recs, &p.pricing) {
+                (Some(r), _) => Some((p.name.clone(), r.refresh)),
+                (_, Some(pr)) => Some((p.name.clone(), pr.refresh)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The catalogue `pipeline` serves from now, if one was built.
     pub fn catalog(&self, pipeline: &str) -> Option<Arc<Catalog>> {
         self.catalogs.get(pipeline).and_then(|c| c.load_full())

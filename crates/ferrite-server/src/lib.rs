@@ -221,6 +221,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             until_stopped(),
         ));
     }
+    // The recommendations and pricing pipelines' catalogues: built once before the server says
+    // it is ready (a failure is logged, and calls get UNAVAILABLE or the fallback until a
+    // rebuild succeeds), then rebuilt on each pipeline's timer.
+    for (name, every) in state.pipelines.catalog_refreshes() {
+        let _ = state
+            .pipelines
+            .refresh_catalog(&name, ferrite_features::value::now_micros())
+            .await;
+        tokio::spawn(refresh_catalog(state.clone(), name, every, until_stopped()));
+    }
 
     state.ready.store(true, Ordering::Release);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
@@ -252,6 +262,27 @@ async fn watch_models(
                 let models = models.clone();
                 // Results are logged by the repository; a failed reload keeps what serves.
                 let _ = tokio::task::spawn_blocking(move || models.reload_changed()).await;
+            }
+        }
+    }
+}
+
+/// Rebuilds pipeline `name`'s catalogue every `every` until `stop` resolves.
+async fn refresh_catalog(
+    state: Arc<AppState>,
+    name: String,
+    every: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            // A failure is logged and counted by the engine; the previous catalogue serves.
+            _ = ticks.tick() => {
+                let _ = state.pipelines.refresh_catalog(&name, ferrite_features::value::now_micros()).await;
             }
         }
     }

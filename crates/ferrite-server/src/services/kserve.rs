@@ -55,9 +55,12 @@ impl KServe {
     }
 }
 
+/// Only row-scoring (fraud) pipelines are KServe models: one row in, one score out.
+/// Recommendations and prices answer lists and bounds, through Recommend and Price.
 fn pipeline_model(state: &AppState, name: &str) -> Option<Arc<Pipeline>> {
     let pipeline = state.pipelines.pipelines().pipelines.get(name)?;
-    state.models.get(name).is_err().then(|| pipeline.clone())
+    (pipeline.kind == ferrite_pipelines::config::Kind::Fraud && state.models.get(name).is_err())
+        .then(|| pipeline.clone())
 }
 
 /// Refuses any version but the pipeline's one (empty: that one).

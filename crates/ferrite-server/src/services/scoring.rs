@@ -7,7 +7,10 @@ use std::time::Instant;
 
 use ferrite_features::Value;
 use ferrite_features::value::now_micros;
-use ferrite_pipelines::{Answer, CallInput, Decision, Engine, Pipeline, PipelineError, RowAnswer};
+use ferrite_pipelines::{
+    Answer, CallInput, Decision, Engine, Latency, Pipeline, PipelineError, PriceCall, RecommendCall,
+    RowAnswer,
+};
 use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::scoring_service_server::ScoringService;
 use tonic::{Request, Response, Status};
@@ -31,8 +34,12 @@ impl Scoring {
     }
 }
 
-/// The pipeline ScoreFraud runs when the request names none.
+/// The pipelines ScoreFraud, Recommend and Price run when the request names none.
 const DEFAULT_FRAUD_PIPELINE: &str = "fraud";
+const DEFAULT_RECOMMENDATIONS_PIPELINE: &str = "recommendations";
+const DEFAULT_PRICING_PIPELINE: &str = "pricing";
+/// The sample data's prices are in EUR.
+const PRICE_CURRENCY: &str = "EUR";
 
 // Only the columns the pipeline reads are passed (a pipeline that needs no device type
 // ignores it), named as transactions.parquet names them.
@@ -123,21 +130,71 @@ fn decision_pb(d: Decision) -> i32 {
 }
 
 fn meta(row: &RowAnswer, answer: &Answer, include_latency: bool) -> pb::ResponseMeta {
-    pb::ResponseMeta {
-        model_name: row.model_name.clone(),
-        model_version: row.model_version.clone(),
-        variant: String::new(),
-        fallback: row.fallback.is_some(),
-        fallback_reason: row.fallback.clone().unwrap_or_default(),
-        server_latency_us: answer.latency.total_us,
+    Meta {
+        model_name: &row.model_name,
+        model_version: &row.model_version,
+        fallback: row.fallback.as_deref(),
         feature_age_us: row.feature_age_us,
         cold_start: row.cold_start,
-        latency: include_latency.then_some(pb::LatencyBreakdown {
-            features_us: answer.latency.features_us,
-            inference_us: answer.latency.inference_us,
-            postprocess_us: answer.latency.postprocess_us,
-            total_us: answer.latency.total_us,
-        }),
+        latency: &answer.latency,
+    }
+    .to_pb(include_latency)
+}
+
+/// What every pipeline answer reports about itself.
+struct Meta<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    fallback: Option<&'a str>,
+    feature_age_us: u64,
+    cold_start: bool,
+    latency: &'a Latency,
+}
+
+impl Meta<'_> {
+    fn to_pb(&self, include_latency: bool) -> pb::ResponseMeta {
+        pb::ResponseMeta {
+            model_name: self.model_name.to_string(),
+            model_version: self.model_version.to_string(),
+            variant: String::new(),
+            fallback: self.fallback.is_some(),
+            fallback_reason: self.fallback.unwrap_or_default().to_string(),
+            server_latency_us: self.latency.total_us,
+            feature_age_us: self.feature_age_us,
+            cold_start: self.cold_start,
+            latency: include_latency.then_some(pb::LatencyBreakdown {
+                features_us: self.latency.features_us,
+                inference_us: self.latency.inference_us,
+                postprocess_us: self.latency.postprocess_us,
+                total_us: self.latency.total_us,
+            }),
+        }
+    }
+}
+
+/// The pipeline a request names, or `default`.
+fn pipeline_or(name: String, default: &str) -> String {
+    if name.is_empty() {
+        default.to_string()
+    } else {
+        name
+    }
+}
+
+/// An id as the caller sent it: a decimal string or an integer.
+fn id_value(s: Option<String>, i: Option<i64>) -> Value {
+    match (s, i) {
+        (Some(s), _) => Value::Str(s),
+        (None, Some(i)) => Value::Int(i),
+        (None, None) => Value::Null,
+    }
+}
+
+/// An item id as the answer gives it.
+fn id_string(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -275,6 +332,141 @@ impl ScoringService for Scoring {
             })
             .collect();
         Ok(Response::new(pb::ScoreFraudBatchResponse { results }))
+    }
+
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        use pb::recommend_request::User;
+        let deadline = deadline(&request, Instant::now());
+        let r = request.into_inner();
+        let name = pipeline_or(r.pipeline, DEFAULT_RECOMMENDATIONS_PIPELINE);
+        let (user_s, user_i) = match r.user {
+            Some(User::UserId(s)) => (Some(s), None),
+            Some(User::UserIdInt(i)) => (None, Some(i)),
+            None => (None, None),
+        };
+        let context = r.context.unwrap_or_default();
+        let mut exclude: Vec<Value> = r.exclude_item_ids.into_iter().map(Value::Str).collect();
+        let excluded = exclude.len();
+        exclude.extend(context.basket_item_ids.into_iter().map(Value::Str));
+        let call = RecommendCall {
+            user: id_value(user_s, user_i),
+            top_k: r.top_k as usize,
+            exclude,
+            category: Some(context.category).filter(|c| !c.is_empty()),
+            fields: Default::default(),
+        };
+        let answer = self
+            .engine()
+            .recommend(&name, call, deadline, now_micros())
+            .await
+            .map_err(|e| {
+                // Name the field as the request has it.
+                ApiError::from(match e {
+                    PipelineError::Invalid { row, field, message } => PipelineError::Invalid {
+                        row,
+                        field: match field.strip_prefix("exclude_item_ids[") {
+                            Some(rest) => {
+                                let i: usize = rest.trim_end_matches(']').parse().unwrap_or(0);
+                                if i < excluded {
+                                    field
+                                } else {
+                                    format!("context.basket_item_ids[{}]", i - excluded)
+                                }
+                            }
+                            None => field,
+                        },
+                        message,
+                    },
+                    e => e,
+                })
+            })?;
+        Ok(Response::new(pb::RecommendResponse {
+            items: answer
+                .items
+                .iter()
+                .map(|i| pb::ScoredItem {
+                    item_id: id_string(&i.id),
+                    score: i.score,
+                    retrieval_score: i.retrieval_score,
+                    category: i.category.as_deref().unwrap_or_default().to_string(),
+                })
+                .collect(),
+            meta: Some(
+                Meta {
+                    model_name: &answer.model_name,
+                    model_version: &answer.model_version,
+                    fallback: answer.fallback.as_deref(),
+                    feature_age_us: answer.feature_age_us,
+                    cold_start: answer.cold_start,
+                    latency: &answer.latency,
+                }
+                .to_pb(r.include_latency),
+            ),
+            retrieved: answer.retrieved as u32,
+            retrieval_plan: answer.retrieval_plan.to_string(),
+        }))
+    }
+
+    async fn price(&self, request: Request<pb::PriceRequest>) -> Result<Response<pb::PriceResponse>, Status> {
+        use pb::price_request::Item;
+        let deadline = deadline(&request, Instant::now());
+        let r = request.into_inner();
+        let name = pipeline_or(r.pipeline, DEFAULT_PRICING_PIPELINE);
+        let (item_s, item_i) = match r.item {
+            Some(Item::ItemId(s)) => (Some(s), None),
+            Some(Item::ItemIdInt(i)) => (None, Some(i)),
+            None => (None, None),
+        };
+        let call = PriceCall {
+            item: id_value(item_s, item_i),
+            fields: r
+                .context
+                .iter()
+                .map(|(k, v)| (k.clone(), value_from_pb(v)))
+                .collect(),
+        };
+        let answer = self
+            .engine()
+            .price(&name, call, deadline, now_micros())
+            .await
+            .map_err(|e| {
+                ApiError::from(match e {
+                    // A field of the pipeline other than the item arrives through `context`.
+                    PipelineError::Invalid { row, field, message } if r.context.contains_key(&field) => {
+                        PipelineError::Invalid {
+                            row,
+                            field: format!("context.{field}"),
+                            message,
+                        }
+                    }
+                    e => e,
+                })
+            })?;
+        Ok(Response::new(pb::PriceResponse {
+            price: answer.price,
+            currency: PRICE_CURRENCY.to_string(),
+            meta: Some(
+                Meta {
+                    model_name: &answer.model_name,
+                    model_version: &answer.model_version,
+                    fallback: answer.fallback.as_deref(),
+                    feature_age_us: answer.feature_age_us,
+                    cold_start: false,
+                    latency: &answer.latency,
+                }
+                .to_pb(r.include_latency),
+            ),
+            current_price: answer.current_price,
+            floor_price: answer.floor,
+            expected_units: answer.expected_units,
+            expected_revenue: answer.expected_revenue,
+            expected_margin: answer.expected_margin,
+            bound: answer.bound.as_str().to_string(),
+            candidates: answer.candidates as u32,
+        }))
     }
 
     async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
