@@ -147,6 +147,62 @@ impl FraudAnswer {
     }
 }
 
+/// The `meta` (a `ResponseMeta`) of an answer that has it at field `TAG` (Recommend: 2,
+/// Price: 3), the only part of those answers the load generator reads.
+#[derive(Clone, PartialEq, Default)]
+pub struct MetaAt<const TAG: u32> {
+    meta: Option<MetaAnswer>,
+}
+
+impl<const TAG: u32> MetaAt<TAG> {
+    pub fn fallback(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.fallback)
+    }
+}
+
+impl<const TAG: u32> std::fmt::Debug for MetaAt<TAG> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaAt").field("meta", &self.meta).finish()
+    }
+}
+
+impl<const TAG: u32> Message for MetaAt<TAG> {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if let Some(m) = &self.meta {
+            prost::encoding::message::encode(TAG, m, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag == TAG {
+            prost::encoding::message::merge(
+                wire_type,
+                self.meta.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            )
+        } else {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.meta
+            .as_ref()
+            .map_or(0, |m| prost::encoding::message::encoded_len(TAG, m))
+    }
+
+    fn clear(&mut self) {
+        self.meta = None;
+    }
+}
+
 /// The part of a `ScoreFraudBatchResponse` the load generator reads.
 #[derive(Clone, PartialEq, Message)]
 pub struct FraudBatchAnswer {
@@ -231,5 +287,41 @@ mod tests {
         };
         let b = FraudBatchAnswer::decode(batch.encode_to_vec().as_slice()).unwrap();
         assert_eq!(b.results.iter().filter(|r| r.fallback()).count(), 2);
+    }
+
+    #[test]
+    fn the_fallback_flag_is_read_from_recommend_and_price_answers() {
+        use ferrite_proto::ferrite::v1::{PriceResponse, RecommendResponse, ScoredItem};
+        let meta = |fallback| {
+            Some(ResponseMeta {
+                fallback,
+                ..Default::default()
+            })
+        };
+        let recs = |fallback| RecommendResponse {
+            items: vec![ScoredItem {
+                item_id: "3000001".into(),
+                score: 0.5,
+                ..Default::default()
+            }],
+            meta: meta(fallback),
+            retrieved: 200,
+            retrieval_plan: "exact".into(),
+        };
+        for fallback in [false, true] {
+            let got = MetaAt::<2>::decode(recs(fallback).encode_to_vec().as_slice()).unwrap();
+            assert_eq!(got.fallback(), fallback);
+            let price = PriceResponse {
+                price: 9.99,
+                meta: meta(fallback),
+                bound: "none".into(),
+                ..Default::default()
+            };
+            let got = MetaAt::<3>::decode(price.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(got.fallback(), fallback);
+        }
+        // An answer without meta is not a fallback.
+        let bare = RecommendResponse::default().encode_to_vec();
+        assert!(!MetaAt::<2>::decode(bare.as_slice()).unwrap().fallback());
     }
 }

@@ -10,8 +10,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
 use ferrite_proto::ferrite::v1::{
-    FeatureList, FeatureStatus, GetOnlineFeaturesRequest, Value, ValueList, get_online_features_request,
-    value,
+    FeatureList, FeatureStatus, GetOnlineFeaturesRequest, PriceRequest, RecommendRequest, Value, ValueList,
+    get_online_features_request, price_request, recommend_request, value,
 };
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
@@ -19,7 +19,7 @@ use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
 use prost::Message;
 use prost::bytes::Bytes;
 
-use super::fraud::{FraudAnswer, FraudBatchAnswer, Transactions};
+use super::fraud::{FraudAnswer, FraudBatchAnswer, MetaAt, Transactions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
@@ -57,6 +57,13 @@ pub enum Rpc {
     /// ScoringService/ScoreFraudBatch: `--batch` consecutive transactions from the one the
     /// key picks. Fallbacks are counted per transaction.
     ScoreFraudBatch,
+    /// ScoringService/Recommend: 20 items for user 1,000,000 + key (the sample data's ids; run
+    /// with `--keys 2000` for its users). An answer whose `meta.fallback` is set counts as a
+    /// fallback.
+    Recommend,
+    /// ScoringService/Price: a price for item 3,000,000 + key (the sample data's ids; run with
+    /// `--keys 500` for its items).
+    Price,
 }
 
 /// What the load generator reads from an answer.
@@ -83,6 +90,8 @@ impl Rpc {
             Rpc::Features100Columnar => "features-100-columnar",
             Rpc::ScoreFraud => "score-fraud",
             Rpc::ScoreFraudBatch => "score-fraud-batch",
+            Rpc::Recommend => "recommend",
+            Rpc::Price => "price",
         }
     }
 
@@ -156,6 +165,38 @@ impl Rpc {
                 return Ok(Outcome {
                     values,
                     present,
+                    ..Outcome::default()
+                });
+            }
+            Rpc::Recommend => {
+                let request = RecommendRequest {
+                    user: Some(recommend_request::User::UserIdInt(1_000_000 + key as i64)),
+                    ..Default::default()
+                };
+                let answer: MetaAt<2> = unary(
+                    channel,
+                    "/ferrite.v1.ScoringService/Recommend",
+                    Encoded(request.encode_to_vec().into()),
+                )
+                .await?;
+                return Ok(Outcome {
+                    fallbacks: u32::from(answer.fallback()),
+                    ..Outcome::default()
+                });
+            }
+            Rpc::Price => {
+                let request = PriceRequest {
+                    item: Some(price_request::Item::ItemIdInt(3_000_000 + key as i64)),
+                    ..Default::default()
+                };
+                let answer: MetaAt<3> = unary(
+                    channel,
+                    "/ferrite.v1.ScoringService/Price",
+                    Encoded(request.encode_to_vec().into()),
+                )
+                .await?;
+                return Ok(Outcome {
+                    fallbacks: u32::from(answer.fallback()),
                     ..Outcome::default()
                 });
             }
