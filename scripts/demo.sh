@@ -42,8 +42,14 @@ echo "==> latency: 2000 GetOnlineFeatures calls, 1 user x 30 features, beside th
 echo "==> latency: 2000 ScoreFraud calls (130 features, 400-tree GBDT, decision) beside the floor" >&2
 "$bin" bench --addr "$GRPC_ADDR" --rpc score-fraud --keys 2000 --requests 2000 --concurrency 1 --with-floor
 
+echo "==> latency: 1000 Recommend calls (retrieve 200, re-check, rank, 20 items) beside the floor" >&2
+"$bin" bench --addr "$GRPC_ADDR" --rpc recommend --keys 2000 --requests 1000 --concurrency 1 --with-floor
+
+echo "==> latency: 1000 Price calls (demand model over the candidate prices) beside the floor" >&2
+"$bin" bench --addr "$GRPC_ADDR" --rpc price --keys 500 --requests 1000 --concurrency 1 --with-floor
+
 echo "==> metrics: http://$METRICS_ADDR/metrics" >&2
-curl -s "http://$METRICS_ADDR/metrics" | grep -E '^ferrite_(grpc_requests|pipeline_rows)_total' | head -n 8
+curl -s "http://$METRICS_ADDR/metrics" | grep -E '^ferrite_(grpc_requests|pipeline_rows)_total' | head -n 12
 
 if [ -t 0 ]; then
   echo "==> serving on $GRPC_ADDR (log: $log); Ctrl-C to stop" >&2

@@ -109,6 +109,48 @@ def fraud_line(answer, ms):
     return "  ".join(parts)
 
 
+# Recommendations for a product page (pipelines/recommendations.toml): a user with a click
+# history, the same user on a basket page with a category, and a user nobody knows.
+RECOMMEND = [
+    ("user 1000089", {"user_id_int": 1000089, "top_k": 5}),
+    ("user 1000089, basket page, books only",
+     {"user_id": "1000089", "top_k": 3, "context": {"page": "basket", "category": "books", "basket_item_ids": ["3000115"]}}),
+    ("an unknown user", {"user_id_int": 1999999999, "top_k": 3}),
+]
+
+# Prices for a few catalogue items (pipelines/pricing.toml).
+PRICE_ITEMS = [3000022, 3000005, 3000117, 3000240]
+
+
+def recommend_line(label, answer, ms):
+    meta = answer.get("meta", {})
+    latency = meta.get("latency") or {}
+    head = f"{label}: {len(answer['items'])} items in {ms:.2f} ms"
+    if latency:
+        head += (f" (server {latency['totalUs']} us: features {latency['featuresUs']}, "
+                 f"models {latency['inferenceUs']}; {answer['retrieved']} retrieved, plan {answer['retrievalPlan'] or '-'})")
+    if meta.get("fallback"):
+        head += f"  FALLBACK: {meta['fallbackReason']}"
+    if meta.get("coldStart"):
+        head += "  cold start: popular in-stock items"
+    items = ", ".join(f"{i['itemId']} {i['category']} {i['score']:.3f}" for i in answer["items"])
+    return f"{head}\n    {items}"
+
+
+def price_line(item, answer, ms):
+    meta = answer.get("meta", {})
+    latency = meta.get("latency") or {}
+    line = (f"item {item}: {answer['price']:.2f} {answer['currency']} (now {answer['currentPrice']:.2f}, "
+            f"floor {float(answer['floorPrice']):.2f}), expected {float(answer['expectedUnits']):.2f} units/day, "
+            f"revenue {float(answer['expectedRevenue']):.2f}, decided by: {answer['bound']}, "
+            f"{answer['candidates']} candidates, {ms:.2f} ms")
+    if latency:
+        line += f" (server {latency['totalUs']} us: model {latency['inferenceUs']})"
+    if meta.get("fallback"):
+        line += f"  FALLBACK: {meta['fallbackReason']}"
+    return line
+
+
 def call(channel, pool, service, method, request_json):
     desc = pool.FindServiceByName(service).methods_by_name[method]
     request_cls = message_factory.GetMessageClass(desc.input_type)
@@ -175,6 +217,22 @@ def main() -> int:
     except grpc.RpcError as e:
         failures += 1
         print(f"ferrite.v1.ScoringService/ScoreFraudBatch  FAILED {e.code().name}: {e.details()}")
+    print("ferrite.v1.ScoringService/Recommend (two-tower retrieval, filters, ranker, at most 4 per category):")
+    for label, r in RECOMMEND:
+        try:
+            answer, ms = call(channel, pool, "ferrite.v1.ScoringService", "Recommend", {**r, "include_latency": True})
+            print("  " + recommend_line(label, answer, ms))
+        except grpc.RpcError as e:
+            failures += 1
+            print(f"  FAILED {e.code().name}: {e.details()}")
+    print("ferrite.v1.ScoringService/Price (demand model over candidate prices, inside the bounds):")
+    for item in PRICE_ITEMS:
+        try:
+            answer, ms = call(channel, pool, "ferrite.v1.ScoringService", "Price", {"item_id_int": item, "include_latency": True})
+            print("  " + price_line(item, answer, ms))
+        except grpc.RpcError as e:
+            failures += 1
+            print(f"  FAILED {e.code().name}: {e.details()}")
     return 1 if failures else 0
 
 
