@@ -504,7 +504,7 @@ fn feature_store_commands_run_end_to_end_on_the_sample_data() {
     };
     let (ok, stdout, stderr) = ferrite(&["validate"]);
     assert!(
-        ok && stdout.contains("ok: 3 entities, 7 sources, 7 feature views"),
+        ok && stdout.contains("ok: 3 entities, 10 sources, 10 feature views"),
         "{stdout}{stderr}"
     );
 
