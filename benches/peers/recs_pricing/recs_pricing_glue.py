@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -201,14 +202,17 @@ class Service:
         return rows
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
 def parse_id(value, what: str) -> int:
-    """An integer entity id given as an int or its decimal string."""
+    """An integer entity id given as an int or its decimal string (Rust's `trim().parse::<i64>()`)."""
     if isinstance(value, int):
         return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{what}: expected an integer id or its decimal string, got {value!r}") from None
+    text = str(value).strip()
+    if _INT.fullmatch(text) and -(2**63) <= int(text) < 2**63:
+        return int(text)
+    raise BadRequest(f"{what}: expected an integer id or its decimal string, got {value!r}")
 
 
 # ---------------------------------------------------------------- recommendations
