@@ -54,6 +54,15 @@ def close(a: float, b: float, tol: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
+# The largest differences seen between equal answers, by what.
+WORST: Counter = Counter()
+
+
+def worst(what: str, a: float, b: float):
+    if not (math.isnan(a) and math.isnan(b)):
+        WORST[what] = max(WORST[what], abs(a - b))
+
+
 def compare_recs(mine, theirs, tol: float) -> str | None:
     """None when equal; else "near_tie" or a description of the difference."""
     a = [(i.item_id, i.score, i.retrieval_score, i.category) for i in mine.items]
@@ -68,6 +77,9 @@ def compare_recs(mine, theirs, tol: float) -> str | None:
                 return f"item {x[0]}: category {x[3]!r} vs {y[3]!r}"
             if not close(x[1], y[1], tol) or not close(x[2], y[2], tol):
                 return f"item {x[0]}: score {x[1]!r}/{x[2]!r} vs {y[1]!r}/{y[2]!r}"
+        for x, y in zip(a, b):
+            worst("Recommend score", x[1], y[1])
+            worst("Recommend retrieval_score", x[2], y[2])
         return None
     # A near-tie: the first difference is between items whose scores (ours or theirs) are
     # within tol of each other.
@@ -167,6 +179,7 @@ def main() -> None:
             verdict = f"units {mine.expected_units!r} vs {theirs.expected_units!r} (same price)"
         else:
             verdict = None
+            worst("Price expected_units", mine.expected_units, theirs.expected_units)
         if verdict is None:
             outcomes[("price", "equal")] += 1
         else:
@@ -181,6 +194,8 @@ def main() -> None:
               f"{outcomes[(kind, 'fallback')]} not compared (Ferrite's fallback thrice)")
     for p in problems[: (None if args.verbose else 20)]:
         print("  " + p)
+    for what, d in sorted(WORST.items()):
+        print(f"  largest |peer - Ferrite| in equal answers, {what}: {d:.3g}")
     differ = sum(v for (_, o), v in outcomes.items() if o == "differ")
     ties = sum(v for (_, o), v in outcomes.items() if o == "near_tie")
     skipped = sum(v for (_, o), v in outcomes.items() if o == "fallback")
