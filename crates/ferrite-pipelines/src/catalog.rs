@@ -27,6 +27,10 @@ pub struct Catalog {
     pub built_at: Micros,
     /// Recommendations: the item tower's embeddings, by position.
     pub index: Option<PositionIndex>,
+    /// Recommendations: each item's vector (the item service's features) when the catalogue
+    /// was built, `item_width` values a row: the ranker's item part.
+    pub item_vectors: Vec<f32>,
+    pub item_width: usize,
     /// The item tower's version that made `index`.
     pub tower_version: u64,
     pub categories: Vec<Option<Arc<str>>>,
@@ -51,6 +55,8 @@ impl Catalog {
             positions,
             built_at,
             index: None,
+            item_vectors: Vec::new(),
+            item_width: 0,
             tower_version: 0,
             categories: Vec::new(),
             popularity: Vec::new(),
@@ -66,6 +72,11 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// The vector of the item at `position` when the catalogue was built.
+    pub fn item_vector(&self, position: usize) -> &[f32] {
+        &self.item_vectors[position * self.item_width..(position + 1) * self.item_width]
     }
 
     /// The position of item `id`, if the catalogue has it.
@@ -160,6 +171,7 @@ impl Engine {
         let mut categories = Vec::with_capacity(listed.len());
         let mut popularity = Vec::with_capacity(listed.len());
         let mut available = Vec::with_capacity(listed.len());
+        let mut item_vectors: Vec<f32> = Vec::new();
         let none = HashMap::new();
         for chunk in listed.chunks(CHUNK) {
             let entities = HashMap::from([(recs.item_key.0.clone(), chunk.to_vec())]);
@@ -215,6 +227,7 @@ impl Engine {
             embeddings.extend_from_slice(&out);
             for &r in &kept {
                 let row = vectors.row(r);
+                item_vectors.extend_from_slice(row);
                 ids.push(chunk[r].clone());
                 categories.push(cats.0[r].clone());
                 let pop = row[recs.popularity];
@@ -229,6 +242,8 @@ impl Engine {
         let mut by_popularity: Vec<usize> = (0..catalog.len()).collect();
         by_popularity.sort_by(|&a, &b| popularity[b].total_cmp(&popularity[a]).then(a.cmp(&b)));
         catalog.tower_version = tower_version;
+        catalog.item_width = recs.items.refs.len();
+        catalog.item_vectors = item_vectors;
         catalog.categories = categories;
         catalog.popularity = popularity;
         catalog.available = available;

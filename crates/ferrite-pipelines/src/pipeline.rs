@@ -212,6 +212,9 @@ pub struct Recs {
     pub in_stock: usize,
     pub active: usize,
     pub popularity: usize,
+    /// Reads just the in-stock and active features (in that order): what a call re-checks
+    /// live for its candidates.
+    pub live_plan: Arc<ReadPlan>,
     pub refresh: Duration,
 }
 
@@ -441,6 +444,18 @@ fn resolve_recs(
     let popularity = items
         .position("recommendations.popularity", &section.popularity)
         .map_err(bad)?;
+    let live = |key: &str, at: usize| match &items.refs[at] {
+        r @ FeatureRef::Stored { .. } => Ok(r.clone()),
+        FeatureRef::Request { .. } => Err(bad(format!(
+            "{key}: {:?} is a request-time feature; availability is re-checked from a stored feature",
+            items.feature_names[at]
+        ))),
+    };
+    let live_refs = [
+        live("recommendations.in_stock", in_stock)?,
+        live("recommendations.active", active)?,
+    ];
+    let live_plan = ReadPlan::new(registry, &live_refs).map_err(|e| bad(format!("recommendations: {e}")))?;
     if section.candidates == 0 || section.top_k == 0 || section.max_top_k < section.top_k {
         return Err(bad(format!(
             "recommendations: expected candidates >= 1 and 1 <= top_k <= max_top_k, got candidates = {}, top_k = {}, max_top_k = {}",
@@ -460,6 +475,7 @@ fn resolve_recs(
         in_stock,
         active,
         popularity,
+        live_plan: Arc::new(live_plan),
     })
 }
 

@@ -295,20 +295,21 @@ impl Engine {
             });
         }
 
-        // The candidates' current vectors: one read; what went off sale or out of stock
-        // since the catalogue was built is dropped here.
+        // The candidates' availability, live: one read of two stored features; what went off
+        // sale or out of stock since the catalogue was built is dropped here. The ranker reads
+        // the rest of each item's vector from the catalogue (as of its last rebuild).
         let t = Instant::now();
         let positions: Vec<usize> = hits.iter().map(|h| h.id as usize).collect();
         let ids: Vec<Value> = positions.iter().map(|&p| catalog.ids[p].clone()).collect();
         let entities = HashMap::from([(recs.item_key.0.clone(), ids)]);
-        let mut items = Vectors::new(&recs.items, positions.len());
+        let mut availability = Availability::new(positions.len());
         read_planned(
-            &recs.items.plan,
+            &recs.live_plan,
             self.store.as_ref(),
             &entities,
             &HashMap::new(),
             now,
-            &mut items,
+            &mut availability,
         )
         .await
         .map_err(store_cause)?;
@@ -316,10 +317,7 @@ impl Engine {
             .features_us
             .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
         let live: Vec<usize> = (0..positions.len())
-            .filter(|&r| {
-                let row = items.row(r);
-                !items.cold_start(r) && row[recs.active] != 0.0 && row[recs.in_stock] > 0.0
-            })
+            .filter(|&r| availability.available(r))
             .collect();
         if live.is_empty() {
             return Ok(Ranked {
@@ -334,11 +332,11 @@ impl Engine {
 
         let t = Instant::now();
         let user_row = user.row(0);
-        let width = user_row.len() + items.width + 1;
+        let width = user_row.len() + catalog.item_width + 1;
         let mut x = Vec::with_capacity(live.len() * width);
         for &r in &live {
             x.extend_from_slice(user_row);
-            x.extend_from_slice(items.row(r));
+            x.extend_from_slice(catalog.item_vector(positions[r]));
             x.push(hits[r].score);
         }
         let ranker = &section.ranker;
@@ -415,6 +413,34 @@ impl Engine {
         .await
         .map_err(|e| PipelineError::invalid(None, "item_id", e.to_string()))?;
         Ok((0..n).map(|r| items.row(r).to_vec()).collect())
+    }
+}
+
+/// Per candidate: its stored in-stock and on-sale values, read live.
+struct Availability {
+    /// In stock, on sale.
+    values: Vec<[f32; 2]>,
+}
+
+impl Availability {
+    fn new(rows: usize) -> Self {
+        Availability {
+            values: vec![[f32::NAN; 2]; rows],
+        }
+    }
+
+    /// In stock (> 0) and on sale (non-zero); an item with no stored row is neither.
+    fn available(&self, row: usize) -> bool {
+        let [stock, active] = self.values[row];
+        stock > 0.0 && active != 0.0 && !active.is_nan()
+    }
+}
+
+impl ferrite_features::serving::AnswerSink for Availability {
+    fn push(&mut self, row: usize, feature: usize, value: ferrite_features::serving::FeatureValue) {
+        if value.status == ferrite_features::serving::Status::Present {
+            self.values[row][feature] = crate::vector::to_f32(&value.value);
+        }
     }
 }
 

@@ -143,6 +143,12 @@ fn recommendations_and_pricing_files_that_cannot_work_are_refused_with_the_key()
         (&recs, "top_k = 20", "top_k = 200", &["top_k", "max_top_k"]),
         (
             &recs,
+            "in_stock = \"stock_level\"",
+            "in_stock = \"item_log_price\"",
+            &["recommendations.in_stock", "request-time"],
+        ),
+        (
+            &recs,
             "budget_ms = 20",
             "budget_ms = 20\n[fallback]\nscore = \"0.5\"",
             &["[fallback]", "built in"],

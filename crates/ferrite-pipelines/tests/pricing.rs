@@ -312,10 +312,12 @@ async fn a_redis_outage_answers_the_current_price_flagged_within_the_budget() {
         .await
         .unwrap();
     fill(&registry, store.as_ref(), cut).await;
-    let engine = engine(
+    // A budget a debug build on a busy machine meets, far above the outage's fail-fast path.
+    let engine = relaxed_engine(
         registry.clone(),
         store.clone(),
         models_loaded(&["pricing_demand"]),
+        2_000,
     );
     engine.refresh_catalog("pricing", cut).await.unwrap();
     let budget = engine.pipelines().get("pricing").unwrap().budget;

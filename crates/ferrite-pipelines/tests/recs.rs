@@ -370,7 +370,8 @@ async fn a_redis_outage_gets_popular_items_flagged_within_the_budget_and_recover
         .await
         .unwrap();
     fill(&registry, store.as_ref(), cut).await;
-    let engine = engine(registry.clone(), store.clone(), models_loaded(&MODELS));
+    // A budget a debug build on a busy machine meets, far above the outage's fail-fast path.
+    let engine = relaxed_engine(registry.clone(), store.clone(), models_loaded(&MODELS), 2_000);
     engine.refresh_catalog("recommendations", cut).await.unwrap();
     let budget = engine.pipelines().get("recommendations").unwrap().budget;
     let user = parity.users[3].id;
