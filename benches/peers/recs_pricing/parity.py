@@ -91,7 +91,8 @@ def compare_recs(mine, theirs, tol: float) -> str | None:
         sx = theirs_scores.get(x[0], mine_scores[x[0]])
         sy = mine_scores.get(y[0], theirs_scores[y[0]])
         if abs(sx - sy) <= tol:
-            return "near_tie"
+            return (f"near_tie at #{first}: peer {x[0]} ({x[1]!r}) before {y[0]}, Ferrite {y[0]} "
+                    f"({y[1]!r}) before {x[0]}")
     return (f"items differ from #{first}: peer {[x[0] for x in a[first:first + 5]]} vs "
             f"Ferrite {[x[0] for x in b[first:first + 5]]}")
 
@@ -132,8 +133,9 @@ def main() -> None:
             verdict = compare_recs(mine, theirs, args.tol)
         if verdict is None:
             outcomes[(kind, "equal")] += 1
-        elif verdict == "near_tie":
+        elif verdict.startswith("near_tie"):
             outcomes[(kind, "near_tie")] += 1
+            problems.append(f"Recommend {kind} user {request.user_id_int}: {verdict}")
         else:
             outcomes[(kind, "differ")] += 1
             problems.append(f"Recommend {kind} user {request.user_id_int}: {verdict}")
