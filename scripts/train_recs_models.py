@@ -15,7 +15,16 @@ sets of the feature services recs_user_v1 and recs_item_v1 (features/recs.toml),
    share of the clicks subtracted from its logits (the in-batch negatives are drawn by clicks,
    not uniformly) and a repeated item in a batch not counted as a negative.
 4. The ranker (Wide & Deep, sigmoid) over user vector ++ item vector ++ [tower dot product],
-   trained with logistic loss on every training impression (label: clicked).
+   in two stages. (a) The click model: logistic loss on every training impression (label:
+   clicked), i.e. P(click | shown). (b) The exposure correction: what is served, and evaluated,
+   is "retrieve 200, order by the ranker", and whether a user clicks an item at all also depends
+   on whether the logging policy shows it (40 % of slots by popularity). So the wide part (the
+   deep part stays the click model) is fitted further with a listwise softmax loss on retrieval
+   lists: at weekly cuts of the training weeks, for each user with a click in the following
+   week, the towers' top-200 of the catalogue as of the cut (user and item vectors as of the
+   cut), the positives being the items the user clicked that week. Its number of epochs is tuned
+   on the last training week (towers, click model and lists refitted on the weeks before it);
+   the held-out weeks are never looked at.
 5. Held-out: recall@20 and NDCG@20 against the items each user clicked in the held-out weeks
    (nothing excluded), for popularity, two-tower retrieval, and retrieval of 200 re-ranked.
 6. The input standardisation is folded into the first layers, so the served models take the
@@ -62,6 +71,11 @@ TEMPERATURE = 0.05
 TOWER_EPOCHS, TOWER_BATCH, TOWER_LR = 20, 256, 2e-3
 RANKER_EPOCHS, RANKER_BATCH, RANKER_LR = 8, 512, 1e-3
 K, RETRIEVE = 20, 200
+# The exposure stage: retrieval lists at weekly cuts (label: clicked in the week after the cut).
+LIST_START, LIST_STEP_DAYS, LIST_WINDOW_DAYS = "2026-08-05T00:00:00Z", 7, 7
+LIST_LR, LIST_BATCH, LIST_EPOCHS_GRID = 3e-3, 64, (2, 4, 8)
+VALID_FROM = "2026-09-09T00:00:00Z"  # tuning: the last training week validates
+DAY_US = 86_400 * 1_000_000
 SEED = 20260916
 # Parity fixture: a cut time off every snapshot grid (user_taste at midnight, items weekly).
 PARITY_CUT = "2026-09-20T12:30:00Z"
@@ -217,6 +231,132 @@ def train_ranker(x, y, rng):
 
 def rank_scores(tensors, x):
     return nn.sigmoid(nn.candle_wide_deep(tensors, x)[:, 0]).astype(np.float32)
+
+
+def catalogue(args, item_names, all_items, at_us):
+    """The items active at a time, with their recs_item_v1 vectors as of then."""
+    _, xi = training_set(args.ferrite, args.features, entity_rows("item_id", all_items, at_us), ITEM_SERVICE, item_names)
+    active = np.isfinite(xi).all(axis=1) & (xi[:, item_names.index("is_active")] == 1)
+    return all_items[active], xi[active]
+
+
+def retrieval_lists(args, user_names, item_names, towers, log, cut, end):
+    """For each user with a click in [cut, end): the ranker's inputs [users, RETRIEVE, 69] for the
+    towers' top RETRIEVE of the catalogue as of cut, and whether the user clicked each in [cut, end)."""
+    users, items, clicked, t = log
+    cand, xi = catalogue(args, item_names, np.unique(items), cut)
+    ei = embed(towers[1], xi)
+    sel = (t >= cut) & (t < end) & clicked
+    list_users = np.unique(users[sel])
+    _, xu = training_set(args.ferrite, args.features, entity_rows("user_id", list_users, cut), USER_SERVICE, user_names)
+    sims = embed(towers[0], xu) @ ei.T
+    x, y = [], []
+    for k, u in enumerate(list_users):
+        top = np.lexsort((cand, -sims[k]))[:RETRIEVE]
+        x.append(np.column_stack([np.repeat(xu[k:k + 1], len(top), axis=0), xi[top], sims[k, top][:, None]]))
+        y.append(np.isin(cand[top], items[sel & (users == u)]))
+    return np.stack(x).astype(np.float32), np.stack(y)
+
+
+def list_cuts(until_us):
+    """Weekly cuts from LIST_START whose label window ends by until_us."""
+    cuts, c = [], micros(LIST_START)
+    while c + LIST_WINDOW_DAYS * DAY_US <= until_us:
+        cuts.append(c)
+        c += LIST_STEP_DAYS * DAY_US
+    return cuts
+
+
+def training_lists(args, user_names, item_names, towers, log, until_us):
+    got = [retrieval_lists(args, user_names, item_names, towers, log, c, c + LIST_WINDOW_DAYS * DAY_US)
+           for c in list_cuts(until_us)]
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+
+
+def fit_exposure(click_t, x, y, epochs, rng, checkpoint=None):
+    """The exposure stage: the click model's wide part fitted further (its deep part fixed) with a
+    listwise softmax loss over each retrieval list, the list's clicked items sharing the target.
+    Starts from the click model; checkpoint(epoch, tensors) after each epoch."""
+    n_lists, n_cand, width = x.shape
+    flat_x = x.reshape(-1, width).astype(np.float64)
+    mu, sd = nn.standardizer(flat_x)
+    z = ((flat_x - mu) / sd).reshape(n_lists, n_cand, width)
+    deep = nn.candle_mlp(click_t, x.reshape(-1, width), "deep.")[:, 0].reshape(n_lists, n_cand).astype(np.float64)
+    w_raw = click_t["wide.weight"][0].astype(np.float64)
+    w = w_raw * sd  # the same function of the standardised inputs
+    b = np.array([float(click_t["wide.bias"][0]) + float(w_raw @ mu)])
+    target = y / np.maximum(y.sum(axis=1, keepdims=True), 1)
+    opt = nn.Adam([w, b], LIST_LR)
+
+    def export():
+        w2, b2 = w / sd, b[0] - (w / sd) @ mu
+        out = dict(click_t)
+        out["wide.weight"], out["wide.bias"] = w2[None, :].astype(np.float32), np.array([b2], np.float32)
+        return out
+
+    for epoch in range(epochs):
+        order = rng.permutation(n_lists)
+        total = 0.0
+        for s in range(0, n_lists, LIST_BATCH):
+            b_ = order[s:s + LIST_BATCH]
+            logit = z[b_] @ w + b[0] + deep[b_]
+            logit -= logit.max(axis=1, keepdims=True)
+            p = np.exp(logit)
+            p /= p.sum(axis=1, keepdims=True)
+            total += -(target[b_] * np.log(p + 1e-30)).sum()
+            g = (p - target[b_]) / len(b_)
+            opt.step([np.einsum("uc,ucf->f", g, z[b_]), np.array([g.sum()])])
+        print(f"  ranker exposure epoch {epoch + 1}: listwise loss {total / n_lists:.4f}")
+        if checkpoint:
+            checkpoint(epoch + 1, export())
+    return export()
+
+
+def list_metrics(ranker, x, y):
+    """recall@K and NDCG@K of ordering each retrieval list by the ranker (positives: y, so recall
+    among the retrieved), ties by list position."""
+    logit = nn.candle_wide_deep(ranker, x.reshape(-1, x.shape[2]))[:, 0].reshape(y.shape)
+    ranked, relevant = [], []
+    for k in range(len(y)):
+        if y[k].any():
+            idx = np.arange(y.shape[1])
+            ranked.append(idx[np.lexsort((idx, -logit[k]))])
+            relevant.append(set(idx[y[k]].tolist()))
+    return ranking_metrics(ranked, relevant)
+
+
+def tune_exposure(args, user_names, item_names, xu, xi, items, clicked, t, log):
+    """Refits the towers and the click model on the weeks before VALID_FROM and picks the exposure
+    stage's epochs by NDCG@K of the retrieval lists of the week after it."""
+    print(f"tuning on the week from {VALID_FROM} (everything refitted on the weeks before it):")
+    rng = np.random.default_rng(SEED + 1)
+    fit = t < micros(VALID_FROM)
+    pos = fit & clicked
+    ut, it = train_towers(xu[pos].astype(np.float64), xi[pos].astype(np.float64), items[pos], rng)
+    towers = (export_mlp(ut), export_mlp(it))
+    dot = (embed(towers[0], xu) * embed(towers[1], xi)).sum(axis=1, dtype=np.float32)
+    xr = np.column_stack([xu, xi, dot]).astype(np.float32)
+    click_t = train_ranker(xr[fit].astype(np.float64), clicked[fit].astype(np.float64), rng)
+    x, y = training_lists(args, user_names, item_names, towers, log, micros(VALID_FROM))
+    vx, vy = retrieval_lists(args, user_names, item_names, towers, log, micros(VALID_FROM),
+                             micros(VALID_FROM) + LIST_WINDOW_DAYS * DAY_US)
+    base = list_metrics(click_t, vx, vy)
+    hit = vy.any(axis=1)  # lists with a clicked item among the retrieved (so list_metrics' users)
+    tt = ranking_metrics([np.arange(RETRIEVE)] * int(hit.sum()), [set(np.flatnonzero(r).tolist()) for r in vy[hit]])
+    print(f"  validation ({int(hit.sum())} of {len(vy)} users with a click among the retrieved): two-tower order recall@20 {tt['recall@20']:.4f} NDCG@20 {tt['ndcg@20']:.4f}; "
+          f"click model alone {base['recall@20']:.4f} / {base['ndcg@20']:.4f}")
+    scores = {}
+
+    def checkpoint(epoch, tensors):
+        if epoch in LIST_EPOCHS_GRID:
+            m = list_metrics(tensors, vx, vy)
+            scores[epoch] = m
+            print(f"  tune epochs {epoch}: validation recall@20 {m['recall@20']:.4f} NDCG@20 {m['ndcg@20']:.4f}")
+
+    fit_exposure(click_t, x, y, max(LIST_EPOCHS_GRID), rng, checkpoint)
+    best = max(LIST_EPOCHS_GRID, key=lambda e: (scores[e]["ndcg@20"], -e))
+    return best, {"two_tower": tt, "click_model": base, "epochs": {str(e): scores[e] for e in LIST_EPOCHS_GRID},
+                  "chosen_epochs": best}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,19 +519,29 @@ def main():
     print(f"impressions: {len(t)} ({train.sum()} before {TRAIN_UNTIL}); clicks {clicked.mean():.2%}; "
           f"{pos.sum()} training pairs; user vector {len(user_names)}, item vector {len(item_names)}")
 
+    log = (imp.column("user_id").to_numpy(), items, clicked, t)
+    epochs, tuning = tune_exposure(args, user_names, item_names, xu, xi, items, clicked, t, log)
+    print(f"chosen: {epochs} epochs of the exposure stage")
+
     rng = np.random.default_rng(SEED)
     user_tower, item_tower = train_towers(xu[pos].astype(np.float64), xi[pos].astype(np.float64), items[pos], rng)
     user_t, item_t = export_mlp(user_tower), export_mlp(item_tower)
     dot = (embed(user_t, xu) * embed(item_t, xi)).sum(axis=1, dtype=np.float32)
     xr = np.column_stack([xu, xi, dot]).astype(np.float32)
     ranker_names = user_names + item_names + ["retrieval_score"]
-    ranker_t = train_ranker(xr[train].astype(np.float64), clicked[train].astype(np.float64), rng)
+    click_t = train_ranker(xr[train].astype(np.float64), clicked[train].astype(np.float64), rng)
+    lx, ly = training_lists(args, user_names, item_names, (user_t, item_t), log, micros(TRAIN_UNTIL))
+    print(f"exposure stage: {len(ly)} retrieval lists of {RETRIEVE} at {len(list_cuts(micros(TRAIN_UNTIL)))} weekly cuts, "
+          f"{int(ly.sum())} clicked candidates")
+    ranker_t = fit_exposure(click_t, lx, ly, epochs, rng)
 
     metrics = evaluate(args, user_names, item_names, (user_t, item_t), ranker_t, imp, train, held)
     y_held = clicked[held]
     metrics["impression_auc"] = {"ranker": float(roc_auc_score(y_held, rank_scores(ranker_t, xr[held]))),
+                                 "click_model": float(roc_auc_score(y_held, rank_scores(click_t, xr[held]))),
                                  "retrieval_score": float(roc_auc_score(y_held, dot[held]))}
     print(f"held-out impressions ({held.sum()}): click ROC AUC of the ranker {metrics['impression_auc']['ranker']:.4f}, "
+          f"of its click model stage {metrics['impression_auc']['click_model']:.4f}, "
           f"of the two-tower score alone {metrics['impression_auc']['retrieval_score']:.4f}")
     for label in ("clicked", "purchased"):
         m = metrics[label]
@@ -403,6 +553,7 @@ def main():
     assert c["two_tower"]["recall@20"] > c["popularity"]["recall@20"], "two-tower does not beat popularity"
     summary = {"train_until": TRAIN_UNTIL, "train_rows": int(train.sum()), "train_pairs": int(pos.sum()),
                "eval": metrics}
+    ranker_summary = {**summary, "ranker_lists": int(len(ly)), "ranker_tuning": {"valid_from": VALID_FROM, **tuning}}
 
     header = "# {what}\n# Made by scripts/train_recs_models.py; 1/features.json names the inputs in order."
     for name, service, names, x, tensors, dims, arch, output, out_name, what in (
@@ -416,13 +567,13 @@ def main():
          f"# (features/recs.toml) to a unit {EMBED}-d embedding; cosine with recs_user_tower's embedding."),
         (RANKER, f"{USER_SERVICE}+{ITEM_SERVICE}", ranker_names, xr[train], ranker_t,
          [len(ranker_names), *RANKER_HIDDEN, 1], "wide_deep", "sigmoid", "score",
-         f"Wide & Deep click ranker over {USER_SERVICE} ({len(user_names)}) ++ {ITEM_SERVICE} ({len(item_names)}) ++\n"
+         f"Wide & Deep ranker (clicks given shown, then exposure) over {USER_SERVICE} ({len(user_names)}) ++ {ITEM_SERVICE} ({len(item_names)}) ++\n"
          f"# [retrieval_score: the dot product of the two towers' embeddings], {len(ranker_names)} inputs in that order."),
     ):
         out_dir = ROOT / "models" / name
         write_config(out_dir, header.format(what=what), arch, dims, output, out_name)
         save_safetensors(tensors, out_dir / "1/model.safetensors")
-        extra = {"output": out_name, "metrics": summary}
+        extra = {"output": out_name, "metrics": ranker_summary if name == RANKER else summary}
         if name == RANKER:
             extra["feature_services"] = [USER_SERVICE, ITEM_SERVICE]
         write_spec(out_dir, service, names, x, extra)
