@@ -5,8 +5,8 @@ mod common;
 
 use common::{python_json, scrape, start};
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
-use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
-use ferrite_proto::ferrite::v1::{GetServerInfoRequest, RecommendRequest};
+use ferrite_proto::ferrite::v1::search_service_client::SearchServiceClient;
+use ferrite_proto::ferrite::v1::{GetServerInfoRequest, VisualSearchRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
 use tonic_health::pb::HealthCheckRequest;
@@ -93,8 +93,8 @@ async fn metrics_count_calls_by_method_and_status() {
         kserve.server_live(ServerLiveRequest {}).await.unwrap();
     }
     // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
-    let err = ScoringServiceClient::new(channel.clone())
-        .recommend(RecommendRequest::default())
+    let err = SearchServiceClient::new(channel.clone())
+        .visual_search(VisualSearchRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
