@@ -4,7 +4,8 @@
 # repository generated from features/*.toml, into the peer's own Redis; starts both services
 # on free loopback ports, runs parity.py against them and, with BENCH_REQUESTS > 0, a short
 # closed-loop `ferrite bench --rpc recommend` and `--rpc price` on each side (the same client,
-# the same requests), summarized by summarize.py. Everything it starts is stopped on exit; every wait is bounded.
+# the same requests), summarized by summarize.py. Everything it starts is stopped on exit;
+# every wait is bounded.
 #   bash benches/peers/recs_pricing/run.sh [OUT]
 # PARITY_USERS (300), BENCH_REQUESTS (0), BENCH_CONCURRENCY (1), FERRITE_PEER_VENV.
 set -euo pipefail
