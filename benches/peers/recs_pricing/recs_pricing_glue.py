@@ -221,10 +221,12 @@ def parse_id(value, what: str) -> int:
 class Catalog:
     """Every item of the catalogue view, with its item-tower embedding in a FAISS index."""
 
-    def __init__(self, ids, embeddings, categories, popularity, available, built_at):
+    def __init__(self, ids, embeddings, vectors, categories, popularity, available, built_at):
         import faiss
 
         self.ids = ids
+        # Each item's vector of the item service as of this build: the ranker's item part.
+        self.vectors = vectors
         self.position = {i: p for p, i in enumerate(ids)}
         self.categories = categories
         self.popularity = np.asarray(popularity, np.float32)
@@ -259,6 +261,12 @@ class Recommender:
         self.category_key = (cat_view, cat_feature)
         names = {f: j for j, (_, f) in enumerate(self.items.order)}
         self.in_stock, self.active, self.popularity_col = names[s["in_stock"]], names[s["active"]], names[s["popularity"]]
+        # What a call re-checks live for its candidates: the stored in-stock and active features.
+        self.live_refs = [self.items.order[self.in_stock], self.items.order[self.active]]
+        if any(v not in reg.views for v, _ in self.live_refs):
+            raise SystemExit("recommendations: in_stock and active must be stored features")
+        self.live_features = [f"{v}:{f}" for v, f in self.live_refs]
+        self.store = store
         models = Path(args.models)
         m = pipeline["model"]
         self.user_tower = DenseModel(models, m["name"], m.get("version", "1"))
@@ -283,7 +291,7 @@ class Recommender:
         started = time.perf_counter()
         ids = pc.unique(pq.read_table(self.catalog_source, columns=[self.items.join_key])[self.items.join_key])
         listed = sorted(i for i in ids.to_pylist() if i is not None)
-        keep_ids, embeddings, categories, popularity, available = [], [], [], [], []
+        keep_ids, embeddings, vectors, categories, popularity, available = [], [], [], [], [], []
         for start in range(0, len(listed), CHUNK):
             chunk = listed[start : start + CHUNK]
             stored = self.items.read(chunk)
@@ -292,6 +300,7 @@ class Recommender:
                 continue
             x = self.items.entity_vectors([stored[r] for r in kept])
             embeddings.append(self.item_tower(x))
+            vectors.append(x)
             for k, r in enumerate(kept):
                 row = x[k]
                 keep_ids.append(chunk[r])
@@ -302,7 +311,8 @@ class Recommender:
                 available.append(bool(row[self.active] != 0.0 and row[self.in_stock] > 0.0))
         if not embeddings:
             raise RuntimeError(f"the online store has no item of {self.catalog_source.name}")
-        catalog = Catalog(keep_ids, np.concatenate(embeddings), categories, popularity, available, time.time())
+        catalog = Catalog(keep_ids, np.concatenate(embeddings), np.concatenate(vectors), categories, popularity,
+                          available, time.time())
         print(
             f"catalogue built: {len(catalog)} items, {int(catalog.available.sum())} available "
             f"({(time.perf_counter() - started) * 1e3:.0f} ms)",
@@ -393,21 +403,22 @@ class Recommender:
         positions, scores, plan = self.search(catalog, embedding, keep)
         if len(positions) == 0:
             return {"items": [], "cold_start": False, "retrieved": 0, "plan": plan, "version": ""}
-        # The candidates' current vectors: one read; what went off sale or out of stock since
-        # the catalogue was built is dropped here.
+        # The candidates' availability, live: one read of the two stored features; what went
+        # off sale or out of stock since the catalogue was built is dropped here. The ranker
+        # reads the rest of each item's vector from the catalogue (as of its last build).
         ids = [catalog.ids[p] for p in positions]
-        stored_items = self.items.read(ids)
-        rows = self.items.entity_vectors(stored_items)
-        live = [
-            r for r, values in enumerate(stored_items)
-            if values is not None and rows[r, self.active] != 0.0 and rows[r, self.in_stock] > 0.0
-        ]
+        table = self.store.get_online_features(
+            features=self.live_features, entity_rows=[{self.items.join_key: i} for i in ids], full_feature_names=True
+        ).to_dict()
+        stock = np.array([ferrite_defs.to_f32_input(v) for v in table["__".join(self.live_refs[0])]], np.float32)
+        active = np.array([ferrite_defs.to_f32_input(v) for v in table["__".join(self.live_refs[1])]], np.float32)
+        live = [r for r in range(len(ids)) if stock[r] > 0.0 and active[r] != 0.0 and not math.isnan(active[r])]
         if not live:
             return {"items": [], "cold_start": False, "retrieved": len(ids), "plan": plan, "version": ""}
         live = np.asarray(live)
         x = np.empty((len(live), self.ranker.width), np.float32)
         x[:, : self.user.width] = user_row[0]
-        x[:, self.user.width : -1] = rows[live]
+        x[:, self.user.width : -1] = catalog.vectors[positions[live]]
         x[:, -1] = scores[live]
         out = self.ranker(x)[:, self.ranker_index]
         ranked = [
