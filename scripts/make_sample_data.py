@@ -1020,6 +1020,16 @@ def user_taste_table(seed, cfg, E, U, I):
     cols["purchases_30d"] = count(purchased)
     cols["impressions_30d"] = n_imp
     cols["ctr_30d"] = np.round(n_click / np.maximum(n_imp, 1), 4)
+    # The items purchased in the window, most recent purchase first, each once: the positions of
+    # the purchases in the (user, time) order, the window's slice of them read backwards. A
+    # purchase enters or leaves the window with its impression, so these snapshots cover it.
+    bought = np.nonzero(purchased)[0]
+    plo, phi = np.searchsorted(bought, lo), np.searchsorted(bought, hi)
+    item_ids = I.id[item]
+    recent = np.full(len(grid), "", dtype=object)
+    for g in np.nonzero(phi > plo)[0]:
+        ids = item_ids[bought[plo[g]:phi[g]][::-1]]
+        recent[g] = ",".join(str(x) for x in dict.fromkeys(ids.tolist()))
     event = START + gd * DAY
     created = event + (5 * MIN + r.random(len(grid)) * 25 * MIN).astype(np.int64)
     order = np.lexsort((gu, gd))
@@ -1027,6 +1037,7 @@ def user_taste_table(seed, cfg, E, U, I):
            "created_timestamp": ts_array(created[order])}
     for k, v in cols.items():
         out[k] = i64(v[order]) if v.dtype.kind == "i" else f64(v[order])
+    out["purchased_items_30d"] = pa.array(recent[order].tolist(), pa.string())
     return pa.table(out)
 
 
