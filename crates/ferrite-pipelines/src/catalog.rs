@@ -95,7 +95,7 @@ pub(crate) fn key_of(id: &Value) -> Option<KeyValue> {
 }
 
 /// Collects one string feature per row (an item's category).
-struct Strings(Vec<Option<Arc<str>>>);
+pub(crate) struct Strings(pub(crate) Vec<Option<Arc<str>>>);
 
 impl AnswerSink for Strings {
     fn push(&mut self, row: usize, _feature: usize, value: FeatureValue) {

@@ -174,6 +174,11 @@ pub struct RecsSection {
     /// At most this many items of one category in an answer; 0: no limit.
     #[serde(default)]
     pub max_per_category: usize,
+    /// Items the user already bought are never recommended: `view:feature`, a stored string
+    /// feature of the user entity holding their ids, comma-separated (the feature's window,
+    /// e.g. 30 days, is how far back). None: bought items may come back.
+    #[serde(default)]
+    pub exclude_purchased: Option<String>,
     /// How often the catalogue (item embeddings, categories, popularity) is rebuilt from the
     /// online store, seconds.
     #[serde(default = "default_refresh_s")]

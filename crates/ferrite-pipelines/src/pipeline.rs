@@ -215,6 +215,8 @@ pub struct Recs {
     /// Reads just the in-stock and active features (in that order): what a call re-checks
     /// live for its candidates.
     pub live_plan: Arc<ReadPlan>,
+    /// Reads the user's recently bought items (`exclude_purchased`), when configured.
+    pub purchased_plan: Option<Arc<ReadPlan>>,
     pub refresh: Duration,
 }
 
@@ -407,7 +409,6 @@ fn resolve_recs(
         )));
     }
     let item_key = items.single_key("recommendations.item_service").map_err(bad)?;
-    user.single_key("feature_service").map_err(bad)?;
     let catalog_view = items
         .refs
         .iter()
@@ -456,6 +457,30 @@ fn resolve_recs(
         live("recommendations.active", active)?,
     ];
     let live_plan = ReadPlan::new(registry, &live_refs).map_err(|e| bad(format!("recommendations: {e}")))?;
+    let user_key = user.single_key("feature_service").map_err(bad)?;
+    let purchased_plan = match &section.exclude_purchased {
+        None => None,
+        Some(feature) => {
+            let refs = registry
+                .resolve_refs(std::slice::from_ref(feature))
+                .map_err(|e| bad(format!("recommendations.exclude_purchased: {e}")))?;
+            match refs.first() {
+                Some(r @ FeatureRef::Stored { view, .. })
+                    if refs.len() == 1
+                        && view.join_keys == [user_key.0.clone()]
+                        && r.dtype() == DType::String => {}
+                _ => {
+                    return Err(bad(format!(
+                        "recommendations.exclude_purchased: expected one stored string feature `view:feature` of the user entity ({:?}), got {feature:?}",
+                        user_key.0
+                    )));
+                }
+            }
+            Some(Arc::new(ReadPlan::new(registry, &refs).map_err(|e| {
+                bad(format!("recommendations.exclude_purchased: {e}"))
+            })?))
+        }
+    };
     if section.candidates == 0 || section.top_k == 0 || section.max_top_k < section.top_k {
         return Err(bad(format!(
             "recommendations: expected candidates >= 1 and 1 <= top_k <= max_top_k, got candidates = {}, top_k = {}, max_top_k = {}",
@@ -476,6 +501,7 @@ fn resolve_recs(
         active,
         popularity,
         live_plan: Arc::new(live_plan),
+        purchased_plan,
     })
 }
 

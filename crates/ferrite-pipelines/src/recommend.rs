@@ -235,6 +235,32 @@ impl Engine {
         let feature_age_us = fetched
             .oldest(0)
             .map_or(0, |ts| now.saturating_sub(ts).max(0) as u64);
+        // What the user already bought, when the pipeline excludes it: one more small read.
+        let mut bought: HashSet<usize> = HashSet::new();
+        if let Some(plan) = &recs.purchased_plan {
+            let t = Instant::now();
+            let mut list = crate::catalog::Strings(vec![None]);
+            read_planned(
+                plan,
+                self.store.as_ref(),
+                &input.entities,
+                &HashMap::new(),
+                now,
+                &mut list,
+            )
+            .await
+            .map_err(store_cause)?;
+            if let Some(ids) = &list.0[0] {
+                bought.extend(
+                    ids.split(',')
+                        .filter_map(|id| id.trim().parse::<i64>().ok())
+                        .filter_map(|id| catalog.position(&Value::Int(id))),
+                );
+            }
+            progress
+                .features_us
+                .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
+        }
 
         progress.stage.store(1, Relaxed);
         let t = Instant::now();
@@ -275,7 +301,7 @@ impl Engine {
                 ),
             });
         }
-        let keep = |p: usize| catalog.available[p] && wanted.keeps(catalog, p);
+        let keep = |p: usize| catalog.available[p] && wanted.keeps(catalog, p) && !bought.contains(&p);
         let (hits, plan) = index
             .search(&embedding, section.candidates, Some(&keep))
             .map_err(|e| FallbackCause {

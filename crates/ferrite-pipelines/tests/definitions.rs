@@ -143,6 +143,18 @@ fn recommendations_and_pricing_files_that_cannot_work_are_refused_with_the_key()
         (&recs, "top_k = 20", "top_k = 200", &["top_k", "max_top_k"]),
         (
             &recs,
+            "exclude_purchased = \"user_taste:purchased_items_30d\"",
+            "exclude_purchased = \"user_taste:clicks_30d\"",
+            &["recommendations.exclude_purchased", "string feature"],
+        ),
+        (
+            &recs,
+            "exclude_purchased = \"user_taste:purchased_items_30d\"",
+            "exclude_purchased = \"item_features:category\"",
+            &["recommendations.exclude_purchased", "user entity"],
+        ),
+        (
+            &recs,
             "in_stock = \"stock_level\"",
             "in_stock = \"item_log_price\"",
             &["recommendations.in_stock", "request-time"],

@@ -88,15 +88,26 @@ pub fn relaxed_engine(
     models: Arc<ModelRepository>,
     budget_ms: u64,
 ) -> Engine {
+    edited_engine(registry, store, models, budget_ms, |line| Some(line.to_string()))
+}
+
+/// `relaxed_engine` with each line of the pipeline files passed through `edit` (`None` drops it).
+pub fn edited_engine(
+    registry: Arc<Registry>,
+    store: Arc<dyn OnlineStore>,
+    models: Arc<ModelRepository>,
+    budget_ms: u64,
+    edit: impl Fn(&str) -> Option<String>,
+) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let text: Vec<String> = text
             .lines()
-            .map(|l| match l.starts_with("budget_ms") {
-                true => format!("budget_ms = {budget_ms}"),
-                false => l.to_string(),
+            .filter_map(|l| match l.starts_with("budget_ms") {
+                true => Some(format!("budget_ms = {budget_ms}")),
+                false => edit(l),
             })
             .collect();
         std::fs::write(dir.path().join(path.file_name().unwrap()), text.join("\n")).unwrap();
