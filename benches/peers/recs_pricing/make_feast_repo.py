@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,6 +32,10 @@ import ferrite_defs  # noqa: E402  (benches/peers/fraud)
 import make_feast_repo as fraud_repo  # noqa: E402  (benches/peers/fraud)
 
 SERVICES = ["recs_user_v1", "recs_item_v1", "pricing_v1"]
+
+
+# The Feast service holding the recommendations pipeline's `exclude_purchased` feature.
+PURCHASED_SERVICE = "recs_purchased"
 
 
 def needed_by(reg: ferrite_defs.Registry, services: list[str]) -> dict[str, list[tuple[str, str]]]:
@@ -86,6 +91,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="where source paths point (default <features>/data)")
     ap.add_argument("--service", action="append", help=f"feature services (default {SERVICES})")
     ap.add_argument("--redis", required=True, help="host:port of the peer's Redis")
+    ap.add_argument("--recs-pipeline", default="pipelines/recommendations.toml",
+                    help="the recommendations pipeline (its exclude_purchased feature is served too)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     reg = ferrite_defs.load(args.features)
@@ -104,6 +111,12 @@ def main() -> None:
         "entity_key_serialization_version: 3\n"
     )
     needed = needed_by(reg, services)
+    # The recommendations pipeline's list of recently bought items, read beside the user's
+    # vector when it excludes them: a service of its own.
+    recs = tomllib.loads(Path(args.recs_pipeline).read_text()).get("recommendations", {})
+    if recs.get("exclude_purchased"):
+        view, feature = recs["exclude_purchased"].split(":", 1)
+        needed[PURCHASED_SERVICE] = [(view, feature)]
     (args.out / "data").mkdir(exist_ok=True)
     paths = {}
     for view in dict.fromkeys(v for pairs in needed.values() for v, _ in pairs):

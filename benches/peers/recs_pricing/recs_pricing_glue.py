@@ -254,6 +254,9 @@ class Recommender:
         self.max_top_k = int(s.get("max_top_k", 100))
         self.candidates = int(s.get("candidates", 200))
         self.max_per_category = int(s.get("max_per_category", 0))
+        # Items the user bought in the feature's window are never recommended (a string of
+        # comma-separated ids, read beside the user's vector).
+        self.purchased = s.get("exclude_purchased")
         self.refresh_s = float(s.get("refresh_s", 300))
         self.user = Service(store, reg, pipeline["feature_service"])
         self.items = Service(store, reg, s["item_service"])
@@ -397,6 +400,14 @@ class Recommender:
         if stored is None:
             return {"items": self.popular(catalog, keep, top_k), "cold_start": True, "retrieved": 0,
                     "plan": "", "version": ""}
+        if self.purchased:
+            column = self.store.get_online_features(
+                features=[self.purchased], entity_rows=[{self.user.join_key: user}], full_feature_names=True
+            ).to_dict()["__".join(self.purchased.split(":", 1))]
+            for x in (column[0] or "").split(","):
+                p = catalog.position.get(int(x)) if x.strip() else None
+                if p is not None:
+                    keep[p] = False
         embedding = self.user_tower(user_row)[0]
         if embedding.shape[0] != catalog.dim:
             raise Unavailable(f"user tower gives {embedding.shape[0]} values; the index holds {catalog.dim}")
