@@ -136,18 +136,26 @@ fn check_bounds(s: &PricingSection, price: f64, cost: f64, current: f64, bound: 
     let floor = cost * (1.0 + s.min_margin);
     assert!(price >= floor, "price {price} below the floor {floor}");
     let (down, up) = (current * (1.0 - s.max_change), current * (1.0 + s.max_change));
-    if floor <= up {
+    // Whole cents allowed today (the daily limits forgive float noise, the floor does not).
+    let lo = ((floor * 100.0).ceil() as i64)
+        .max((down * 100.0 - 1e-6).ceil() as i64)
+        .max(1);
+    let hi = (up * 100.0 + 1e-6).floor() as i64;
+    if lo <= hi {
         assert!(
             price >= down - 1e-9 && price <= up + 1e-9,
             "price {price} outside [{down}, {up}]"
         );
     } else {
-        // The floor lies above today's rise limit: the floor wins, and says so.
-        assert_eq!(bound, Bound::CostFloor);
+        // No whole-cent price lies between the floor and today's rise limit: the floor wins,
+        // and says so.
+        assert_eq!(
+            bound,
+            Bound::CostFloor,
+            "price {price}, floor {floor}, limits [{down}, {up}]"
+        );
     }
     // The first ending rule with a price inside the bounds is the one used.
-    let lo = (floor.max(down) * 100.0).ceil() as i64;
-    let hi = (up * 100.0).floor() as i64;
     for e in &s.endings {
         let (step, at) = (cents(e.step), cents(e.at));
         let fits = (lo..=hi).any(|c| (c - at).rem_euclid(step) == 0);
@@ -213,6 +221,18 @@ fn section(min_margin: f64, max_change: f64, endings: Vec<Ending>) -> PricingSec
         toml::from_str(&format!("min_margin = {min_margin}\nmax_change = {max_change}")).unwrap();
     s.endings = endings;
     s
+}
+
+/// Found by the property test: the floor (3.3930) lies below today's rise limit (3.3932) but
+/// no whole cent lies between them, so the floor wins, rounded up to 3.40.
+#[test]
+fn a_floor_and_a_limit_less_than_a_cent_apart_let_the_floor_win() {
+    let s = section(0.4857075324738659, 0.17819464909044685, vec![]);
+    let r = range(2.2837681360250173, 2.88, &s);
+    assert!(r.conflict);
+    let g = grid(&r, 2, &s.endings);
+    assert_eq!(g, vec![340]);
+    check_bounds(&s, 3.40, 2.2837681360250173, 2.88, Bound::CostFloor);
 }
 
 proptest! {
