@@ -421,10 +421,18 @@ pub async fn materialize(
     let mut reports = Vec::new();
     for view in selected_views(registry, views)? {
         let report = materialize_view(store, view, start, end, progress).await?;
-        store.set_watermark(&view.name, end).await?;
+        store.set_watermark(&watermark_key(view), end).await?;
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// The name a view's watermark is kept under: the view's name and its stored layout. Rows
+/// written under another layout are unreadable to this one, so a changed view (a feature
+/// added, removed or retyped) is materialized again from the start of its window instead of
+/// from a watermark its stored rows no longer match.
+pub fn watermark_key(view: &FeatureView) -> String {
+    format!("{}@{:016x}", view.name, view.fingerprint)
 }
 
 /// Materializes each view from its watermark (or, the first time, from `end` − TTL, or
@@ -438,7 +446,7 @@ pub async fn materialize_incremental(
 ) -> Result<Vec<MaterializeReport>, FeatureError> {
     let mut reports = Vec::new();
     for view in selected_views(registry, views)? {
-        let start = match store.watermark(&view.name).await? {
+        let start = match store.watermark(&watermark_key(view)).await? {
             Some(w) => w,
             None if view.ttl > 0 => end.saturating_sub(view.ttl),
             None => i64::MIN,
@@ -447,7 +455,7 @@ pub async fn materialize_incremental(
             continue;
         }
         let report = materialize_view(store, view, start, end, progress).await?;
-        store.set_watermark(&view.name, end).await?;
+        store.set_watermark(&watermark_key(view), end).await?;
         reports.push(report);
     }
     Ok(reports)

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use ferrite_features::materialize::{materialize, materialize_incremental};
+use ferrite_features::materialize::{materialize, materialize_incremental, watermark_key};
 use ferrite_features::online::{EmbeddedStore, OnlineStore};
 use ferrite_features::serving::{
     PushRow, Status, check_push, get_online_features, push_offline, push_online,
@@ -84,7 +84,13 @@ async fn materialize_serves_the_latest_valid_row_and_survives_a_restart() {
         "{:?}",
         r.examples
     );
-    assert_eq!(store.watermark("stats").await.unwrap(), Some(end));
+    assert_eq!(
+        store
+            .watermark(&watermark_key(reg.view("stats").unwrap()))
+            .await
+            .unwrap(),
+        Some(end)
+    );
 
     let check = |rows: &Vec<Vec<ferrite_features::serving::FeatureValue>>| {
         let (u1, u2, u3, u4, u5, u99) = (&rows[0], &rows[1], &rows[2], &rows[3], &rows[4], &rows[5]);
@@ -140,6 +146,49 @@ async fn materialize_serves_the_latest_valid_row_and_survives_a_restart() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_whose_layout_changed_is_materialized_again_by_an_incremental_run() {
+    let now = now_micros();
+    let (dir, root) = repo(&fixture(now));
+    let reg = Registry::load(&root, None).unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("online")).unwrap();
+    let first = materialize_incremental(&reg, &store, &[], now, false)
+        .await
+        .unwrap();
+    assert!(first[0].written > 0, "{}", first[0]);
+    assert!(
+        materialize_incremental(&reg, &store, &[], now, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A feature dropped from the view: the stored rows no longer match its layout, so the
+    // next incremental run writes them again instead of finding nothing new.
+    let dropped = "  { name = \"country\", dtype = \"string\", allowed = [\"DE\", \"FR\"] },\n";
+    assert!(DEFINITIONS.contains(dropped));
+    std::fs::write(root.join("defs.toml"), DEFINITIONS.replace(dropped, "")).unwrap();
+    let changed = Registry::load(&root, None).unwrap();
+    let again = materialize_incremental(&changed, &store, &[], now, false)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    // (Without the country rule, more rows are valid than before.)
+    assert!(
+        again[0].written >= first[0].written,
+        "{} after {}",
+        again[0],
+        first[0]
+    );
+    let rows = read(&changed, &store, &[1], 40.0).await;
+    assert_eq!(
+        rows[0][0].status,
+        ferrite_features::serving::Status::Present,
+        "{:?}",
+        rows[0]
     );
 }
 
@@ -275,7 +324,13 @@ async fn a_missing_column_fails_before_anything_is_written() {
     let err = materialize(&reg, &store, &[], 0, now, false).await.unwrap_err();
     assert!(err.to_string().contains("missing column \"country\""), "{err}");
     assert!(store.is_empty());
-    assert_eq!(store.watermark("stats").await.unwrap(), None);
+    assert_eq!(
+        store
+            .watermark(&watermark_key(reg.view("stats").unwrap()))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

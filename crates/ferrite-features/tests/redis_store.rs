@@ -45,7 +45,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use ferrite_features::materialize::materialize;
+use ferrite_features::materialize::{materialize, watermark_key};
 use ferrite_features::online::{RowKey, StoredRow, WriteRow};
 use ferrite_features::serving::{Status, get_online_features};
 use ferrite_features::value::now_micros;
@@ -80,7 +80,13 @@ async fn store_contract(store: &dyn OnlineStore, now: i64) {
         (206, 1, 203, 202),
         "{r}"
     );
-    assert_eq!(store.watermark("stats").await.unwrap(), Some(now));
+    assert_eq!(
+        store
+            .watermark(&watermark_key(reg.view("stats").unwrap()))
+            .await
+            .unwrap(),
+        Some(now)
+    );
 
     let refs = reg.service_refs("svc").unwrap();
     let ids: Vec<i64> = [1, 2, 3, 4].into_iter().chain(100..300).collect();
@@ -193,8 +199,14 @@ async fn redis_store_keeps_the_documented_layout_and_expiry() {
         .unwrap();
     // Expires one hour (the TTL) after the event time, 10 minutes ago.
     assert!((49 * 60_000..=50 * 60_000).contains(&pttl), "PTTL {pttl}");
+    // The watermark is kept per view layout (the same definitions give the same layout).
+    let (_dir, root) = repo(&rows_for(now, 1));
+    let reg = Registry::load(&root, None).unwrap();
     let wm: String = redis::cmd("GET")
-        .arg("ferrite:v1:watermark:stats")
+        .arg(format!(
+            "ferrite:v1:watermark:{}",
+            watermark_key(reg.view("stats").unwrap())
+        ))
         .query_async(&mut conn)
         .await
         .unwrap();
