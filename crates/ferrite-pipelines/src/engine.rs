@@ -133,8 +133,8 @@ impl Engine {
     pub fn new(store: Arc<dyn OnlineStore>, models: Arc<ModelRepository>, pipelines: PipelineSet) -> Engine {
         let meters = pipelines
             .pipelines
-            .keys()
-            .map(|name| (name.clone(), Meters::new(name)))
+            .values()
+            .map(|p| (p.name.clone(), Meters::new(&p.name, p.kind)))
             .collect();
         let catalogs = pipelines
             .pipelines
@@ -605,26 +605,33 @@ fn fallback_rows(
 pub(crate) struct Meters {
     /// `ferrite_pipeline_seconds` by stage: features, inference, postprocess, total.
     stages: [metrics::Histogram; 4],
-    /// `ferrite_pipeline_rows_total` by outcome (model, fallback) and decision.
-    rows: [[metrics::Counter; 3]; 2],
-    /// The same counter for pipelines without decisions (`decision=""`), by outcome.
-    calls: [metrics::Counter; 2],
+    /// `ferrite_pipeline_rows_total` by outcome (model, fallback) and decision: approve,
+    /// review and decline for fraud; one series, `decision=""`, for pipelines without
+    /// decisions (recommendations, pricing).
+    rows: [Vec<metrics::Counter>; 2],
 }
 
 const DECISIONS: [Decision; 3] = [Decision::Approve, Decision::Review, Decision::Decline];
 
 impl Meters {
-    fn new(pipeline: &str) -> Meters {
+    fn new(pipeline: &str, kind: Kind) -> Meters {
         let stage = |stage: &'static str| metrics::histogram!("ferrite_pipeline_seconds", "pipeline" => pipeline.to_string(), "stage" => stage);
+        let decisions: Vec<&'static str> = match kind {
+            Kind::Fraud => DECISIONS.iter().map(|d| d.as_str()).collect(),
+            Kind::Recommendations | Kind::Pricing => vec![""],
+        };
         let rows = |outcome: &'static str| {
-            DECISIONS.map(|d| {
-                metrics::counter!(
-                    "ferrite_pipeline_rows_total",
-                    "pipeline" => pipeline.to_string(),
-                    "outcome" => outcome,
-                    "decision" => d.as_str()
-                )
-            })
+            decisions
+                .iter()
+                .map(|&d| {
+                    metrics::counter!(
+                        "ferrite_pipeline_rows_total",
+                        "pipeline" => pipeline.to_string(),
+                        "outcome" => outcome,
+                        "decision" => d
+                    )
+                })
+                .collect()
         };
         Meters {
             stages: [
@@ -634,14 +641,6 @@ impl Meters {
                 stage("total"),
             ],
             rows: [rows("model"), rows("fallback")],
-            calls: ["model", "fallback"].map(|outcome| {
-                metrics::counter!(
-                    "ferrite_pipeline_rows_total",
-                    "pipeline" => pipeline.to_string(),
-                    "outcome" => outcome,
-                    "decision" => ""
-                )
-            }),
         }
     }
 
@@ -649,7 +648,9 @@ impl Meters {
     /// and whether the model or the fallback answered.
     pub(crate) fn record_call(&self, fallback: bool, latency: &Latency) {
         self.record_stages(latency);
-        self.calls[usize::from(fallback)].increment(1);
+        if let Some(c) = self.rows[usize::from(fallback)].first() {
+            c.increment(1);
+        }
     }
 
     fn record_stages(&self, latency: &Latency) {
@@ -671,7 +672,9 @@ impl Meters {
         for r in rows {
             let outcome = usize::from(r.fallback.is_some());
             let decision = DECISIONS.iter().position(|d| *d == r.decision).unwrap_or(0);
-            self.rows[outcome][decision].increment(1);
+            if let Some(c) = self.rows[outcome].get(decision) {
+                c.increment(1);
+            }
         }
     }
 }

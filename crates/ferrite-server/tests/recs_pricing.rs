@@ -160,6 +160,11 @@ async fn recommend_and_price_answer_from_the_models_and_honour_the_request() {
     ] {
         assert!(metrics.contains(needle), "{needle} not in /metrics");
     }
+    // Decisions are fraud's: no approve/review/decline series for lists and prices.
+    assert!(
+        !metrics.contains("pipeline=\"recommendations\",outcome=\"model\",decision=\"approve\""),
+        "{metrics}"
+    );
 
     // Lists and bounded prices are not KServe rows: neither pipeline poses as a model.
     let index = GrpcInferenceServiceClient::new(channel)
