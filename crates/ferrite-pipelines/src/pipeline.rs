@@ -215,8 +215,9 @@ pub struct Recs {
     /// Reads just the in-stock and active features (in that order): what a call re-checks
     /// live for its candidates.
     pub live_plan: Arc<ReadPlan>,
-    /// Reads the user's recently bought items (`exclude_purchased`), when configured.
-    pub purchased_plan: Option<Arc<ReadPlan>>,
+    /// With `exclude_purchased`: reads the user's vector and, as one more column after it,
+    /// the user's recently bought items, in one store read.
+    pub user_plan: Option<Arc<ReadPlan>>,
     pub refresh: Duration,
 }
 
@@ -458,7 +459,7 @@ fn resolve_recs(
     ];
     let live_plan = ReadPlan::new(registry, &live_refs).map_err(|e| bad(format!("recommendations: {e}")))?;
     let user_key = user.single_key("feature_service").map_err(bad)?;
-    let purchased_plan = match &section.exclude_purchased {
+    let user_plan = match &section.exclude_purchased {
         None => None,
         Some(feature) => {
             let refs = registry
@@ -476,7 +477,8 @@ fn resolve_recs(
                     )));
                 }
             }
-            Some(Arc::new(ReadPlan::new(registry, &refs).map_err(|e| {
+            let both: Vec<FeatureRef> = user.refs.iter().cloned().chain(refs).collect();
+            Some(Arc::new(ReadPlan::new(registry, &both).map_err(|e| {
                 bad(format!("recommendations.exclude_purchased: {e}"))
             })?))
         }
@@ -501,7 +503,7 @@ fn resolve_recs(
         active,
         popularity,
         live_plan: Arc::new(live_plan),
-        purchased_plan,
+        user_plan,
     })
 }
 

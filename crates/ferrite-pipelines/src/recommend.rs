@@ -208,15 +208,21 @@ impl Engine {
         let section = &recs.section;
         let t = Instant::now();
         let mut user = Vectors::new(&pipeline.input, 1);
-        let mut fetched = fetch(&pipeline.input.plan, self.store.as_ref(), &input.entities, now)
+        // The user's vector, and with `exclude_purchased` what they bought, in one read.
+        let plan = recs.user_plan.as_deref().unwrap_or(&pipeline.input.plan);
+        let mut fetched = fetch(plan, self.store.as_ref(), &input.entities, now)
             .await
             .map_err(store_cause)?;
-        assemble(&pipeline.input.plan, &mut fetched, None, &input.fields, &mut user).map_err(|e| {
-            FallbackCause {
-                kind: "features_error",
-                message: format!("request-time features: {e}"),
-            }
+        let mut sink = UserSink {
+            width: pipeline.input.refs.len(),
+            vector: &mut user,
+            bought: None,
+        };
+        assemble(plan, &mut fetched, None, &input.fields, &mut sink).map_err(|e| FallbackCause {
+            kind: "features_error",
+            message: format!("request-time features: {e}"),
         })?;
+        let bought_ids = sink.bought.take();
         user.finish();
         progress
             .features_us
@@ -235,32 +241,16 @@ impl Engine {
         let feature_age_us = fetched
             .oldest(0)
             .map_or(0, |ts| now.saturating_sub(ts).max(0) as u64);
-        // What the user already bought, when the pipeline excludes it: one more small read.
-        let mut bought: HashSet<usize> = HashSet::new();
-        if let Some(plan) = &recs.purchased_plan {
-            let t = Instant::now();
-            let mut list = crate::catalog::Strings(vec![None]);
-            read_planned(
-                plan,
-                self.store.as_ref(),
-                &input.entities,
-                &HashMap::new(),
-                now,
-                &mut list,
-            )
-            .await
-            .map_err(store_cause)?;
-            if let Some(ids) = &list.0[0] {
-                bought.extend(
-                    ids.split(',')
-                        .filter_map(|id| id.trim().parse::<i64>().ok())
-                        .filter_map(|id| catalog.position(&Value::Int(id))),
-                );
-            }
-            progress
-                .features_us
-                .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
-        }
+        // What the user already bought, when the pipeline excludes it.
+        let bought: HashSet<usize> = bought_ids
+            .as_deref()
+            .map(|ids| {
+                ids.split(',')
+                    .filter_map(|id| id.trim().parse::<i64>().ok())
+                    .filter_map(|id| catalog.position(&Value::Int(id)))
+                    .collect()
+            })
+            .unwrap_or_default();
 
         progress.stage.store(1, Relaxed);
         let t = Instant::now();
@@ -439,6 +429,26 @@ impl Engine {
         .await
         .map_err(|e| PipelineError::invalid(None, "item_id", e.to_string()))?;
         Ok((0..n).map(|r| items.row(r).to_vec()).collect())
+    }
+}
+
+/// The user's read: the vector's columns go to the vector, the one after them (the bought
+/// items, with `exclude_purchased`) is kept aside.
+struct UserSink<'v, 'p> {
+    width: usize,
+    vector: &'v mut Vectors<'p>,
+    bought: Option<String>,
+}
+
+impl ferrite_features::serving::AnswerSink for UserSink<'_, '_> {
+    fn push(&mut self, row: usize, feature: usize, value: ferrite_features::serving::FeatureValue) {
+        if feature < self.width {
+            self.vector.push(row, feature, value);
+        } else if let (ferrite_features::serving::Status::Present, Value::Str(s)) =
+            (value.status, value.value)
+        {
+            self.bought = Some(s);
+        }
     }
 }
 
