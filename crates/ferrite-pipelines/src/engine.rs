@@ -78,49 +78,99 @@ fn reserve(window: Duration) -> Duration {
     (window / 10).min(Duration::from_millis(2))
 }
 
-/// The time a call has (the smaller of the pipeline's budget and the caller's deadline), and
-/// when its work must stop for the fallback to answer in time.
-pub(crate) fn window(
-    pipeline: &Pipeline,
-    deadline: Option<Instant>,
+/// One call's clock: when it started, the caller's deadline, the time it has (the smaller of
+/// the pipeline's budget and that deadline), and when its work must stop for the fallback to
+/// answer in time.
+pub(crate) struct CallClock {
     started: Instant,
-) -> (Duration, Instant) {
-    let mut window = pipeline.budget;
-    if let Some(d) = deadline {
-        window = window.min(d.saturating_duration_since(started));
-    }
-    (window, started + window - reserve(window))
-}
-
-/// Why a call stopped at its deadline, naming the stage that was running.
-pub(crate) fn deadline_message(
-    what: &str,
+    deadline: Option<Instant>,
     window: Duration,
-    pipeline: &Pipeline,
-    deadline: Option<Instant>,
-    started: Instant,
-) -> String {
-    format!(
-        "deadline: {what} did not answer within {} ms (budget {} ms, the caller's deadline {})",
-        window.as_millis(),
-        pipeline.budget.as_millis(),
-        deadline.map_or("none".to_string(), |d| format!(
-            "{} ms",
-            d.saturating_duration_since(started).as_millis()
-        ))
-    )
+    pub(crate) until: Instant,
 }
 
-const STAGE_FEATURES: u8 = 0;
-const STAGE_MODEL: u8 = 1;
-const STAGE_POST: u8 = 2;
+impl CallClock {
+    pub(crate) fn new(pipeline: &Pipeline, deadline: Option<Instant>, started: Instant) -> CallClock {
+        let mut window = pipeline.budget;
+        if let Some(d) = deadline {
+            window = window.min(d.saturating_duration_since(started));
+        }
+        CallClock {
+            started,
+            deadline,
+            window,
+            until: started + window - reserve(window),
+        }
+    }
+
+    /// Why the call stopped at its deadline: `stages` names the features, model and
+    /// post-processing stages, and the one `progress` was in is named.
+    pub(crate) fn deadline_cause(
+        &self,
+        pipeline: &Pipeline,
+        progress: &Progress,
+        stages: [&str; 3],
+    ) -> FallbackCause {
+        let what = stages[usize::from(progress.stage.load(Ordering::Relaxed)).min(2)];
+        FallbackCause {
+            kind: "deadline",
+            message: format!(
+                "deadline: {what} did not answer within {} ms (budget {} ms, the caller's deadline {})",
+                self.window.as_millis(),
+                pipeline.budget.as_millis(),
+                self.deadline.map_or("none".to_string(), |d| format!(
+                    "{} ms",
+                    d.saturating_duration_since(self.started).as_millis()
+                ))
+            ),
+        }
+    }
+
+    /// The call's time by stage: what `progress` recorded, the rest post-processing.
+    pub(crate) fn latency(&self, progress: &Progress) -> Latency {
+        let features_us = progress.features_us.load(Ordering::Relaxed);
+        let inference_us = progress.inference_us.load(Ordering::Relaxed);
+        let total_us = self.started.elapsed().as_micros() as u64;
+        Latency {
+            features_us,
+            inference_us,
+            postprocess_us: total_us.saturating_sub(features_us + inference_us),
+            total_us,
+        }
+    }
+}
+
+/// Stages of `Progress`: reading features (0, where it starts), running models, the rest.
+pub(crate) const STAGE_MODEL: u8 = 1;
+pub(crate) const STAGE_POST: u8 = 2;
 
 /// What the work in flight has done; read after a timeout, when the work was dropped.
 #[derive(Default)]
-struct Progress {
-    stage: AtomicU8,
-    features_us: AtomicU64,
-    inference_us: AtomicU64,
+pub(crate) struct Progress {
+    pub(crate) stage: AtomicU8,
+    pub(crate) features_us: AtomicU64,
+    pub(crate) inference_us: AtomicU64,
+}
+
+/// Why a store read sends a call to the fallback.
+pub(crate) fn store_cause(e: FeatureError) -> FallbackCause {
+    match e {
+        FeatureError::Unavailable(e) => FallbackCause {
+            kind: "features_unavailable",
+            message: format!("online store unavailable: {e}"),
+        },
+        e => FallbackCause {
+            kind: "features_error",
+            message: format!("feature read failed: {e}"),
+        },
+    }
+}
+
+/// Why a model run sends a call to the fallback.
+pub(crate) fn model_cause(model: &str, e: ModelError) -> FallbackCause {
+    FallbackCause {
+        kind: "model_error",
+        message: format!("model {model:?}: {e}"),
+    }
 }
 
 /// Why a call fell back, for the answer and for the metrics' `reason` label.
@@ -194,27 +244,19 @@ impl Engine {
             return Err(wrong_kind(&pipeline, Kind::Fraud));
         };
         let rows = check(&pipeline, &mut input)?;
-        let (window, until) = window(&pipeline, deadline, started);
+        let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
         let work = self.run(&pipeline, &input, rows, now, &progress);
-        let outcome = match tokio::time::timeout_at(until.into(), work).await {
+        let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
             Ok(Ok(Ok(answers))) => Ok(answers),
             Ok(Ok(Err(cause))) => Err(cause),
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                let what = match progress.stage.load(Ordering::Relaxed) {
-                    STAGE_FEATURES => "the online store",
-                    STAGE_MODEL => "the model",
-                    _ => "post-processing",
-                };
-                Err(FallbackCause {
-                    kind: "deadline",
-                    message: deadline_message(what, window, &pipeline, deadline, started),
-                })
-            }
+            Err(_) => Err(clock.deadline_cause(
+                &pipeline,
+                &progress,
+                ["the online store", "the model", "post-processing"],
+            )),
         };
-        let features_us = progress.features_us.load(Ordering::Relaxed);
-        let inference_us = progress.inference_us.load(Ordering::Relaxed);
         let rows_out = match outcome {
             Ok(rows_out) => rows_out,
             Err(cause) => {
@@ -222,13 +264,7 @@ impl Engine {
                 fallback_rows(&pipeline, fb, &input, rows, &cause.message)
             }
         };
-        let total_us = started.elapsed().as_micros() as u64;
-        let latency = Latency {
-            features_us,
-            inference_us,
-            postprocess_us: total_us.saturating_sub(features_us + inference_us),
-            total_us,
-        };
+        let latency = clock.latency(&progress);
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record(&rows_out, &latency);
         }
@@ -262,19 +298,8 @@ impl Engine {
             .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         let vectors = match read {
             Ok(v) => v,
-            Err(FeatureError::Unavailable(e)) => {
-                return Ok(Err(FallbackCause {
-                    kind: "features_unavailable",
-                    message: format!("online store unavailable: {e}"),
-                }));
-            }
             Err(FeatureError::Invalid(m)) => return Err(PipelineError::invalid(None, "request", m)),
-            Err(e) => {
-                return Ok(Err(FallbackCause {
-                    kind: "features_error",
-                    message: format!("feature read failed: {e}"),
-                }));
-            }
+            Err(e) => return Ok(Err(store_cause(e))),
         };
 
         progress.stage.store(STAGE_MODEL, Ordering::Relaxed);

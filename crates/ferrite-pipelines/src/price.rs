@@ -13,10 +13,11 @@ use ferrite_features::{Micros, Value};
 use crate::PipelineError;
 use crate::catalog::Catalog;
 use crate::config::{Ending, Kind, Objective, PricingSection};
-use crate::engine::{Engine, FallbackCause, Latency, deadline_message, window, wrong_kind};
+use crate::engine::{
+    CallClock, Engine, FallbackCause, Latency, Progress, STAGE_MODEL, model_cause, store_cause, wrong_kind,
+};
 use crate::input::{CallInput, check};
 use crate::pipeline::{Pipeline, Pricing};
-use crate::recommend::{Progress, model_cause, store_cause};
 use crate::vector::Vectors;
 
 /// The model path's answer for an item the store has never heard of: the caller's mistake.
@@ -188,25 +189,17 @@ impl Engine {
         check(&pipeline, &mut input)?;
         let catalog = self.catalog(&pipeline.name);
 
-        let (window, until) = window(&pipeline, deadline, started);
+        let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
         let work = self.choose_price(&pipeline, pricing, &input, now, &progress);
-        let outcome = match tokio::time::timeout_at(until.into(), work).await {
+        let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
             Ok(r) => r,
-            Err(_) => {
-                let what = if progress.stage.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                    "the online store"
-                } else {
-                    "the demand model"
-                };
-                Err(FallbackCause {
-                    kind: "deadline",
-                    message: deadline_message(what, window, &pipeline, deadline, started),
-                })
-            }
+            Err(_) => Err(clock.deadline_cause(
+                &pipeline,
+                &progress,
+                ["the online store", "the demand model", "post-processing"],
+            )),
         };
-        let features_us = progress.features_us.load(std::sync::atomic::Ordering::Relaxed);
-        let inference_us = progress.inference_us.load(std::sync::atomic::Ordering::Relaxed);
         let answer = match outcome {
             Ok(a) => a,
             Err(cause) if cause.kind == UNKNOWN_ITEM => {
@@ -246,13 +239,7 @@ impl Engine {
                 }
             }
         };
-        let total_us = started.elapsed().as_micros() as u64;
-        let latency = Latency {
-            features_us,
-            inference_us,
-            postprocess_us: total_us.saturating_sub(features_us + inference_us),
-            total_us,
-        };
+        let latency = clock.latency(&progress);
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record_call(answer.fallback.is_some(), &latency);
         }
@@ -329,7 +316,7 @@ impl Engine {
             .features_us
             .store(t.elapsed().as_micros() as u64, Relaxed);
 
-        progress.stage.store(1, Relaxed);
+        progress.stage.store(STAGE_MODEL, Relaxed);
         let t = Instant::now();
         let model = &pipeline.model;
         let (version, units, columns) = self

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferrite_features::serving::{assemble, fetch, read_planned};
-use ferrite_features::{FeatureError, KeyType, Micros, Value};
+use ferrite_features::{KeyType, Micros, Value};
 
 use crate::PipelineError;
 use crate::catalog::Catalog;
 use crate::config::Kind;
-use crate::engine::{Engine, FallbackCause, Latency, deadline_message, window, wrong_kind};
+use crate::engine::{
+    CallClock, Engine, FallbackCause, Latency, Progress, STAGE_MODEL, model_cause, store_cause, wrong_kind,
+};
 use crate::input::{CallInput, check};
 use crate::pipeline::{Pipeline, Recs};
 use crate::vector::Vectors;
@@ -133,25 +135,17 @@ impl Engine {
             top_k,
         };
 
-        let (window, until) = window(&pipeline, deadline, started);
+        let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
         let work = self.rank(&pipeline, recs, &catalog, &input, &wanted, now, &progress);
-        let outcome = match tokio::time::timeout_at(until.into(), work).await {
+        let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
             Ok(r) => r,
-            Err(_) => {
-                let what = if progress.stage.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                    "the online store"
-                } else {
-                    "the models"
-                };
-                Err(FallbackCause {
-                    kind: "deadline",
-                    message: deadline_message(what, window, &pipeline, deadline, started),
-                })
-            }
+            Err(_) => Err(clock.deadline_cause(
+                &pipeline,
+                &progress,
+                ["the online store", "the models", "post-processing"],
+            )),
         };
-        let features_us = progress.features_us.load(std::sync::atomic::Ordering::Relaxed);
-        let inference_us = progress.inference_us.load(std::sync::atomic::Ordering::Relaxed);
         let answer = match outcome {
             Ok(ranked) => Recommendation {
                 items: ranked.items,
@@ -179,13 +173,7 @@ impl Engine {
                 }
             }
         };
-        let total_us = started.elapsed().as_micros() as u64;
-        let latency = Latency {
-            features_us,
-            inference_us,
-            postprocess_us: total_us.saturating_sub(features_us + inference_us),
-            total_us,
-        };
+        let latency = clock.latency(&progress);
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record_call(answer.fallback.is_some(), &latency);
         }
@@ -252,7 +240,7 @@ impl Engine {
             })
             .unwrap_or_default();
 
-        progress.stage.store(1, Relaxed);
+        progress.stage.store(STAGE_MODEL, Relaxed);
         let t = Instant::now();
         let model = &pipeline.model;
         let (_, embedding, dim) = self
@@ -536,34 +524,4 @@ fn item_ids(ids: &[Value], key_type: KeyType) -> Result<Vec<Value>, PipelineErro
             )),
         })
         .collect()
-}
-
-/// Why a store read sends a call to the fallback.
-pub(crate) fn store_cause(e: FeatureError) -> FallbackCause {
-    match e {
-        FeatureError::Unavailable(e) => FallbackCause {
-            kind: "features_unavailable",
-            message: format!("online store unavailable: {e}"),
-        },
-        e => FallbackCause {
-            kind: "features_error",
-            message: format!("feature read failed: {e}"),
-        },
-    }
-}
-
-pub(crate) fn model_cause(model: &str, e: ferrite_models::ModelError) -> FallbackCause {
-    FallbackCause {
-        kind: "model_error",
-        message: format!("model {model:?}: {e}"),
-    }
-}
-
-/// What the work in flight has done; read after a timeout, when the work was dropped.
-#[derive(Default)]
-pub(crate) struct Progress {
-    /// 0: reading features; 1: running models.
-    pub(crate) stage: std::sync::atomic::AtomicU8,
-    pub(crate) features_us: std::sync::atomic::AtomicU64,
-    pub(crate) inference_us: std::sync::atomic::AtomicU64,
 }
