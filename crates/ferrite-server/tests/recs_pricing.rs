@@ -10,7 +10,6 @@ use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
 use ferrite_proto::inference::RepositoryIndexRequest;
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use ferrite_test_support::repo_root;
 use tonic::Code;
 
 /// A user with clicks in the sample data, and an item on sale at the materialization time.
@@ -21,18 +20,7 @@ const ITEM: i64 = 3_000_022;
 /// turn these functional checks into fallbacks), and the sample data materialized.
 async fn server() -> (ferrite_server::RunningServer, tonic::transport::Channel) {
     let pipelines = scratch_dir("pipelines");
-    for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
-        let path = entry.unwrap().path();
-        let text: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| match l.starts_with("budget_ms") {
-                true => "budget_ms = 60000".to_string(),
-                false => l.to_string(),
-            })
-            .collect();
-        std::fs::write(pipelines.join(path.file_name().unwrap()), text.join("\n")).unwrap();
-    }
+    ferrite_test_support::copy_pipelines(&pipelines, 60_000, |l| Some(l.to_string()));
     let mut config = test_config();
     config.pipelines.directory = pipelines;
     let registry = config.features.registry().unwrap();

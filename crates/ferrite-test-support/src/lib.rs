@@ -22,6 +22,25 @@ pub fn repo_root() -> PathBuf {
         .expect("repository root exists")
 }
 
+/// Copies the repository's `pipelines/*.toml` into `dir` with every `budget_ms` set to
+/// `budget_ms` (functional tests must not depend on how fast a debug build runs on a busy
+/// machine) and every other line passed through `edit` (`None` drops it).
+pub fn copy_pipelines(dir: &Path, budget_ms: u64, edit: impl Fn(&str) -> Option<String>) {
+    for entry in std::fs::read_dir(repo_root().join("pipelines")).expect("pipelines/ exists") {
+        let path = entry.expect("a readable directory entry").path();
+        let text = std::fs::read_to_string(&path).expect("a readable pipeline file");
+        let lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| match l.starts_with("budget_ms") {
+                true => Some(format!("budget_ms = {budget_ms}")),
+                false => edit(l),
+            })
+            .collect();
+        let name = path.file_name().expect("a file name");
+        std::fs::write(dir.join(name), lines.join("\n")).expect("the copy is written");
+    }
+}
+
 /// The project virtualenv's Python, which the set-up scripts create with a pinned
 /// `onnxruntime` and the Python gRPC clients the tests drive.
 pub fn venv_python() -> PathBuf {

@@ -100,18 +100,7 @@ pub fn edited_engine(
     edit: impl Fn(&str) -> Option<String>,
 ) -> Engine {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text: Vec<String> = text
-            .lines()
-            .filter_map(|l| match l.starts_with("budget_ms") {
-                true => Some(format!("budget_ms = {budget_ms}")),
-                false => edit(l),
-            })
-            .collect();
-        std::fs::write(dir.path().join(path.file_name().unwrap()), text.join("\n")).unwrap();
-    }
+    ferrite_test_support::copy_pipelines(dir.path(), budget_ms, edit);
     let pipelines = PipelineSet::load(dir.path(), &registry).unwrap();
     let engine = Engine::new(store, models, pipelines);
     engine.preload();
