@@ -65,3 +65,34 @@ fi
 # pid (a backgrounded function is a subshell, which a kill would leave the command behind).
 on_server_cpu() { if [ -n "$server_cpu" ]; then exec taskset -c "$server_cpu" "$@"; else exec "$@"; fi; }
 on_client_cpus() { if [ -n "$client_cpus" ]; then taskset -c "$client_cpus" "$@"; else "$@"; fi; }
+
+# For the scripts that run a peer stack beside Ferrite: the servers started go in `pids` (and
+# `server`), all stopped on exit; `redis PORT LOG` starts one on the server's CPU; `wait_for
+# FILE TEXT PID [SECONDS]` waits (120 s by default) for TEXT in FILE while PID lives.
+peer_run_setup() {
+  pids=()
+  server=""
+  trap peer_run_cleanup EXIT
+  set_halt_poll
+}
+peer_run_cleanup() {
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  restore_halt_poll
+}
+redis() { # port, log
+  on_server_cpu redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$2" 2>&1 &
+  pids+=($!)
+}
+wait_for() {
+  local tenths=$((${4:-120} * 10))
+  for _ in $(seq 1 "$tenths"); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -30 "$1" >&2
+  echo "$1: no \"$2\"" >&2
+  return 1
+}

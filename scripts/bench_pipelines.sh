@@ -46,28 +46,8 @@ py="$PEER_VENV/bin/python"
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
 port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-pids=()
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  restore_halt_poll
-}
-trap cleanup EXIT
-set_halt_poll
+peer_run_setup
 
-# Waits up to 120 s for $2 to appear in the file $1 while the process $3 lives.
-wait_for() {
-  for _ in $(seq 1 1200); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -30 "$1" >&2
-  echo "$1: no \"$2\"" >&2
-  return 1
-}
 
 # A process and all its descendants (MLServer's inference workers), one pid a line.
 tree() {
@@ -79,10 +59,6 @@ tree() {
   done
 }
 
-redis() { # port, log
-  on_server_cpu redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$2" 2>&1 &
-  pids+=($!)
-}
 FERRITE_REDIS=$(port)
 redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
 ferrite_redis=$!

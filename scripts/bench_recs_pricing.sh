@@ -37,41 +37,17 @@ source scripts/bench_lib.sh
 py="$PEER_VENV/bin/python"
 port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-pids=()
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  restore_halt_poll
-}
-trap cleanup EXIT
-set_halt_poll
+peer_run_setup
 
-# Waits up to 180 s for $2 to appear in the file $1 while the process $3 lives.
-wait_for() {
-  for _ in $(seq 1 1800); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -30 "$1" >&2
-  echo "$1: no \"$2\"" >&2
-  return 1
-}
 
-redis() { # port, log
-  on_server_cpu redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$2" 2>&1 &
-  pids+=($!)
-}
 FERRITE_REDIS=$(port)
 redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
 ferrite_redis=$!
 PEER_REDIS=$(port)
 redis "$PEER_REDIS" "$OUT/redis-peer.log"
 peer_redis=$!
-wait_for "$OUT/redis-ferrite.log" "Ready to accept connections" "$ferrite_redis"
-wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$peer_redis"
+wait_for "$OUT/redis-ferrite.log" "Ready to accept connections" "$ferrite_redis" 180
+wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$peer_redis" 180
 
 echo "==> Ferrite: materialize into Redis :$FERRITE_REDIS" >&2
 write_config "$OUT/ferrite.toml" <<CFG
@@ -96,7 +72,7 @@ on_server_cpu "$py" "$peer/recs_pricing_glue.py" --port "$GLUE_PORT" --feast-rep
   >"$OUT/glue.log" 2>&1 &
 glue=$!
 pids+=("$glue")
-wait_for "$OUT/glue.log" "glue listening" "$glue"
+wait_for "$OUT/glue.log" "glue listening" "$glue" 180
 PEER_ADDR="127.0.0.1:$GLUE_PORT"
 PEER_PIDS="$glue,$peer_redis"
 
