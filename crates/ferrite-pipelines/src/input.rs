@@ -136,7 +136,8 @@ fn column<'a>(
     }
 }
 
-fn entity_id(v: Value, key_type: KeyType) -> Result<Value, String> {
+/// An id given as an integer or a decimal string, as the key's type.
+pub(crate) fn entity_id(v: Value, key_type: KeyType) -> Result<Value, String> {
     match (v, key_type) {
         (Value::Int(i), KeyType::Int) => Ok(Value::Int(i)),
         (Value::Str(s), KeyType::Int) => s

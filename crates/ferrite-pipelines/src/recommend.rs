@@ -17,7 +17,7 @@ use crate::config::Kind;
 use crate::engine::{
     CallClock, Engine, FallbackCause, Latency, Progress, STAGE_MODEL, model_cause, store_cause, wrong_kind,
 };
-use crate::input::{CallInput, check};
+use crate::input::{CallInput, check, entity_id};
 use crate::pipeline::{Pipeline, Recs};
 use crate::vector::Vectors;
 
@@ -506,22 +506,9 @@ fn popular(recs: &Recs, catalog: &Catalog, wanted: &Wanted) -> Vec<RecommendedIt
 fn item_ids(ids: &[Value], key_type: KeyType) -> Result<Vec<Value>, PipelineError> {
     ids.iter()
         .enumerate()
-        .map(|(i, v)| match (v, key_type) {
-            (Value::Int(n), KeyType::Int) => Ok(Value::Int(*n)),
-            (Value::Str(s), KeyType::Int) => s.trim().parse::<i64>().map(Value::Int).map_err(|_| {
-                PipelineError::invalid(
-                    None,
-                    format!("exclude_item_ids[{i}]"),
-                    format!("expected an integer item id or its decimal string, got {s:?}"),
-                )
-            }),
-            (Value::Str(s), KeyType::String) => Ok(Value::Str(s.clone())),
-            (Value::Int(n), KeyType::String) => Ok(Value::Str(n.to_string())),
-            (other, _) => Err(PipelineError::invalid(
-                None,
-                format!("exclude_item_ids[{i}]"),
-                format!("expected an item id, got {other}"),
-            )),
+        .map(|(i, v)| {
+            entity_id(v.clone(), key_type)
+                .map_err(|m| PipelineError::invalid(None, format!("exclude_item_ids[{i}]"), m))
         })
         .collect()
 }
