@@ -22,12 +22,9 @@ feature service fraud_v2 (features/fraud.toml), and exports it to ONNX.
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
-import tomllib
-from datetime import datetime
 from pathlib import Path
 
 import lightgbm
@@ -42,6 +39,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_boosted_models import OPSET, tidy  # noqa: E402
+from training_common import default_ferrite, micros, service_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "fraud_v2"
@@ -66,35 +64,6 @@ GRID = [  # (num_leaves, learning_rate, min_child_samples, scale_pos_weight)
     (15, 0.03, 40, 5.0),
     (7, 0.05, 40, 1.0),
 ]
-
-
-def micros(text):
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 1_000_000
-
-
-def default_ferrite():
-    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache/ferrite-target")
-    for path in (Path(target) / "debug/ferrite", ROOT / "target/debug/ferrite"):
-        if path.exists():
-            return path
-    return Path(target) / "debug/ferrite"
-
-
-def service_features(features_dir):
-    """The service's feature names in order, expanded from the definitions (view:* too)."""
-    views, services = {}, {}
-    for path in sorted(Path(features_dir).glob("*.toml")):
-        doc = tomllib.loads(path.read_text())
-        for v in doc.get("feature_view", []) + doc.get("request_view", []):
-            views[v["name"]] = [f["name"] for f in v["features"]]
-        for s in doc.get("feature_service", []):
-            services[s["name"]] = s["features"]
-    names = []
-    for ref in services[SERVICE]:
-        view, feature = ref.split(":")
-        names.extend(views[view] if feature == "*" else [feature])
-    assert len(set(names)) == len(names), "feature names must be unique"
-    return names
 
 
 def training_set(ferrite, entities, out, features_dir):
@@ -238,7 +207,7 @@ def main():
     ap.add_argument("--features", type=Path, default=ROOT / "features", help="feature definitions")
     ap.add_argument("--no-parity", action="store_true", help="skip the parity fixture")
     args = ap.parse_args()
-    names = service_features(args.features)
+    names = service_features(args.features, SERVICE)
     out_dir = ROOT / "models" / MODEL
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nn_numpy as nn  # noqa: E402
 from make_example_models import save_safetensors  # noqa: E402
 from make_sample_data import ELASTICITY, COMPETITOR_ELASTICITY, ITEM_CATEGORIES  # noqa: E402
-from train_recs_models import default_ferrite, floats, json_number, micros, service_features, training_set  # noqa: E402
+from train_recs_models import floats, json_number, training_set  # noqa: E402
+from training_common import default_ferrite, micros, service_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE, MODEL = "pricing_v1", "pricing_demand"

@@ -47,8 +47,6 @@ import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import tomllib  # noqa: E402
-from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -59,6 +57,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nn_numpy as nn  # noqa: E402
 from make_example_models import save_safetensors  # noqa: E402
+from training_common import default_ferrite, micros, service_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_SERVICE, ITEM_SERVICE = "recs_user_v1", "recs_item_v1"
@@ -81,35 +80,6 @@ SEED = 20260916
 PARITY_CUT = "2026-09-20T12:30:00Z"
 PARITY_USERS, PARITY_ITEMS = 20, 20
 COLD_USERS = [1_999_999_998, 1_999_999_999]
-
-
-def micros(text):
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 1_000_000
-
-
-def default_ferrite():
-    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache/ferrite-target")
-    for path in (Path(target) / "debug/ferrite", ROOT / "target/debug/ferrite"):
-        if path.exists():
-            return path
-    return Path(target) / "debug/ferrite"
-
-
-def service_features(features_dir, service):
-    """The service's feature names in order, expanded from the definitions (view:* too)."""
-    views, services = {}, {}
-    for path in sorted(Path(features_dir).glob("*.toml")):
-        doc = tomllib.loads(path.read_text())
-        for v in doc.get("feature_view", []) + doc.get("request_view", []):
-            views[v["name"]] = [f["name"] for f in v["features"]]
-        for s in doc.get("feature_service", []):
-            services[s["name"]] = s["features"]
-    names = []
-    for ref in services[service]:
-        view, feature = ref.split(":")
-        names.extend(views[view] if feature == "*" else [feature])
-    assert len(set(names)) == len(names), "feature names must be unique"
-    return names
 
 
 def training_set(ferrite, features_dir, entities, service, names):
