@@ -25,26 +25,10 @@ bin="$CARGO_TARGET_DIR/release/ferrite"
 [ -x "$PEER_VENV/bin/feast" ] || { echo "no peer virtualenv at $PEER_VENV: see $peer/README.md" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server is not on PATH" >&2; exit 1; }
 cargo build --release --locked -p ferrite >&2
+source scripts/bench_lib.sh
+# bench_lib's port() uses the project's .venv; the peer's Python does as well.
 port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-# Waits up to 180 s for $2 to appear in the file $1 while the process $3 lives.
-wait_for() {
-  for _ in $(seq 1 1800); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    kill -0 "$3" 2>/dev/null || break
-    sleep 0.1
-  done
-  tail -30 "$1" >&2
-  echo "$1: no \"$2\"" >&2
-  return 1
-}
+peer_run_setup
 
 echo "==> Ferrite: materialize $DATA into an embedded store ($OUT/online)" >&2
 cat >"$OUT/ferrite.toml" <<CFG
@@ -66,7 +50,7 @@ CFG
 PEER_REDIS=$(port)
 redis-server --port "$PEER_REDIS" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$OUT/redis-peer.log" 2>&1 &
 pids+=($!)
-wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$!"
+wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$!" 180
 echo "==> peer: Feast repository from features/*.toml, apply and materialize into Redis :$PEER_REDIS" >&2
 "$py" "$peer/make_feast_repo.py" --features features --data "$DATA" --redis "127.0.0.1:$PEER_REDIS" \
   --out "$OUT/feast" >&2
@@ -78,7 +62,7 @@ echo "==> Ferrite: serve (catalogues built before it is ready)" >&2
 "$bin" serve --config "$OUT/ferrite.toml" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
 server=$!
 pids+=("$server")
-wait_for "$OUT/serve.log" "ferrite listening" "$server"
+wait_for "$OUT/serve.log" "ferrite listening" "$server" 180
 FERRITE_ADDR=$(grep -o 'grpc=[0-9.:]*' "$OUT/serve.log" | head -1 | cut -d= -f2)
 
 echo "==> peer: the glue service (catalogue built at start)" >&2
@@ -86,7 +70,7 @@ GLUE_PORT=$(port)
 "$py" "$peer/recs_pricing_glue.py" --port "$GLUE_PORT" --feast-repo "$OUT/feast" --data "$DATA" >"$OUT/glue.log" 2>&1 &
 glue=$!
 pids+=("$glue")
-wait_for "$OUT/glue.log" "glue listening" "$glue"
+wait_for "$OUT/glue.log" "glue listening" "$glue" 180
 PEER_ADDR="127.0.0.1:$GLUE_PORT"
 echo "Ferrite at $FERRITE_ADDR, peer at $PEER_ADDR; logs in $OUT" >&2
 
