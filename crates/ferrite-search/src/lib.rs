@@ -3,6 +3,8 @@
 //! Owns the `VectorIndex` trait and its FAISS implementation. It does not own turning
 //! images into embeddings (a model backend does that) nor item metadata.
 
+pub mod preprocess;
+
 use faiss::index::SearchWithParams;
 use faiss::index::flat::FlatIndex;
 use faiss::index::id_map::IdMap;
