@@ -25,3 +25,6 @@ pub use shadow::ShadowQueue;
 pub use state::{CanaryState, CanaryStatus, CanaryStore, EmbeddedCanaryStore, MemoryCanaryStore};
 pub use window::Counts;
 
+pub mod chart;
+pub mod exposure;
+pub mod report;

@@ -1,0 +1,345 @@
+//! The exposure log: one record per call that ran a variant, written to rotating Parquet files
+//! by a background thread so that logging never waits on the disk.
+//!
+//! Files are `exposures-<start>-<seq>.parquet` in one directory. The file being filled is
+//! rewritten whole (to a hidden temporary name, then renamed over the old one) at each flush,
+//! so a reader listing the directory only ever sees complete files, and a crash loses at most
+//! one flush interval. A file is closed and the next sequence number begun after
+//! `rotate_rows` rows or `rotate_interval_secs` seconds, which also bounds the rewrite cost.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+mod files;
+
+use files::write_file;
+pub use files::{civil_from_days, exposure_files, file_name, now_micros, read_records, to_frame, utc_stamp};
+
+/// The counter of records dropped because the queue was full.
+pub const DROPPED_METRIC: &str = "ferrite_experiment_exposures_dropped_total";
+/// The counter of failed file writes (the rows stay queued for the next flush).
+pub const WRITE_ERRORS_METRIC: &str = "ferrite_experiment_exposure_write_errors_total";
+
+/// One exposure: a unit saw a variant of an experiment in one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposureRecord {
+    /// When the call was served, microseconds since the Unix epoch (UTC).
+    pub time: i64,
+    pub experiment: String,
+    pub variant: String,
+    /// The unit the split is sticky on (user, visit, transaction).
+    pub unit_id: String,
+    pub request_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub score: Option<f64>,
+    pub decision: Option<String>,
+    pub latency_us: i64,
+    /// The call fell back (store or model down or slow).
+    pub fallback: bool,
+    /// The variant was forced (an override), not drawn by the split.
+    pub forced: bool,
+}
+
+/// Where and how the exposure log writes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExposureLogConfig {
+    /// The directory the Parquet files go to (created if missing).
+    pub dir: PathBuf,
+    /// Records waiting for the writer; when full, new records are dropped and counted.
+    pub queue_capacity: usize,
+    /// How often the file being filled is written out: the most a crash loses.
+    pub flush_interval_ms: u64,
+    /// A file is closed after this many rows.
+    pub rotate_rows: usize,
+    /// A file is closed this long after its first row.
+    pub rotate_interval_secs: u64,
+}
+
+impl Default for ExposureLogConfig {
+    fn default() -> Self {
+        ExposureLogConfig {
+            dir: PathBuf::from("exposures"),
+            queue_capacity: 65_536,
+            flush_interval_ms: 1_000,
+            rotate_rows: 100_000,
+            rotate_interval_secs: 3_600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExposureError {
+    #[error("exposure log: {field} = {value}: expected {expected}")]
+    Config {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("exposure log: {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("exposure log: the writer thread panicked")]
+    WriterPanicked,
+}
+
+enum Message {
+    Record(Box<ExposureRecord>),
+    /// Write out what is buffered, then answer.
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to the exposure log. The last clone to go flushes and stops the
+/// writer; [`ExposureLog::shutdown`] does so explicitly and reports a failed final write.
+#[derive(Clone)]
+pub struct ExposureLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    sender: SyncSender<Message>,
+    dropped: AtomicU64,
+    writer: Mutex<Option<JoinHandle<Result<(), ExposureError>>>>,
+}
+
+/// The background half of a log made by [`ExposureLog::new`], not yet running.
+pub struct ExposureWriter {
+    receiver: Receiver<Message>,
+    state: WriterState,
+}
+
+impl ExposureLog {
+    /// Starts the log and its writer thread.
+    pub fn start(config: ExposureLogConfig) -> Result<ExposureLog, ExposureError> {
+        let (log, writer) = ExposureLog::new(config)?;
+        log.run(writer)?;
+        Ok(log)
+    }
+
+    /// The log and its writer, not yet started: records queue up (and overflow) until
+    /// [`ExposureLog::run`] starts the writer.
+    pub fn new(config: ExposureLogConfig) -> Result<(ExposureLog, ExposureWriter), ExposureError> {
+        validate(&config)?;
+        std::fs::create_dir_all(&config.dir).map_err(|e| io_error(&config.dir, e))?;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        let log = ExposureLog {
+            shared: Arc::new(Shared {
+                sender,
+                dropped: AtomicU64::new(0),
+                writer: Mutex::new(None),
+            }),
+        };
+        let writer = ExposureWriter {
+            receiver,
+            state: WriterState::new(config),
+        };
+        Ok((log, writer))
+    }
+
+    /// Starts `writer` (from [`ExposureLog::new`]) on its own thread.
+    pub fn run(&self, writer: ExposureWriter) -> Result<(), ExposureError> {
+        let handle = std::thread::Builder::new()
+            .name("exposure-log".into())
+            .spawn(move || writer.run())
+            .map_err(|e| io_error(Path::new("exposure-log thread"), e))?;
+        *lock(&self.shared.writer) = Some(handle);
+        Ok(())
+    }
+
+    /// Queues a record; never blocks. When the queue is full the record is dropped and counted.
+    pub fn log(&self, record: ExposureRecord) {
+        match self.shared.sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(DROPPED_METRIC).increment(1);
+            }
+        }
+    }
+
+    /// Records dropped so far because the queue was full (or the writer had stopped).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes out every record queued before this call, and waits until it is on disk.
+    /// Returns at once if the writer is not running.
+    pub fn flush(&self) {
+        if lock(&self.shared.writer).is_none() {
+            return;
+        }
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.shared.sender.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Flushes everything queued and stops the writer. Later records are dropped and counted.
+    pub fn shutdown(&self) -> Result<(), ExposureError> {
+        self.shared.shutdown()
+    }
+}
+
+impl Shared {
+    fn shutdown(&self) -> Result<(), ExposureError> {
+        let Some(handle) = lock(&self.writer).take() else {
+            return Ok(());
+        };
+        // A blocking send: shutting down may wait for the queue, the request path never does.
+        let _ = self.sender.send(Message::Shutdown);
+        handle.join().map_err(|_| ExposureError::WriterPanicked)?
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "exposure log: final flush failed");
+        }
+    }
+}
+
+impl ExposureWriter {
+    fn run(mut self) -> Result<(), ExposureError> {
+        let interval = Duration::from_millis(self.state.config.flush_interval_ms);
+        let mut next_flush = Instant::now() + interval;
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(wait) {
+                Ok(Message::Record(r)) => self.state.push(*r),
+                Ok(Message::Flush(done)) => {
+                    self.state.flush_logged();
+                    let _ = done.send(());
+                }
+                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_flush {
+                self.state.flush_logged();
+                next_flush = Instant::now() + interval;
+            }
+        }
+        // Records that raced the shutdown message are still written.
+        while let Ok(Message::Record(r)) = self.receiver.try_recv() {
+            self.state.push(*r);
+        }
+        self.state.flush()
+    }
+}
+
+/// The file being filled and its rows.
+struct WriterState {
+    config: ExposureLogConfig,
+    /// Start time of this writer (µs), in every file name it writes.
+    started: i64,
+    seq: u64,
+    rows: Vec<ExposureRecord>,
+    /// Rows already in the file on disk (a flush with nothing new writes nothing).
+    written: usize,
+    file_opened: Option<Instant>,
+}
+
+impl WriterState {
+    fn new(config: ExposureLogConfig) -> WriterState {
+        WriterState {
+            config,
+            started: now_micros(),
+            seq: 0,
+            rows: Vec::new(),
+            written: 0,
+            file_opened: None,
+        }
+    }
+
+    fn push(&mut self, record: ExposureRecord) {
+        if self.file_opened.is_none() {
+            self.file_opened = Some(Instant::now());
+        }
+        self.rows.push(record);
+        let age = self.file_opened.map_or(Duration::ZERO, |t| t.elapsed());
+        if self.rows.len() >= self.config.rotate_rows
+            || age >= Duration::from_secs(self.config.rotate_interval_secs)
+        {
+            self.flush_logged();
+            if self.written == self.rows.len() {
+                self.rotate();
+            }
+        }
+    }
+
+    fn rotate(&mut self) {
+        self.seq += 1;
+        self.rows.clear();
+        self.written = 0;
+        self.file_opened = None;
+    }
+
+    fn flush_logged(&mut self) {
+        if let Err(e) = self.flush() {
+            metrics::counter!(WRITE_ERRORS_METRIC).increment(1);
+            tracing::warn!(error = %e, rows = self.rows.len(), "exposure log: write failed; retrying at the next flush");
+        }
+    }
+
+    /// Writes the current file whole if it has rows not yet on disk.
+    fn flush(&mut self) -> Result<(), ExposureError> {
+        if self.rows.len() == self.written {
+            return Ok(());
+        }
+        let name = file_name(self.started, self.seq);
+        write_file(&self.config.dir, &name, &self.rows)?;
+        self.written = self.rows.len();
+        Ok(())
+    }
+}
+
+fn validate(config: &ExposureLogConfig) -> Result<(), ExposureError> {
+    let positive = |field, value: u64| {
+        if value == 0 {
+            Err(ExposureError::Config {
+                field,
+                value: value.to_string(),
+                expected: "a number above 0",
+            })
+        } else {
+            Ok(())
+        }
+    };
+    positive("queue_capacity", config.queue_capacity as u64)?;
+    positive("flush_interval_ms", config.flush_interval_ms)?;
+    positive("rotate_rows", config.rotate_rows as u64)?;
+    positive("rotate_interval_secs", config.rotate_interval_secs)
+}
+
+pub(crate) fn io_error(path: &Path, e: impl std::fmt::Display) -> ExposureError {
+    ExposureError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_settings_are_refused_by_name() {
+        let config = ExposureLogConfig {
+            rotate_rows: 0,
+            ..ExposureLogConfig::default()
+        };
+        let e = validate(&config).unwrap_err().to_string();
+        assert!(e.contains("rotate_rows = 0"), "{e}");
+    }
+}
