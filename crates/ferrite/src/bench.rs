@@ -11,6 +11,7 @@ mod host;
 mod procs;
 mod raw;
 mod rpc;
+mod search;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -105,6 +106,18 @@ pub struct BenchArgs {
     /// transactions.parquet); key k sends the k-th, wrapping around.
     #[arg(long, default_value = "features/data/transactions.parquet")]
     pub transactions: PathBuf,
+    /// The images `visual-search` sends (JPEG, PNG or WebP files).
+    #[arg(long, default_value = "data/photos")]
+    pub images: PathBuf,
+    /// The embeddings `visual-search-embedding` sends (a float32 `[n, d]` `.npy` file).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Items per search answer.
+    #[arg(long, default_value_t = 10)]
+    pub top_k: u32,
+    /// Search only these categories (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub filter_category: Vec<String>,
     /// The server's processes (all of them: e.g. the server and its Redis), comma-separated:
     /// their CPU time over each measured leg is read from /proc and reported per call.
     #[arg(long, value_delimiter = ',')]
@@ -333,6 +346,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let queries = if args.rpc.takes_queries() {
+        let filter = (!args.filter_category.is_empty()).then(|| ferrite_proto::ferrite::v1::SearchFilter {
+            categories: args.filter_category.clone(),
+            ..Default::default()
+        });
+        let (images, npy, top_k, rpc) = (args.images.clone(), args.queries.clone(), args.top_k, args.rpc);
+        let loaded = tokio::task::spawn_blocking(move || match (rpc, npy) {
+            (Rpc::VisualSearch, _) => search::Queries::images(&images, top_k, filter),
+            (_, Some(npy)) => search::Queries::embeddings(&npy, top_k, filter),
+            (_, None) => anyhow::bail!("visual-search-embedding needs --queries FILE.npy"),
+        })
+        .await??;
+        Some(Arc::new(loaded))
+    } else {
+        None
+    };
     let channels: Vec<Arc<Target>> = connect(args)
         .await?
         .into_iter()
@@ -342,6 +371,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 args.model.clone(),
                 args.batch,
                 transactions.clone(),
+                queries.clone(),
             ))
         })
         .collect();

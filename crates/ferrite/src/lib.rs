@@ -1,3 +1,4 @@
 //! The `ferrite` command's library side: what the subcommands do, so tests can call it.
 
 pub mod bench;
+pub mod npy;

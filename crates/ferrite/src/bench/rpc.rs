@@ -20,6 +20,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 use super::fraud::{FraudAnswer, FraudBatchAnswer, MetaAt, Transactions};
+use super::search::Queries;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Rpc {
@@ -64,6 +65,11 @@ pub enum Rpc {
     /// ScoringService/Price: a price for item 3,000,000 + key (the sample data's ids; run with
     /// `--keys 500` for its items).
     Price,
+    /// ferrite.v1.SearchService/VisualSearch with an image: the files of `--images`, the key
+    /// picking which; `--top-k` items, within `--filter-category` when given.
+    VisualSearch,
+    /// VisualSearch with an embedding: the rows of `--queries` (a float32 `.npy`).
+    VisualSearchEmbedding,
 }
 
 /// What the load generator reads from an answer.
@@ -92,6 +98,8 @@ impl Rpc {
             Rpc::ScoreFraudBatch => "score-fraud-batch",
             Rpc::Recommend => "recommend",
             Rpc::Price => "price",
+            Rpc::VisualSearch => "visual-search",
+            Rpc::VisualSearchEmbedding => "visual-search-embedding",
         }
     }
 
@@ -107,6 +115,11 @@ impl Rpc {
     /// Whether the RPC sends the transactions of `--transactions`.
     pub fn takes_transactions(self) -> bool {
         matches!(self, Rpc::ScoreFraud | Rpc::ScoreFraudBatch)
+    }
+
+    /// Whether the RPC sends the search queries of `--images` or `--queries`.
+    pub fn takes_queries(self) -> bool {
+        matches!(self, Rpc::VisualSearch | Rpc::VisualSearchEmbedding)
     }
 
     /// One call. `key` is the entity id for RPCs that take one.
@@ -195,6 +208,18 @@ impl Rpc {
                     Encoded(request.encode_to_vec().into()),
                 )
                 .await?;
+                return Ok(Outcome {
+                    fallbacks: u32::from(answer.fallback()),
+                    ..Outcome::default()
+                });
+            }
+            Rpc::VisualSearch | Rpc::VisualSearchEmbedding => {
+                let queries = target
+                    .queries
+                    .as_deref()
+                    .ok_or_else(|| tonic::Status::failed_precondition("no search queries loaded"))?;
+                let answer: MetaAt<2> =
+                    unary(channel, "/ferrite.v1.SearchService/VisualSearch", queries.get(key)).await?;
                 return Ok(Outcome {
                     fallbacks: u32::from(answer.fallback()),
                     ..Outcome::default()
@@ -299,6 +324,8 @@ pub struct Target {
     unary: [OnceCell<Vec<Encoded>>; 2],
     /// The fraud RPCs' transactions, shared by every connection.
     transactions: Option<Arc<Transactions>>,
+    /// The search RPCs' queries, shared by every connection.
+    queries: Option<Arc<Queries>>,
 }
 
 impl Target {
@@ -307,6 +334,7 @@ impl Target {
         model: Option<String>,
         batch: usize,
         transactions: Option<Arc<Transactions>>,
+        queries: Option<Arc<Queries>>,
     ) -> Self {
         Target {
             channel,
@@ -315,6 +343,7 @@ impl Target {
             stream: OnceCell::new(),
             unary: Default::default(),
             transactions,
+            queries,
         }
     }
 }
