@@ -109,11 +109,20 @@ mod tests {
 
     #[test]
     fn other_dtypes_shapes_and_truncated_data_are_refused() {
-        let f8 = npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }", &[1.0, 2.0]);
+        let f8 = npy(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }",
+            &[1.0, 2.0],
+        );
         assert!(parse(&f8).unwrap_err().to_string().contains("float32"));
-        let one_d = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", &[1.0; 3]);
+        let one_d = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
+            &[1.0; 3],
+        );
         assert!(parse(&one_d).unwrap_err().to_string().contains("two dimensions"));
-        let short = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", &[1.0; 3]);
+        let short = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
+            &[1.0; 3],
+        );
         assert!(parse(&short).unwrap_err().to_string().contains("data bytes"));
         assert!(parse(b"not numpy").is_err());
     }

@@ -218,8 +218,12 @@ impl Rpc {
                     .queries
                     .as_deref()
                     .ok_or_else(|| tonic::Status::failed_precondition("no search queries loaded"))?;
-                let answer: MetaAt<2> =
-                    unary(channel, "/ferrite.v1.SearchService/VisualSearch", queries.get(key)).await?;
+                let answer: MetaAt<2> = unary(
+                    channel,
+                    "/ferrite.v1.SearchService/VisualSearch",
+                    queries.get(key),
+                )
+                .await?;
                 return Ok(Outcome {
                     fallbacks: u32::from(answer.fallback()),
                     ..Outcome::default()

@@ -22,18 +22,26 @@ impl Queries {
             .with_context(|| format!("--images {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| ["jpg", "jpeg", "png", "webp"].contains(&e.to_ascii_lowercase().as_str()))
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["jpg", "jpeg", "png", "webp"].contains(&e.to_ascii_lowercase().as_str())
+                })
             })
             .collect();
         paths.sort();
-        ensure!(!paths.is_empty(), "--images {}: no JPEG, PNG or WebP files", dir.display());
+        ensure!(
+            !paths.is_empty(),
+            "--images {}: no JPEG, PNG or WebP files",
+            dir.display()
+        );
         let requests = paths
             .iter()
             .map(|p| {
                 let image = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                Ok(encode(visual_search_request::Query::Image(image), top_k, filter.clone()))
+                Ok(encode(
+                    visual_search_request::Query::Image(image),
+                    top_k,
+                    filter.clone(),
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Queries { requests })
