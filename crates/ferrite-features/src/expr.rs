@@ -8,7 +8,8 @@
 //!
 //! Grammar: `||` / `&&` / comparisons / `+ -` / `* / %` / unary `- !` / literals (numbers,
 //! "strings", true, false, null) / `field` / `view.feature` / calls `abs min max log exp
-//! sqrt coalesce if` / parentheses. Nulls propagate; `coalesce` and `if` stop them.
+//! sqrt coalesce if` / parentheses. Nulls propagate; `coalesce` and `if` stop them, and
+//! `&&` / `||` short-circuit with SQL's three-valued logic (`false && null` is false).
 //! Division by zero and non-finite results make the value invalid.
 
 use crate::value::{DType, Value};
@@ -487,6 +488,27 @@ fn finite(x: f64) -> Result<Value, EvalError> {
     }
 }
 
+/// `&&` (`and` = true) and `||` with SQL's three-valued logic, short-circuiting: the right
+/// side is evaluated only when the left does not decide the answer, so a guard such as
+/// `x != 0 && y / x > 1` never divides by zero. `false && null` is false, `true || null` is
+/// true, and otherwise a null side makes the answer null.
+fn logic(and: bool, l: &Node, r: &Node, inputs: &[&Value]) -> Result<Value, EvalError> {
+    // The value that decides the answer on its own: false for `&&`, true for `||`.
+    let decisive = Value::Bool(!and);
+    let a = eval(l, inputs)?;
+    if a == decisive {
+        return Ok(decisive);
+    }
+    let b = eval(r, inputs)?;
+    if b == decisive {
+        return Ok(decisive);
+    }
+    if a.is_null() || b.is_null() {
+        return Ok(Value::Null);
+    }
+    Ok(Value::Bool(and))
+}
+
 fn eval(node: &Node, inputs: &[&Value]) -> Result<Value, EvalError> {
     Ok(match node {
         Node::Const(v) => v.clone(),
@@ -500,14 +522,15 @@ fn eval(node: &Node, inputs: &[&Value]) -> Result<Value, EvalError> {
             Value::Bool(b) => Value::Bool(!b),
             _ => Value::Null,
         },
+        Node::Bin(op @ (BinOp::And | BinOp::Or), l, r) => logic(*op == BinOp::And, l, r, inputs)?,
         Node::Bin(op, l, r) => {
             let (a, b) = (eval(l, inputs)?, eval(r, inputs)?);
             if a.is_null() || b.is_null() {
                 return Ok(Value::Null);
             }
             match op {
-                BinOp::Or => Value::Bool(a == Value::Bool(true) || b == Value::Bool(true)),
-                BinOp::And => Value::Bool(a == Value::Bool(true) && b == Value::Bool(true)),
+                // Taken by the arm above; correct (if slower) should it ever get here.
+                BinOp::Or | BinOp::And => return logic(*op == BinOp::And, l, r, inputs),
                 BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                     let ord = match (&a, &b) {
                         (Value::Str(x), Value::Str(y)) => x.partial_cmp(y),
@@ -654,6 +677,73 @@ mod tests {
         assert_eq!(
             run("coalesce(user_stats.avg, amount)", &nulls),
             Ok(Value::Float(30.0))
+        );
+    }
+
+    #[test]
+    fn and_or_follow_sql_three_valued_logic() {
+        let (t, f, n) = ("true", "false", "null");
+        let b = |x: bool| Ok(Value::Bool(x));
+        let cases = [
+            (t, "&&", t, b(true)),
+            (t, "&&", f, b(false)),
+            (t, "&&", n, Ok(Value::Null)),
+            (f, "&&", t, b(false)),
+            (f, "&&", f, b(false)),
+            (f, "&&", n, b(false)),
+            (n, "&&", t, Ok(Value::Null)),
+            (n, "&&", f, b(false)),
+            (n, "&&", n, Ok(Value::Null)),
+            (t, "||", t, b(true)),
+            (t, "||", f, b(true)),
+            (t, "||", n, b(true)),
+            (f, "||", t, b(true)),
+            (f, "||", f, b(false)),
+            (f, "||", n, Ok(Value::Null)),
+            (n, "||", t, b(true)),
+            (n, "||", f, Ok(Value::Null)),
+            (n, "||", n, Ok(Value::Null)),
+        ];
+        let v = [Value::Null, Value::Null, Value::Null, Value::Null];
+        for (l, op, r, want) in cases {
+            let text = format!("{l} {op} {r}");
+            assert_eq!(run(&text, &v), want, "{text}");
+        }
+        // Nulls that come from inputs, not literals.
+        assert_eq!(
+            run(
+                "user_stats.avg > 1 || qty > 2",
+                &[Value::Null, Value::Null, Value::Int(3), Value::Null]
+            ),
+            b(true)
+        );
+        assert_eq!(
+            run(
+                "user_stats.avg > 1 && qty > 2",
+                &[Value::Null, Value::Null, Value::Int(1), Value::Null]
+            ),
+            b(false)
+        );
+    }
+
+    #[test]
+    fn and_or_do_not_evaluate_a_side_that_cannot_change_the_answer() {
+        let zero = [Value::Float(5.0), Value::Float(0.0), Value::Int(0), Value::Null];
+        assert_eq!(
+            run("user_stats.avg != 0 && amount / user_stats.avg > 1", &zero),
+            Ok(Value::Bool(false))
+        );
+        assert_eq!(
+            run("user_stats.avg == 0 || amount / user_stats.avg > 1", &zero),
+            Ok(Value::Bool(true))
+        );
+        assert_eq!(run("qty != 0 and 10 % qty == 0", &zero), Ok(Value::Bool(false)));
+        // A side that is evaluated still reports its error.
+        assert!(run("user_stats.avg == 0 && amount / user_stats.avg > 1", &zero).is_err());
+        let two = [Value::Float(5.0), Value::Float(2.0), Value::Int(0), Value::Null];
+        assert_eq!(
+            run("user_stats.avg != 0 && amount / user_stats.avg > 1", &two),
+            Ok(Value::Bool(true))
         );
     }
 
