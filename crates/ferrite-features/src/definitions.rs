@@ -246,10 +246,17 @@ impl Rules {
                 Ok(())
             };
         }
-        if let Some(x) = value.as_f64() {
-            if x.is_nan() {
-                return Err("is NaN".into());
+        // NaN and ±inf are never stored: no rule or model can compare them meaningfully.
+        match value {
+            Value::Float(x) if !x.is_finite() => return Err(format!("{x} is not a finite number")),
+            Value::FloatVec(v) => {
+                if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                    return Err(format!("element {i} is {x}, not a finite number"));
+                }
             }
+            _ => {}
+        }
+        if let Some(x) = value.as_f64() {
             if let Some(min) = self.min
                 && x < min
             {
@@ -1110,5 +1117,31 @@ pub(crate) fn dtype_matches(dt: DType, t: &PlType) -> bool {
         DType::FloatVector => {
             matches!(t, PlType::List(inner) if matches!(**inner, PlType::Float32 | PlType::Float64))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_break_the_rules_with_or_without_bounds() {
+        let min0 = Rules {
+            min: Some(0.0),
+            ..Rules::default()
+        };
+        let err = min0.check(&Value::Float(f64::INFINITY), 0).unwrap_err();
+        assert!(err.contains("inf is not a finite number"), "{err}");
+        for rules in [Rules::default(), min0] {
+            for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                assert!(rules.check(&Value::Float(x), 0).is_err(), "{x} with {rules:?}");
+            }
+            assert_eq!(rules.check(&Value::Float(1.0), 0), Ok(()));
+        }
+        let none = Rules::default();
+        let err = none.check(&Value::FloatVec(vec![0.0, f32::NAN]), 0).unwrap_err();
+        assert!(err.contains("element 1 is NaN"), "{err}");
+        assert!(none.check(&Value::FloatVec(vec![f32::NEG_INFINITY]), 0).is_err());
+        assert_eq!(none.check(&Value::FloatVec(vec![0.5, -1.0]), 0), Ok(()));
     }
 }

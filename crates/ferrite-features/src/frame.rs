@@ -151,10 +151,25 @@ fn rule_checks(feature: &str, column: Expr, dtype: DType, rules: &Rules) -> Vec<
     if rules.not_null {
         out.push((column.clone().is_null(), format!("{feature}: is null")));
     }
+    // NaN and ±inf are never stored, as on push (`Rules::check`).
     if dtype == DType::Float {
         out.push((
-            column.clone().is_nan().fill_null(lit(false)),
-            format!("{feature}: is NaN"),
+            column.clone().is_finite().not().fill_null(lit(false)),
+            format!("{feature}: not a finite number (NaN or inf)"),
+        ));
+    }
+    if dtype == DType::FloatVector {
+        // A sum is NaN or ±inf when an element is (and, far beyond any embedding's values,
+        // when it overflows f32).
+        out.push((
+            column
+                .clone()
+                .list()
+                .sum()
+                .is_finite()
+                .not()
+                .fill_null(lit(false)),
+            format!("{feature}: an element is not a finite number (NaN or inf)"),
         ));
     }
     if let Some(min) = rules.min {
@@ -238,4 +253,64 @@ pub fn violation_reason(view: &FeatureView, ts: Expr, reference: Option<Micros>)
         reason = when(cond).then(lit(msg)).otherwise(reason);
     }
     Some(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken(df: DataFrame, feature: &str, dtype: DType, rules: &Rules) -> Vec<bool> {
+        let cond = rule_checks(feature, col(feature), dtype, rules)
+            .into_iter()
+            .map(|(c, _)| c)
+            .reduce(|a, b| a.or(b))
+            .unwrap();
+        let out = df.lazy().select([cond.alias("broken")]).collect().unwrap();
+        out.column("broken")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .iter()
+            .map(|b| b.unwrap_or(false))
+            .collect()
+    }
+
+    #[test]
+    fn non_finite_floats_and_vector_elements_break_the_rules() {
+        let x = [
+            Some(1.0),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            Some(f64::NAN),
+            Some(0.0),
+            None,
+        ];
+        let df = DataFrame::new_infer_height(vec![Column::new("x".into(), x)]).unwrap();
+        let min0 = Rules {
+            min: Some(0.0),
+            ..Rules::default()
+        };
+        assert_eq!(
+            broken(df.clone(), "x", DType::Float, &min0),
+            [false, true, true, true, false, false]
+        );
+        assert_eq!(
+            broken(df, "x", DType::Float, &Rules::default()),
+            [false, true, true, true, false, false]
+        );
+        let vectors = [
+            vec![Value::FloatVec(vec![0.5, -1.0])],
+            vec![Value::FloatVec(vec![1.0, f32::NAN])],
+            vec![Value::FloatVec(vec![f32::INFINITY])],
+            vec![Value::FloatVec(vec![])],
+            vec![Value::Null],
+        ];
+        let values: Vec<Value> = vectors.into_iter().flatten().collect();
+        let df = DataFrame::new_infer_height(vec![values_column("v", DType::FloatVector, &values).unwrap()])
+            .unwrap();
+        assert_eq!(
+            broken(df, "v", DType::FloatVector, &Rules::default()),
+            [false, true, true, false, false]
+        );
+    }
 }
