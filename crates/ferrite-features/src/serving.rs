@@ -757,18 +757,31 @@ pub fn push_offline(
         path: dir.clone(),
         message: e.to_string(),
     })?;
-    let name = format!("push-{}-{}.parquet", now_micros(), std::process::id());
+    // Unique per process (time, process id, a counter), and created with `create_new` and
+    // linked into place without replacing anything, so concurrent pushes, from this process
+    // or another sharing the directory, never overwrite each other's files.
+    static PUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("push-{}-{}-{seq}.parquet", now_micros(), std::process::id());
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let file = std::fs::File::create(&tmp).map_err(|e| FeatureError::Offline {
-        path: tmp.clone(),
+    let offline = |path: &std::path::Path, e: std::io::Error| FeatureError::Offline {
+        path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    ParquetWriter::new(file).finish(&mut df).map_err(err)?;
-    // Readers glob *.parquet: the file appears whole or not at all.
-    std::fs::rename(&tmp, &path).map_err(|e| FeatureError::Offline {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| offline(&tmp, e))?;
+    let written = ParquetWriter::new(file)
+        .finish(&mut df)
+        .map_err(err)
+        // Readers glob *.parquet: the file appears whole or not at all. A hard link fails
+        // rather than replace a file of the same name.
+        .and_then(|_| std::fs::hard_link(&tmp, &path).map_err(|e| offline(&path, e)));
+    let removed = std::fs::remove_file(&tmp);
+    written?;
+    removed.map_err(|e| offline(&tmp, e))?;
     Ok(Some(path))
 }

@@ -471,3 +471,52 @@ async fn views_of_different_entities_are_read_with_their_own_keys() {
         ]
     );
 }
+
+/// Many pushes at once (threads started together, so several share a microsecond) each get
+/// their own offline file: none overwrites another, and every accepted row is read back.
+#[test]
+fn concurrent_offline_pushes_never_overwrite_each_other() {
+    let now = now_micros();
+    let (_dir, root) = repo(&[]);
+    let reg = Registry::load(&root, None).unwrap();
+    let view = reg.view("stats").unwrap().clone();
+    const THREADS: i64 = 8;
+    const PUSHES: i64 = 10;
+    let start = std::sync::Barrier::new(THREADS as usize);
+    let files: Vec<std::path::PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (view, start) = (&view, &start);
+                s.spawn(move || {
+                    start.wait();
+                    (0..PUSHES)
+                        .map(|p| {
+                            let row = PushRow {
+                                fields: HashMap::from([
+                                    ("user_id".to_string(), Value::Int(t * 1000 + p)),
+                                    ("amount_avg".to_string(), Value::Float(1.0)),
+                                    ("txn_count".to_string(), Value::Int(1)),
+                                    ("country".to_string(), Value::Null),
+                                ]),
+                                event_ts: now - MINUTE,
+                            };
+                            let checked = check_push(view, &[row], now).unwrap();
+                            push_offline(view, &checked).unwrap().expect("a file")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: std::collections::HashSet<_> = files.iter().collect();
+    assert_eq!(distinct.len(), (THREADS * PUSHES) as usize, "one file per push");
+    let on_disk = std::fs::read_dir(root.join("data/pushed")).unwrap().count();
+    assert_eq!(
+        on_disk,
+        (THREADS * PUSHES) as usize,
+        "and no temporary files left behind"
+    );
+    let rows = view.source.parquet().scan().unwrap().collect().unwrap().height();
+    assert_eq!(rows, (THREADS * PUSHES) as usize, "every pushed row is read back");
+}
