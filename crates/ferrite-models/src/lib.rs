@@ -7,6 +7,7 @@
 mod backend;
 pub mod candle_backend;
 pub mod config;
+pub mod efficientnet;
 mod error;
 pub mod mlp;
 pub mod onnx;
