@@ -91,6 +91,7 @@ async fn score_fraud_answers_a_decision_with_its_model_and_latency() {
             ]
             .into(),
             include_latency: false,
+            force_variant: String::new(),
         })
         .await
         .unwrap()

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 
 /// `n` rows of `d` values, laid end to end.
+#[derive(Debug)]
 pub struct Matrix {
     pub rows: usize,
     pub dim: usize,

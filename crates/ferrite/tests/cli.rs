@@ -32,6 +32,10 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         models: repo_root().join("models"),
         model: None,
         transactions: repo_root().join("features/data/transactions.parquet"),
+        images: repo_root().join("data/photos"),
+        queries: None,
+        top_k: 10,
+        filter_category: Vec::new(),
         server_pid: Vec::new(),
         json: None,
     }
