@@ -1,8 +1,16 @@
-//! Vector indexes for visual search: catalog embeddings in, nearest items out.
+//! Visual search: image bytes to the embedder's input tensor, and catalog embeddings to the
+//! nearest items.
 //!
-//! Owns the `VectorIndex` trait and its FAISS implementation. It does not own turning
-//! images into embeddings (a model backend does that) nor item metadata.
+//! Owns image preprocessing ([`preprocess`]: decode, orient, resize, crop, normalise, with
+//! limits checked before decoding), the catalog index ([`catalog`]: a FAISS index from a
+//! factory string with item metadata, filters planned per query, live updates, atomic
+//! swaps, live recall, and the on-disk format the CLI builds), the `VectorIndex` trait with
+//! its exact FAISS implementation, and `PositionIndex` (filtered exact search by position,
+//! used by recommendations). It does not own the embedding model (ferrite-models), the
+//! wire types or status codes (ferrite-server), nor reading `catalog.parquet` (the CLI
+//! turns its rows into [`catalog::CatalogRow`]s).
 
+pub mod catalog;
 pub mod preprocess;
 
 use faiss::index::SearchWithParams;
