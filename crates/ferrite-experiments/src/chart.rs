@@ -24,9 +24,9 @@ impl Bucket {
         }
     }
 
-    /// Hours for an experiment shorter than three days, days otherwise.
+    /// Hours for an experiment shorter than a week (at most 168 points), days otherwise.
     pub fn for_span(first: i64, last: i64) -> Bucket {
-        if last - first < 3 * Bucket::Day.micros() {
+        if last - first < 7 * Bucket::Day.micros() {
             Bucket::Hour
         } else {
             Bucket::Day

@@ -56,8 +56,8 @@ fn each_point_is_the_report_lift_of_the_units_exposed_before_its_end() {
         days.iter().map(|p| p.end).collect::<Vec<_>>(),
         [1, 2, 3].map(|d| BASE + d * 24 * HOUR)
     );
-    assert_eq!(Bucket::for_span(BASE, BASE + 72 * HOUR), Bucket::Day);
-    assert_eq!(Bucket::for_span(BASE, BASE + 48 * HOUR), Bucket::Hour);
+    assert_eq!(Bucket::for_span(BASE, BASE + 7 * 24 * HOUR), Bucket::Day);
+    assert_eq!(Bucket::for_span(BASE, BASE + 72 * HOUR), Bucket::Hour);
 }
 
 /// The value of `name="..."` in `tag`.

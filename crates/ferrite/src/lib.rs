@@ -1,4 +1,5 @@
 //! The `ferrite` command's library side: what the subcommands do, so tests can call it.
 
 pub mod bench;
+pub mod experiment;
 pub mod npy;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferrite::bench::{self, BenchArgs};
+use ferrite::experiment::ExperimentArgs;
 use ferrite_server::{Config, telemetry};
 
 /// mimalloc instead of glibc's allocator. A served request allocates on one thread and frees
@@ -89,6 +90,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Experiments: `ferrite experiment report` reads the exposure log against outcomes.
+    Experiment(ExperimentArgs),
 }
 
 /// Where the feature definitions, data and online store are.
@@ -348,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Experiment(args) => ferrite::experiment::run(&args),
         Command::Bench(args) => {
             let report = bench::run(&args).await?;
             print!("{}", report.to_text());

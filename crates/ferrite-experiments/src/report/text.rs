@@ -10,7 +10,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "experiment {}: {} units ({} exposures), control {}; {} unit(s) in several variants left out",
+            "experiment {}: {} units ({} exposures); control variant: {}; {} unit(s) seen in several variants left out",
             self.experiment, self.units, self.exposures, self.control, self.contaminated_units
         );
         let _ = writeln!(
