@@ -316,6 +316,9 @@ pub struct FeatureView {
     /// A hash of the stored layout (join keys, feature names and types). Online rows carry
     /// it so that a row written under another layout is never decoded as this one.
     pub fingerprint: u64,
+    /// How far ahead of the server's clock a pushed event time may be (the registry's
+    /// `Limits::max_clock_skew`, set by `Registry::with_limits`).
+    pub max_clock_skew: Micros,
     pub location: Location,
 }
 
@@ -411,6 +414,8 @@ pub struct Registry {
     pub views: BTreeMap<String, Arc<FeatureView>>,
     pub request_views: BTreeMap<String, Arc<RequestView>>,
     pub services: BTreeMap<String, FeatureService>,
+    /// Bounds on reads and pushes (`Registry::with_limits`); the defaults unless configured.
+    pub limits: crate::serving::Limits,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -784,6 +789,7 @@ impl Registry {
             description: v.description.clone(),
             features,
             fingerprint,
+            max_clock_skew: crate::serving::Limits::default().max_clock_skew,
             location,
         })
     }
@@ -930,6 +936,15 @@ impl Registry {
             )
         })?;
         self.resolve_refs(&s.features)
+    }
+
+    /// Sets the bounds on reads and pushes (from the server's config) for every view.
+    pub fn with_limits(mut self, limits: crate::serving::Limits) -> Registry {
+        self.limits = limits;
+        for view in self.views.values_mut() {
+            Arc::make_mut(view).max_clock_skew = limits.max_clock_skew;
+        }
+        self
     }
 
     pub fn view(&self, name: &str) -> Result<&Arc<FeatureView>, String> {

@@ -22,6 +22,12 @@ pub enum FeatureError {
     /// The definitions themselves are wrong (every problem, with file and line).
     #[error("{0}")]
     Definitions(crate::definitions::Problems),
+    /// A request larger than a configured limit; the message names the limit's config key.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// A store broke its contract (e.g. answered a read with the wrong number of rows).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<redis::RedisError> for FeatureError {

@@ -130,7 +130,12 @@ pub async fn materialize_view(
         let chunk = latest.slice(offset as i64, WRITE_CHUNK);
         let batch = rows_of(view, &chunk).map_err(err)?;
         let n = batch.len() as u64;
-        written += store.write(batch).await?;
+        let outcomes = store.write(batch).await?;
+        crate::online::check_answers(store.kind(), "write", n as usize, outcomes.len())?;
+        written += outcomes
+            .iter()
+            .filter(|o| **o == crate::online::WriteOutcome::Written)
+            .count() as u64;
         bar.inc(n);
     }
     bar.finish_and_clear();

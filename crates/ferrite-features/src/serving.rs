@@ -5,8 +5,32 @@ use std::sync::Arc;
 
 use crate::FeatureError;
 use crate::definitions::{FeatureRef, FeatureView, Registry, RequestView};
-use crate::online::{OnlineStore, RowKey, StoredRow, WriteRow};
-use crate::value::{DType, KeyType, KeyValue, Micros, Value, encode_entity_key, now_micros};
+use crate::online::{OnlineStore, RowKey, StoredRow, WriteOutcome, WriteRow, check_answers};
+use crate::value::{DType, KeyType, KeyValue, Micros, Value, encode_entity_key, format_micros, now_micros};
+
+/// Bounds on what one call may ask of the feature store; the server sets them from its
+/// config (`Registry::with_limits`), every read and push is checked against them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Entity rows one read may ask for (`features.max_entities_per_read`).
+    pub max_entities: usize,
+    /// Entity rows × features one read may answer (`features.max_values_per_read`).
+    pub max_values: usize,
+    /// How far ahead of the server's clock a pushed event time may be
+    /// (`features.max_clock_skew_s`). A row from the future would hold its entity's stored
+    /// row until that time: every real update in between would be older and not written.
+    pub max_clock_skew: Micros,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entities: 10_000,
+            max_values: 1_000_000,
+            max_clock_skew: 300 * crate::value::MICROS_PER_SECOND,
+        }
+    }
+}
 
 /// What a caller knows about each value it gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +184,7 @@ pub struct ReadPlan {
     /// Request fields the request-time features read, with the first feature that reads each.
     fields: Vec<(String, DType, String)>,
     last_use: Vec<bool>,
+    limits: Limits,
 }
 
 impl ReadPlan {
@@ -230,6 +255,7 @@ impl ReadPlan {
             outs,
             fields,
             last_use,
+            limits: registry.limits,
         })
     }
 }
@@ -316,6 +342,26 @@ impl Fetched {
     }
 }
 
+/// Refuses a read of `n` entity rows that is larger than the plan's limits allow.
+fn check_limits(plan: &ReadPlan, n: usize) -> Result<(), FeatureError> {
+    let limits = &plan.limits;
+    if n > limits.max_entities {
+        return Err(FeatureError::LimitExceeded(format!(
+            "{n} entity rows in one read; at most {} are allowed (features.max_entities_per_read)",
+            limits.max_entities
+        )));
+    }
+    let values = n.saturating_mul(plan.outs.len());
+    if values > limits.max_values {
+        return Err(FeatureError::LimitExceeded(format!(
+            "{n} entity rows × {} features = {values} values in one read; at most {} are allowed (features.max_values_per_read)",
+            plan.outs.len(),
+            limits.max_values
+        )));
+    }
+    Ok(())
+}
+
 /// Fetches the stored rows `plan` needs for the entity rows of `entities` (join-key name ->
 /// one value per row) in one store read.
 pub async fn fetch(
@@ -325,6 +371,7 @@ pub async fn fetch(
     now: Micros,
 ) -> Result<Fetched, FeatureError> {
     let n = row_count("entity key", entities)?.unwrap_or(0);
+    check_limits(plan, n)?;
 
     // One key per (view, entity row); one read for all of them. Views with the same join keys
     // (the usual case) share the entity strings.
@@ -385,6 +432,7 @@ pub async fn fetch(
         }
     }
     let stored = timed(store.kind(), "read", keys.len(), store.read(&keys)).await?;
+    check_answers(store.kind(), "read", keys.len(), stored.len())?;
 
     // The state of each (view, row).
     let states: Vec<Status> = (0..plan.views.len() * n)
@@ -581,11 +629,13 @@ pub struct PushRow {
     pub event_ts: Micros,
 }
 
-/// What a push did.
+/// What a push did. Every row is either written or rejected with its reason.
 #[derive(Debug, Clone, Default)]
 pub struct PushReport {
     pub written: u64,
-    /// (row index, reason) of rows that broke a data-quality rule; they were not written.
+    /// (row index, reason) of rows not written to the online store, by index: a broken
+    /// data-quality rule, an event time past the view's TTL, or a newer row already stored
+    /// for the entity (an older row never replaces a newer one).
     pub rejected: Vec<(usize, String)>,
 }
 
@@ -598,8 +648,12 @@ pub struct CheckedRow {
 }
 
 /// Checks pushed rows against the view. Structural errors (unknown field, wrong type,
-/// missing key) fail the whole push so that nothing is half-written; data-quality rule
-/// violations are reported per row.
+/// missing key, a missing feature, an event time further ahead of `now` than the view's
+/// `max_clock_skew`) fail the whole push so that nothing is half-written; data-quality rule
+/// violations and rows already past the TTL are reported per row.
+///
+/// A row must give every feature of the view (null to clear one): it replaces the stored
+/// row, so a feature left out would silently become null.
 pub fn check_push(
     view: &FeatureView,
     rows: &[PushRow],
@@ -626,10 +680,23 @@ pub fn check_push(
                 .ok_or_else(|| bad(format!("missing join key {k:?}")))?;
             keys.push(KeyValue::from_value(v, *kt).map_err(|e| bad(format!("join key {k:?}: {e}")))?);
         }
+        if r.event_ts > now.saturating_add(view.max_clock_skew) {
+            return Err(bad(format!(
+                "event_timestamp {} is {} ahead of the server's clock ({}); at most {} ahead is accepted (features.max_clock_skew_s)",
+                format_micros(r.event_ts),
+                format_span(r.event_ts.saturating_sub(now)),
+                format_micros(now),
+                format_span(view.max_clock_skew)
+            )));
+        }
         let mut values = Vec::with_capacity(view.features.len());
+        let mut missing = Vec::new();
         let mut rule_error = None;
         for f in &view.features {
-            let v = r.fields.get(&f.name).cloned().unwrap_or(Value::Null);
+            let Some(v) = r.fields.get(&f.name).cloned() else {
+                missing.push(f.name.as_str());
+                continue;
+            };
             let v = v.coerce(f.dtype).map_err(|v| {
                 bad(format!(
                     "feature {:?} is {} but got {}",
@@ -644,6 +711,18 @@ pub fn check_push(
                 rule_error = Some(format!("{}: {e}", f.name));
             }
             values.push(v);
+        }
+        if !missing.is_empty() {
+            return Err(bad(format!(
+                "missing features {missing:?}; a pushed row replaces the stored row, so it must give every feature of the view (null to clear one)"
+            )));
+        }
+        if rule_error.is_none() && view.is_expired(r.event_ts, now) {
+            rule_error = Some(format!(
+                "event_timestamp {} is older than the view's TTL allows at {}: the row has already expired",
+                format_micros(r.event_ts),
+                format_micros(now)
+            ));
         }
         out.push(CheckedRow {
             index,
@@ -668,6 +747,7 @@ pub async fn push_online(
 ) -> Result<PushReport, FeatureError> {
     let mut report = PushReport::default();
     let mut writes = Vec::with_capacity(rows.len());
+    let mut indexes = Vec::with_capacity(rows.len());
     let name: Arc<str> = Arc::from(view.name.as_str());
     for r in rows {
         if let Some(e) = r.rule_error {
@@ -676,6 +756,7 @@ pub async fn push_online(
         }
         let mut entity = String::new();
         encode_entity_key(&mut entity, &view.join_keys, &r.keys);
+        indexes.push(r.index);
         writes.push(WriteRow {
             key: RowKey {
                 view: name.clone(),
@@ -686,8 +767,32 @@ pub async fn push_online(
         });
     }
     let n = writes.len();
-    report.written = timed(store.kind(), "write", n, store.write(writes)).await?;
+    let entities: Vec<Arc<str>> = writes.iter().map(|w| w.key.entity.clone()).collect();
+    let outcomes = timed(store.kind(), "write", n, store.write(writes)).await?;
+    check_answers(store.kind(), "write", n, outcomes.len())?;
+    for ((index, entity), outcome) in indexes.into_iter().zip(entities).zip(outcomes) {
+        match outcome {
+            WriteOutcome::Written => report.written += 1,
+            WriteOutcome::Superseded => report.rejected.push((
+                index,
+                format!(
+                    "not written to the online store: it holds a newer row for {entity} (a later event time, or the same event time written later)"
+                ),
+            )),
+            WriteOutcome::Expired => report.rejected.push((
+                index,
+                "not written to the online store: the row had already expired (event time + TTL is past)".into(),
+            )),
+        }
+    }
+    report.rejected.sort_by_key(|(index, _)| *index);
     Ok(report)
+}
+
+/// A span of time for messages: "5m", "365days 6h".
+fn format_span(micros: Micros) -> String {
+    let secs = u64::try_from(micros / crate::value::MICROS_PER_SECOND).unwrap_or(0);
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
 /// Appends checked rows that pass the rules to the source's `push_dir` as a new Parquet

@@ -238,6 +238,7 @@ async fn bad_pushes_are_refused_whole_and_rule_breakers_reported() {
         ("user_id", Value::Int(7)),
         ("txn_count", Value::Int(1)),
         ("amount_avg", Value::Float(3.0)),
+        ("country", Value::Null),
     ]);
     for (bad, expected) in [
         (
@@ -279,6 +280,7 @@ async fn bad_pushes_are_refused_whole_and_rule_breakers_reported() {
         ("user_id", Value::Int(8)),
         ("txn_count", Value::Int(1)),
         ("amount_avg", Value::Float(-2.0)),
+        ("country", Value::Null),
     ]);
     let checked = check_push(&view, &[good.clone(), breaks], now).unwrap();
     let file = push_offline(&view, &checked)
@@ -408,10 +410,16 @@ async fn views_of_different_entities_are_read_with_their_own_keys() {
     let reg = Registry::load(&root, None).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("online")).unwrap();
+    // The features a row does not name are pushed as explicit nulls.
     let push = |view: &str, fields: Vec<(&str, Value)>| {
         let view = reg.view(view).unwrap().clone();
+        let mut fields: HashMap<String, Value> =
+            fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for f in &view.features {
+            fields.entry(f.name.clone()).or_default();
+        }
         let row = PushRow {
-            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            fields,
             event_ts: now - MINUTE,
         };
         (view, row)

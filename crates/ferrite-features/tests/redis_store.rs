@@ -46,7 +46,7 @@ use std::collections::HashMap;
 
 use common::*;
 use ferrite_features::materialize::{materialize, watermark_key};
-use ferrite_features::online::{RowKey, StoredRow, WriteRow};
+use ferrite_features::online::{RowKey, StoredRow, WriteOutcome, WriteRow};
 use ferrite_features::serving::{Status, get_online_features};
 use ferrite_features::value::now_micros;
 use ferrite_features::{Registry, Value};
@@ -170,8 +170,14 @@ async fn store_contract(store: &dyn OnlineStore, now: i64) {
         },
         expire_at: Some(event_ts + view.ttl),
     };
-    assert_eq!(store.write(vec![write(now - 20 * MINUTE, 1.0)]).await.unwrap(), 0);
-    assert_eq!(store.write(vec![write(now - MINUTE, 2.0)]).await.unwrap(), 1);
+    assert_eq!(
+        store.write(vec![write(now - 20 * MINUTE, 1.0)]).await.unwrap(),
+        [WriteOutcome::Superseded]
+    );
+    assert_eq!(
+        store.write(vec![write(now - MINUTE, 2.0)]).await.unwrap(),
+        [WriteOutcome::Written]
+    );
     let back = store.read(std::slice::from_ref(&key)).await.unwrap();
     assert_eq!(back[0].as_ref().unwrap().values[0], Value::Float(2.0));
 }
@@ -230,4 +236,76 @@ async fn redis_cluster_store_spreads_entities_over_the_nodes() {
         counts.iter().all(|c| *c > 20),
         "every node holds a share: {counts:?}"
     );
+}
+
+/// What a frozen server (SIGSTOP: connections stay open, nothing answers) does to calls:
+/// each fails with a store error once the configured response timeout passes. The guard
+/// around each call only keeps the test from hanging; it is far longer than the timeout
+/// configured here, and shorter than the 5 s the client used to wait.
+mod frozen {
+    use std::time::Duration;
+
+    use ferrite_features::online::{RedisTimeouts, RowKey, StoreConfig};
+    use ferrite_features::{FeatureError, OnlineStore};
+    use ferrite_test_support::{RedisCluster, RedisServer};
+
+    const GUARD: Duration = Duration::from_secs(4);
+
+    fn timeouts() -> RedisTimeouts {
+        RedisTimeouts {
+            connect: Duration::from_millis(200),
+            response: Duration::from_millis(100),
+        }
+    }
+
+    fn keys() -> Vec<RowKey> {
+        (0..30)
+            .map(|u| RowKey {
+                view: "stats".into(),
+                entity: format!("user_id={u}").into(),
+            })
+            .collect()
+    }
+
+    async fn read_fails(store: &dyn OnlineStore) {
+        let result = tokio::time::timeout(GUARD, store.read(&keys()))
+            .await
+            .expect("the read must fail by the response timeout, not hang");
+        let err = result.expect_err("nothing answers");
+        assert!(matches!(err, FeatureError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_from_a_frozen_server_fails_with_a_store_error() {
+        let server = RedisServer::start();
+        let config = StoreConfig::Redis {
+            url: server.url(),
+            timeouts: timeouts(),
+        };
+        let store = ferrite_features::online::open(&config).await.unwrap();
+        store.read(&keys()).await.unwrap();
+        server.pause();
+        read_fails(store.as_ref()).await;
+        // Connecting to it fails too, by the connect timeout.
+        let connect = tokio::time::timeout(GUARD, ferrite_features::online::open(&config))
+            .await
+            .expect("connecting must fail by the connect timeout, not hang");
+        assert!(connect.is_err(), "a frozen server cannot be connected to");
+        server.resume();
+        store.read(&keys()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_from_a_cluster_with_a_frozen_node_fails_with_a_store_error() {
+        let cluster = RedisCluster::start();
+        let config = StoreConfig::RedisCluster {
+            urls: cluster.urls(),
+            timeouts: timeouts(),
+        };
+        let store = ferrite_features::online::open(&config).await.unwrap();
+        store.read(&keys()).await.unwrap();
+        cluster.nodes[1].pause();
+        read_fails(store.as_ref()).await;
+        cluster.nodes[1].resume();
+    }
 }

@@ -317,9 +317,12 @@ async fn a_deadline_shorter_than_the_work_gets_the_fallback_before_it() {
     let parity = parity();
     let registry = registry();
     let redis = ferrite_test_support::RedisServer::start();
-    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis { url: redis.url() })
-        .await
-        .unwrap();
+    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis {
+        url: redis.url(),
+        timeouts: Default::default(),
+    })
+    .await
+    .unwrap();
     fill(&registry, store.as_ref(), parity.cut_time_us).await;
     let engine = engine(registry, store, models());
     // Redis frozen: the read never answers; the caller's 100 ms deadline bounds the call.
@@ -350,9 +353,12 @@ async fn a_redis_outage_mid_run_gets_flagged_fallbacks_and_answers_recover_by_th
     let parity = parity();
     let registry = registry();
     let mut redis = ferrite_test_support::RedisServer::start();
-    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis { url: redis.url() })
-        .await
-        .unwrap();
+    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis {
+        url: redis.url(),
+        timeouts: Default::default(),
+    })
+    .await
+    .unwrap();
     fill(&registry, store.as_ref(), parity.cut_time_us).await;
     let engine = engine(registry.clone(), store.clone(), models());
     let budget = engine.pipelines().get("fraud").unwrap().budget;

@@ -366,9 +366,12 @@ async fn a_redis_outage_gets_popular_items_flagged_within_the_budget_and_recover
     let cut = parity.cut_time_us;
     let registry = registry();
     let mut redis = ferrite_test_support::RedisServer::start();
-    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis { url: redis.url() })
-        .await
-        .unwrap();
+    let store = ferrite_features::online::open(&ferrite_features::StoreConfig::Redis {
+        url: redis.url(),
+        timeouts: Default::default(),
+    })
+    .await
+    .unwrap();
     fill(&registry, store.as_ref(), cut).await;
     // A budget a debug build on a busy machine meets, far above the outage's fail-fast path.
     let engine = relaxed_engine(registry.clone(), store.clone(), models_loaded(&MODELS), 2_000);

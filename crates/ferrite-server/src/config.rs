@@ -2,6 +2,7 @@
 //! and every key is documented in the README.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -122,6 +123,16 @@ pub struct FeaturesConfig {
     pub redis_url: String,
     /// Seed nodes for `online_store = "redis_cluster"`, e.g. `["redis://127.0.0.1:7000"]`.
     pub redis_cluster_nodes: Vec<String>,
+    /// How long a Redis (or Redis Cluster) client waits for a connection, in ms.
+    pub redis_connect_timeout_ms: NonZeroU64,
+    /// How long a Redis (or Redis Cluster) call waits for its answer, in ms.
+    pub redis_response_timeout_ms: NonZeroU64,
+    /// Entity rows one online read may ask for.
+    pub max_entities_per_read: NonZeroUsize,
+    /// Entity rows × features one online read may answer.
+    pub max_values_per_read: NonZeroUsize,
+    /// How far ahead of the server's clock a pushed event time may be, in seconds.
+    pub max_clock_skew_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -135,6 +146,10 @@ pub enum OnlineStoreKind {
 
 impl Default for FeaturesConfig {
     fn default() -> Self {
+        let limits = ferrite_features::serving::Limits::default();
+        let timeouts = ferrite_features::online::RedisTimeouts::default();
+        let ms = |d: std::time::Duration| NonZeroU64::new(d.as_millis() as u64).unwrap_or(NonZeroU64::MIN);
+        let count = |n: usize| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         FeaturesConfig {
             repository: PathBuf::from("features"),
             data_dir: None,
@@ -142,6 +157,11 @@ impl Default for FeaturesConfig {
             embedded_path: PathBuf::from(".ferrite/online"),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_cluster_nodes: Vec::new(),
+            redis_connect_timeout_ms: ms(timeouts.connect),
+            redis_response_timeout_ms: ms(timeouts.response),
+            max_entities_per_read: count(limits.max_entities),
+            max_values_per_read: count(limits.max_values),
+            max_clock_skew_s: (limits.max_clock_skew / 1_000_000) as u64,
         }
     }
 }
@@ -150,22 +170,40 @@ impl FeaturesConfig {
     /// The online store these keys select.
     pub fn store_config(&self) -> ferrite_features::StoreConfig {
         use ferrite_features::StoreConfig;
+        let timeouts = ferrite_features::online::RedisTimeouts {
+            connect: std::time::Duration::from_millis(self.redis_connect_timeout_ms.get()),
+            response: std::time::Duration::from_millis(self.redis_response_timeout_ms.get()),
+        };
         match self.online_store {
             OnlineStoreKind::Embedded => StoreConfig::Embedded {
                 path: self.embedded_path.clone(),
             },
             OnlineStoreKind::Redis => StoreConfig::Redis {
                 url: self.redis_url.clone(),
+                timeouts,
             },
             OnlineStoreKind::RedisCluster => StoreConfig::RedisCluster {
                 urls: self.redis_cluster_nodes.clone(),
+                timeouts,
             },
         }
     }
 
-    /// Loads and checks the definitions.
+    /// The bounds on reads and pushes these keys set.
+    pub fn limits(&self) -> ferrite_features::serving::Limits {
+        ferrite_features::serving::Limits {
+            max_entities: self.max_entities_per_read.get(),
+            max_values: self.max_values_per_read.get(),
+            max_clock_skew: i64::try_from(self.max_clock_skew_s)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000),
+        }
+    }
+
+    /// Loads and checks the definitions, with the configured limits.
     pub fn registry(&self) -> Result<ferrite_features::Registry, ferrite_features::FeatureError> {
         ferrite_features::Registry::load(&self.repository, self.data_dir.as_deref())
+            .map(|registry| registry.with_limits(self.limits()))
             .map_err(ferrite_features::FeatureError::Definitions)
     }
 }
@@ -227,7 +265,33 @@ mod tests {
         assert_eq!(c.models.onnxruntime_library, None);
         assert_eq!(c.models.poll_interval_s, 2.0);
         assert_eq!(c.features.repository, PathBuf::from("features"));
+        assert_eq!(c.features.redis_connect_timeout_ms.get(), 200);
+        assert_eq!(c.features.redis_response_timeout_ms.get(), 50);
+        assert_eq!(c.features.max_entities_per_read.get(), 10_000);
+        assert_eq!(c.features.max_values_per_read.get(), 1_000_000);
+        assert_eq!(c.features.max_clock_skew_s, 300);
         assert_eq!(c.pipelines.directory, PathBuf::from("pipelines"));
+    }
+
+    #[test]
+    fn feature_store_limits_and_timeouts_reach_the_store_and_the_registry() {
+        let c = Config::from_toml(
+            "[features]\nonline_store = \"redis\"\nredis_connect_timeout_ms = 150\nredis_response_timeout_ms = 20\nmax_entities_per_read = 7\nmax_values_per_read = 70\nmax_clock_skew_s = 2\n",
+        )
+        .unwrap();
+        let ferrite_features::StoreConfig::Redis { timeouts, .. } = c.features.store_config() else {
+            panic!("a Redis store: {:?}", c.features.store_config());
+        };
+        assert_eq!(timeouts.connect, std::time::Duration::from_millis(150));
+        assert_eq!(timeouts.response, std::time::Duration::from_millis(20));
+        let limits = c.features.limits();
+        assert_eq!((limits.max_entities, limits.max_values), (7, 70));
+        assert_eq!(limits.max_clock_skew, 2_000_000);
+        let err = Config::from_toml("[features]\nredis_response_timeout_ms = 0\n").unwrap_err();
+        assert!(
+            err.contains("redis_response_timeout_ms") && err.contains("nonzero"),
+            "{err}"
+        );
     }
 
     #[test]

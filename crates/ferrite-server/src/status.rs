@@ -38,6 +38,9 @@ impl From<ApiError> for Status {
             ApiError::Feature(FeatureError::NotFound(_)) => Status::not_found(message),
             ApiError::Feature(FeatureError::Invalid(_)) => Status::invalid_argument(message),
             ApiError::Feature(FeatureError::Definitions(_)) => Status::failed_precondition(message),
+            // gRPC's own convention for a request over a configured size limit.
+            ApiError::Feature(FeatureError::LimitExceeded(_)) => Status::resource_exhausted(message),
+            ApiError::Feature(FeatureError::Internal(_)) => Status::internal(message),
             ApiError::Search(SearchError::Faiss(_)) => Status::internal(message),
             ApiError::Search(_) => Status::invalid_argument(message),
             ApiError::Pipeline(PipelineError::Invalid { .. }) => Status::invalid_argument(message),
@@ -64,5 +67,13 @@ mod tests {
         assert_eq!(s.code(), Code::Unavailable);
         let s: Status = ApiError::from(ModelError::RuntimeNotFound { searched: "x".into() }).into();
         assert_eq!(s.code(), Code::Unavailable);
+        let s: Status = ApiError::from(FeatureError::LimitExceeded(
+            "at most 10 (features.max_entities_per_read)".into(),
+        ))
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("features.max_entities_per_read"));
+        let s: Status = ApiError::from(FeatureError::Internal("one answer per key".into())).into();
+        assert_eq!(s.code(), Code::Internal);
     }
 }

@@ -131,6 +131,11 @@ async fn reads_a_thousand_entities_and_serves_pushed_rows_with_request_features(
             },
         );
     }
+    // A pushed row gives every feature of the view; the others are cleared.
+    let registry = ferrite_features::Registry::load(&repo_root().join("features"), None).unwrap();
+    for f in &registry.views["user_stats"].features {
+        fields.entry(f.name.clone()).or_insert(pb::Value { kind: None });
+    }
     let mut bad_fields = fields.clone();
     bad_fields.insert(
         "user_id".into(),
@@ -416,6 +421,7 @@ async fn bad_requests_get_clear_statuses() {
     let id = pb::Value {
         kind: Some(pb::value::Kind::IntValue(5)),
     };
+    let registry = ferrite_features::Registry::load(&repo_root().join("features"), None).unwrap();
     let cases = [
         (
             push("ghost", vec![], Some(now())),
@@ -446,10 +452,32 @@ async fn bad_requests_get_clear_statuses() {
             "event_timestamp is required",
         ),
         (
+            push("user_stats", vec![("user_id", id.clone())], Some(now())),
+            Code::InvalidArgument,
+            "missing features [\"txn_count_1h\"",
+        ),
+        (
+            push(
+                "user_stats",
+                vec![("user_id", id.clone())],
+                Some(prost_types::Timestamp {
+                    seconds: now().seconds + 365 * 86_400,
+                    nanos: 0,
+                }),
+            ),
+            Code::InvalidArgument,
+            "features.max_clock_skew_s",
+        ),
+        (
             pb::PushFeaturesRequest {
                 feature_view: "user_profile".into(),
                 rows: vec![pb::FeatureRow {
-                    fields: HashMap::from([("user_id".to_string(), id.clone())]),
+                    fields: registry.views["user_profile"]
+                        .features
+                        .iter()
+                        .map(|f| (f.name.clone(), pb::Value { kind: None }))
+                        .chain([("user_id".to_string(), id.clone())])
+                        .collect(),
                     event_timestamp: Some(now()),
                 }],
                 to_offline_store: true,

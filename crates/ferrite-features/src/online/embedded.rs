@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::codec::{decode_row, encode_row};
-use super::{OnlineStore, ReadRow, RowKey, StoredRow, WriteRow};
+use super::{OnlineStore, ReadRow, RowKey, StoredRow, WriteOutcome, WriteRow};
 use crate::FeatureError;
 use crate::value::Micros;
 
@@ -100,15 +100,16 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    fn write_blocking(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError> {
+    fn write_blocking(&self, rows: Vec<WriteRow>) -> Result<Vec<WriteOutcome>, FeatureError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut outcomes = vec![WriteOutcome::Superseded; rows.len()];
         let mut accepted: Vec<(String, StoredRow)> = Vec::with_capacity(rows.len());
         let txn = self.db.begin_write().map_err(|e| storage_error(&self.path, e))?;
         {
             let mut table = txn.open_table(ROWS).map_err(|e| storage_error(&self.path, e))?;
             // Rows later in the batch for the same key compete with earlier ones.
             let mut pending: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-            for w in rows {
+            for (at, w) in rows.into_iter().enumerate() {
                 let key = key_text(&w.key);
                 let newer = match pending.get(&key) {
                     Some(&i) => w.row.supersedes(&accepted[i].1),
@@ -120,6 +121,7 @@ impl Inner {
                 table
                     .insert(key.as_bytes(), encode_row(&w.row).as_slice())
                     .map_err(|e| storage_error(&self.path, e))?;
+                outcomes[at] = WriteOutcome::Written;
                 match pending.get(&key) {
                     Some(&i) => accepted[i].1 = w.row,
                     None => {
@@ -130,11 +132,10 @@ impl Inner {
             }
         }
         txn.commit().map_err(|e| storage_error(&self.path, e))?;
-        let written = accepted.len() as u64;
         for (key, row) in accepted {
             self.rows.insert(key, Arc::new(row));
         }
-        Ok(written)
+        Ok(outcomes)
     }
 }
 
@@ -165,9 +166,9 @@ impl OnlineStore for EmbeddedStore {
             .collect())
     }
 
-    async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError> {
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<Vec<WriteOutcome>, FeatureError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // The commit fsyncs: keep it off the async workers.
         let inner = self.inner.clone();

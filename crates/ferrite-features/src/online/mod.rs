@@ -81,21 +81,71 @@ pub struct WriteRow {
     pub expire_at: Option<Micros>,
 }
 
+/// What a write did with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Not written: the store holds a row for the key that is at least as new (later event
+    /// time, or the same event time and a later created time).
+    Superseded,
+    /// Not written: the row's expiry had already passed.
+    Expired,
+}
+
 /// One online store. Callers hold `Arc<dyn OnlineStore>`; only `open` names a backend.
+///
+/// One answer per key: `read` returns exactly one entry per key and `write` one outcome per
+/// row, in the order given. Callers check it and treat any other count as a store error,
+/// never as a shorter answer to line up.
 #[async_trait::async_trait]
 pub trait OnlineStore: Send + Sync {
     /// A short name for logs and metrics: "embedded", "redis", "redis_cluster".
     fn kind(&self) -> &'static str;
     /// Succeeds when the store can serve reads now.
     async fn health(&self) -> Result<(), FeatureError>;
-    /// Reads many rows in one round trip; `None` where nothing is stored.
+    /// Reads many rows in one round trip: one entry per key, in order; `None` where nothing
+    /// is stored.
     async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<ReadRow>>, FeatureError>;
-    /// Writes rows, keeping per key the newest by (event time, created time); returns how
-    /// many rows were written. Returns only once the rows are durable.
-    async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError>;
+    /// Writes rows, keeping per key the newest by (event time, created time); returns one
+    /// outcome per row, in order. Returns only once the rows are durable. Rows later in
+    /// `rows` for the same key compete with earlier ones as if written after them.
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<Vec<WriteOutcome>, FeatureError>;
     /// The end of the last materialized window of a view.
     async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError>;
     async fn set_watermark(&self, view: &str, ts: Micros) -> Result<(), FeatureError>;
+}
+
+/// Checks that a store answered once per key; `what` names the call for the message.
+pub(crate) fn check_answers(
+    store: &str,
+    what: &str,
+    asked: usize,
+    answered: usize,
+) -> Result<(), FeatureError> {
+    if asked == answered {
+        Ok(())
+    } else {
+        Err(FeatureError::Internal(format!(
+            "the {store} online store answered a {what} of {asked} keys with {answered} entries; expected one per key"
+        )))
+    }
+}
+
+/// How long a Redis client waits: for a connection, and for each answer. Both bound every
+/// call on the request path, so they sit far below the serving budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisTimeouts {
+    pub connect: std::time::Duration,
+    pub response: std::time::Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        RedisTimeouts {
+            connect: std::time::Duration::from_millis(200),
+            response: std::time::Duration::from_millis(50),
+        }
+    }
 }
 
 /// Which online store to open.
@@ -107,10 +157,12 @@ pub enum StoreConfig {
     },
     Redis {
         url: String,
+        timeouts: RedisTimeouts,
     },
     /// Seed nodes of a Redis Cluster.
     RedisCluster {
         urls: Vec<String>,
+        timeouts: RedisTimeouts,
     },
 }
 
@@ -118,7 +170,9 @@ pub enum StoreConfig {
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn OnlineStore>, FeatureError> {
     Ok(match config {
         StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
-        StoreConfig::Redis { url } => Arc::new(RedisStore::connect(url).await?),
-        StoreConfig::RedisCluster { urls } => Arc::new(RedisStore::connect_cluster(urls).await?),
+        StoreConfig::Redis { url, timeouts } => Arc::new(RedisStore::connect_with(url, *timeouts).await?),
+        StoreConfig::RedisCluster { urls, timeouts } => {
+            Arc::new(RedisStore::connect_cluster_with(urls, *timeouts).await?)
+        }
     })
 }

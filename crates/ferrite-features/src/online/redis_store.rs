@@ -14,25 +14,30 @@
 //! Reads are one `MGET` (split per slot by the cluster client). Writes go through a Lua
 //! script that keeps the newer row by comparing the 32-byte time header, in batches: one
 //! script call per batch on a single server, one per entity (hash slot) on a cluster.
+//!
+//! Every call is bounded by the configured response timeout (`RedisTimeouts`), including
+//! the time it waits behind earlier calls on the multiplexed connection; writes therefore
+//! keep only a few script calls in flight at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use super::codec::{decode_row, encode_row};
-use super::{OnlineStore, ReadRow, RowKey, StoredRow, WriteRow};
+use super::{OnlineStore, ReadRow, RedisTimeouts, RowKey, StoredRow, WriteOutcome, WriteRow, check_answers};
 use crate::FeatureError;
 use crate::value::{Micros, now_micros};
 
 pub const KEY_PREFIX: &str = "ferrite:v1:";
 
 /// Writes each KEYS[i] = ARGV[2i-1] unless the stored row's time header is newer;
-/// ARGV[2i] is the expiry in Unix ms (0 = none). Returns how many were written.
+/// ARGV[2i] is the expiry in Unix ms (0 = none). Returns one answer per key: 1 written,
+/// 0 not (a newer row is stored).
 const WRITE_NEWER: &str = r#"
-local n = 0
+local out = {}
 for i = 1, #KEYS do
   local v = ARGV[2 * i - 1]
   local exp = tonumber(ARGV[2 * i])
@@ -43,14 +48,22 @@ for i = 1, #KEYS do
     else
       redis.call('SET', KEYS[i], v)
     end
-    n = n + 1
+    out[i] = 1
+  else
+    out[i] = 0
   end
 end
-return n
+return out
 "#;
 
 /// Keys per script call on a single server.
 const WRITE_BATCH: usize = 512;
+
+/// Script calls in flight at once: on one server (batches of `WRITE_BATCH` keys), and on a
+/// cluster (one entity each, spread over the nodes). Each call's response timeout includes
+/// its wait behind the calls sent before it.
+const IN_FLIGHT_SINGLE: usize = 4;
+const IN_FLIGHT_CLUSTER: usize = 64;
 
 pub fn row_key(key: &RowKey) -> String {
     let mut s = String::with_capacity(KEY_PREFIX.len() + key.entity.len() + key.view.len() + 3);
@@ -93,8 +106,14 @@ fn unavailable(what: &str, e: redis::RedisError) -> FeatureError {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`) and fails if the server does not answer.
+    /// Connects to `url` (`redis://host:port/db`) with the default timeouts and fails if the
+    /// server does not answer.
     pub async fn connect(url: &str) -> Result<Self, FeatureError> {
+        Self::connect_with(url, RedisTimeouts::default()).await
+    }
+
+    /// Connects to `url` (`redis://host:port/db`) and fails if the server does not answer.
+    pub async fn connect_with(url: &str, timeouts: RedisTimeouts) -> Result<Self, FeatureError> {
         let info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| FeatureError::Unavailable(format!("bad Redis URL {url:?}: {e}")))?
             .set_tcp_settings(tcp_settings());
@@ -105,8 +124,8 @@ impl RedisStore {
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response));
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| unavailable(&format!("cannot connect to {url}"), e))?;
@@ -116,11 +135,20 @@ impl RedisStore {
         })
     }
 
-    /// Connects to a Redis Cluster through any of its nodes.
+    /// Connects to a Redis Cluster through any of its nodes, with the default timeouts.
     pub async fn connect_cluster(urls: &[String]) -> Result<Self, FeatureError> {
+        Self::connect_cluster_with(urls, RedisTimeouts::default()).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes. The response timeout bounds a
+    /// whole call, retries and redirections included.
+    pub async fn connect_cluster_with(
+        urls: &[String],
+        timeouts: RedisTimeouts,
+    ) -> Result<Self, FeatureError> {
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(5))
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
             .retries(2)
             .tcp_settings(tcp_settings())
             .build()
@@ -154,13 +182,14 @@ async fn query<T: redis::FromRedisValue, C: ConnectionLike + Send>(
 /// One row to write: key, encoded row, expiry in Unix ms (0 = none).
 type Batched = (String, Vec<u8>, i64);
 
+/// Runs the write script on one batch; one answer per key (1 written, 0 superseded).
 async fn run_script<C: ConnectionLike + Send>(
     script: &redis::Script,
     conn: &mut C,
-    batch: &[Batched],
-) -> Result<u64, FeatureError> {
+    batch: &[(usize, Batched)],
+) -> Result<Vec<i64>, FeatureError> {
     let mut inv = script.prepare_invoke();
-    for (key, value, exp) in batch {
+    for (_, (key, value, exp)) in batch {
         inv.key(key).arg(value.as_slice()).arg(*exp);
     }
     inv.invoke_async(conn)
@@ -205,6 +234,7 @@ impl OnlineStore for RedisStore {
             Conn::Single(mut c) => query(&cmd, &mut c).await?,
             Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
         };
+        check_answers(self.kind(), "read", keys.len(), values.len())?;
         Ok(values
             .into_iter()
             .map(|v| {
@@ -220,55 +250,68 @@ impl OnlineStore for RedisStore {
             .collect())
     }
 
-    async fn write(&self, rows: Vec<WriteRow>) -> Result<u64, FeatureError> {
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<Vec<WriteOutcome>, FeatureError> {
         let now_ms = now_micros() / 1000;
-        // (entity, (key, value, expiry ms)): the entity is the hash tag, so rows of one
-        // entity share a slot.
-        let mut items: Vec<(Arc<str>, Batched)> = Vec::with_capacity(rows.len());
-        for w in rows {
+        let mut outcomes = vec![WriteOutcome::Expired; rows.len()];
+        // (entity, (row index, (key, value, expiry ms))): the entity is the hash tag, so rows
+        // of one entity share a slot.
+        let mut items: Vec<(Arc<str>, (usize, Batched))> = Vec::with_capacity(rows.len());
+        for (at, w) in rows.into_iter().enumerate() {
             let exp_ms = w.expire_at.map(|t: Micros| t.div_euclid(1000)).unwrap_or(0);
             if w.expire_at.is_some() && exp_ms <= now_ms {
                 // Already expired: Redis would drop it at once.
                 continue;
             }
             let key = row_key(&w.key);
-            items.push((w.key.entity, (key, encode_row(&w.row), exp_ms)));
+            items.push((w.key.entity, (at, (key, encode_row(&w.row), exp_ms))));
         }
-        let batches: Vec<Vec<Batched>> = match &self.conn {
+        let (batches, in_flight): (Vec<Vec<(usize, Batched)>>, usize) = match &self.conn {
             Conn::Single(_) => {
                 let mut flat = items.into_iter().map(|(_, item)| item).peekable();
                 let mut batches = Vec::new();
                 while flat.peek().is_some() {
                     batches.push(flat.by_ref().take(WRITE_BATCH).collect());
                 }
-                batches
+                (batches, IN_FLIGHT_SINGLE)
             }
             // A script may only touch keys of one slot: one batch per entity.
             Conn::Cluster(_) => {
-                let mut groups: std::collections::HashMap<Arc<str>, Vec<Batched>> =
+                let mut groups: std::collections::HashMap<Arc<str>, Vec<(usize, Batched)>> =
                     std::collections::HashMap::new();
                 for (entity, item) in items {
                     groups.entry(entity).or_default().push(item);
                 }
-                groups.into_values().collect()
+                (groups.into_values().collect(), IN_FLIGHT_CLUSTER)
             }
         };
-        let mut total = 0;
-        for chunk in batches.chunks(256) {
-            let counts = try_join_all(chunk.iter().map(|b| {
+        let kind = self.kind();
+        // Sent in order, so rows of one key in different batches compete in order.
+        let answers: Vec<(Vec<usize>, Vec<i64>)> = futures::stream::iter(batches)
+            .map(|b| {
                 let conn = self.conn.clone();
                 let script = self.script.clone();
                 async move {
-                    match conn {
-                        Conn::Single(mut c) => run_script(&script, &mut c, b).await,
-                        Conn::Cluster(mut c) => run_script(&script, &mut c, b).await,
-                    }
+                    let answers = match conn {
+                        Conn::Single(mut c) => run_script(&script, &mut c, &b).await,
+                        Conn::Cluster(mut c) => run_script(&script, &mut c, &b).await,
+                    }?;
+                    check_answers(kind, "write", b.len(), answers.len())?;
+                    Ok::<_, FeatureError>((b.into_iter().map(|(at, _)| at).collect(), answers))
                 }
-            }))
+            })
+            .buffered(in_flight)
+            .try_collect()
             .await?;
-            total += counts.iter().sum::<u64>();
+        for (batch, answers) in answers {
+            for (at, answer) in batch.into_iter().zip(answers) {
+                outcomes[at] = if answer == 1 {
+                    WriteOutcome::Written
+                } else {
+                    WriteOutcome::Superseded
+                };
+            }
         }
-        Ok(total)
+        Ok(outcomes)
     }
 
     async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError> {
