@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 mod files;
+mod redis_sink;
 
 use files::write_file;
 pub use files::{civil_from_days, exposure_files, file_name, now_micros, read_records, to_frame, utc_stamp};
+pub use redis_sink::{RedisStreamConfig, STREAM_ERRORS_METRIC, fields as stream_fields};
 
 /// The counter of records dropped because the queue was full.
 pub const DROPPED_METRIC: &str = "ferrite_experiment_exposures_dropped_total";
@@ -61,6 +63,8 @@ pub struct ExposureLogConfig {
     pub rotate_rows: usize,
     /// A file is closed this long after its first row.
     pub rotate_interval_secs: u64,
+    /// Also add every exposure to a Redis Stream (off by default).
+    pub redis: Option<RedisStreamConfig>,
 }
 
 impl Default for ExposureLogConfig {
@@ -71,6 +75,7 @@ impl Default for ExposureLogConfig {
             flush_interval_ms: 1_000,
             rotate_rows: 100_000,
             rotate_interval_secs: 3_600,
+            redis: None,
         }
     }
 }
@@ -243,17 +248,22 @@ struct WriterState {
     rows: Vec<ExposureRecord>,
     /// Rows already in the file on disk (a flush with nothing new writes nothing).
     written: usize,
+    sink: Option<redis_sink::RedisSink>,
+    /// Rows already sent to the Redis Stream.
+    streamed: usize,
     file_opened: Option<Instant>,
 }
 
 impl WriterState {
     fn new(config: ExposureLogConfig) -> WriterState {
         WriterState {
+            sink: config.redis.clone().map(redis_sink::RedisSink::new),
             config,
             started: now_micros(),
             seq: 0,
             rows: Vec::new(),
             written: 0,
+            streamed: 0,
             file_opened: None,
         }
     }
@@ -278,6 +288,7 @@ impl WriterState {
         self.seq += 1;
         self.rows.clear();
         self.written = 0;
+        self.streamed = 0;
         self.file_opened = None;
     }
 
@@ -288,8 +299,13 @@ impl WriterState {
         }
     }
 
-    /// Writes the current file whole if it has rows not yet on disk.
+    /// Sends new rows to the Redis Stream (when set), then writes the current file whole if
+    /// it has rows not yet on disk.
     fn flush(&mut self) -> Result<(), ExposureError> {
+        if let Some(sink) = self.sink.as_mut() {
+            sink.send(&self.rows[self.streamed..]);
+            self.streamed = self.rows.len();
+        }
         if self.rows.len() == self.written {
             return Ok(());
         }
