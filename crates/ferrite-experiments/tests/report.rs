@@ -186,6 +186,14 @@ fn a_named_control_comes_first_and_bad_arguments_name_the_problem() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("missing.parquet"), "{e}");
+    let empty = dir.path().join("empty");
+    log_all(&empty, []);
+    std::fs::write(empty.join("exposures-x-000000.parquet.tmp"), b"half").unwrap();
+    let e = report::report(&empty, &outcomes, &ReportOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, ReportError::NoExposures { .. }) && e.to_string().contains("no exposures"),
+        "{e}"
+    );
     let e = report::report(&exposures, &outcomes, &options("pricing")).unwrap_err();
     assert!(e.to_string().contains("\"pricing\""), "{e}");
 }

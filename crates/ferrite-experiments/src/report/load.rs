@@ -116,6 +116,10 @@ fn only_experiment(exposures: LazyFrame, dir: &Path) -> Result<String, ReportErr
         })?;
     names.sort();
     match names.len() {
+        0 => Err(ReportError::NoExposures {
+            dir: dir.to_path_buf(),
+            experiment: None,
+        }),
         1 => Ok(names.remove(0)),
         _ => Err(ReportError::SeveralExperiments {
             found: names.join(", "),
