@@ -29,9 +29,16 @@ pub struct IndexBuildConfig {
     /// Indexes that need training train on at most this many items, spread evenly over
     /// the catalog (default 100,000).
     pub train_sample: usize,
-    /// A linear projection applied to items and queries before indexing (e.g. PCA), or none.
+    /// A linear projection applied to items and queries before indexing, or none.
     pub projection: Option<Projection>,
+    /// Fit a PCA projection to this many dimensions at build (when `projection` is none).
+    pub pca_dim: Option<usize>,
+    /// PCA is estimated from at most this many items, spread evenly (default 20,000).
+    pub pca_sample: usize,
 }
+
+/// Orthogonal iterations when fitting PCA.
+const PCA_ITERATIONS: usize = 40;
 
 impl Default for IndexBuildConfig {
     fn default() -> Self {
@@ -43,6 +50,8 @@ impl Default for IndexBuildConfig {
             dim: 0,
             train_sample: 100_000,
             projection: None,
+            pca_dim: None,
+            pca_sample: 20_000,
         }
     }
 }
@@ -103,10 +112,7 @@ pub(crate) fn build_stored(
                 item_id: item.item_id,
             });
         }
-        match &config.projection {
-            Some(p) => vectors.extend(p.apply(&item.vector)),
-            None => vectors.extend_from_slice(&item.vector),
-        }
+        vectors.extend_from_slice(&item.vector);
         rows.push(ItemRow {
             item_id: item.item_id,
             category: item.category,
@@ -119,7 +125,18 @@ pub(crate) fn build_stored(
             "dim is 0 and there is no item to take it from".into(),
         ));
     }
-    if let Some(p) = &config.projection
+    let projection = match (&config.projection, config.pca_dim) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(out_dim)) => Some(super::pca::fit_pca(
+            &vectors,
+            dim,
+            out_dim,
+            config.pca_sample,
+            PCA_ITERATIONS,
+        )?),
+        (None, None) => None,
+    };
+    if let Some(p) = &projection
         && p.in_dim != dim
     {
         return Err(CatalogError::Config(format!(
@@ -127,7 +144,10 @@ pub(crate) fn build_stored(
             p.in_dim
         )));
     }
-    let index_dim = config.projection.as_ref().map_or(dim, |p| p.out_dim);
+    if let Some(p) = &projection {
+        vectors = vectors.chunks(dim).flat_map(|row| p.apply(row)).collect();
+    }
+    let index_dim = projection.as_ref().map_or(dim, |p| p.out_dim);
     let index = build_faiss(
         index_dim,
         &config.factory,
@@ -142,7 +162,7 @@ pub(crate) fn build_stored(
         dim,
         metric: config.metric,
         factory: config.factory.clone(),
-        projection: config.projection.clone(),
+        projection,
         item_count: rows.len(),
         built_at_unix_s: SystemTime::now()
             .duration_since(UNIX_EPOCH)

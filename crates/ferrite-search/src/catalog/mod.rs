@@ -10,6 +10,7 @@
 mod ann;
 mod build;
 mod error;
+mod pca;
 mod recall;
 mod snapshot;
 mod store;
@@ -23,6 +24,7 @@ use arc_swap::ArcSwap;
 
 pub use build::{CatalogRow, Embedder, IndexBuildConfig, RowSource, build_index, embed_rows};
 pub use error::CatalogError;
+pub use pca::fit_pca;
 pub use recall::RecallConfig;
 pub use store::{Expected, read_meta};
 pub use types::{

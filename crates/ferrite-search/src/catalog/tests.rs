@@ -328,3 +328,49 @@ fn replace_swaps_the_whole_index() {
         .hits;
     assert!(hits.iter().all(|h| h.item_id.starts_with("v2-")));
 }
+
+#[test]
+fn pca_projection_is_fitted_stored_and_applied_to_queries() {
+    // Vectors in a 4-d subspace of a 16-d space: 4 components lose nothing.
+    let mut next = lcg(9);
+    let basis: Vec<Vec<f32>> = (0..4).map(|_| (0..16).map(|_| next()).collect()).collect();
+    let catalog: Vec<CatalogItem> = items(600, 16, 10)
+        .into_iter()
+        .map(|mut item| {
+            let w: Vec<f32> = (0..4).map(|_| next()).collect();
+            item.vector = unit(
+                (0..16)
+                    .map(|j| (0..4).map(|b| w[b] * basis[b][j]).sum())
+                    .collect(),
+            );
+            item
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let build = IndexBuildConfig {
+        pca_dim: Some(4),
+        ..config("m")
+    };
+    let meta = build_index(catalog.clone(), &build, dir.path()).unwrap();
+    let projection = meta.projection.as_ref().expect("a fitted projection");
+    assert_eq!((meta.dim, meta.index_dim(), projection.in_dim), (16, 4, 16));
+    let expected = Expected {
+        model: "m".into(),
+        model_version: "1".into(),
+        dim: 16,
+    };
+    let index = CatalogIndex::load(dir.path(), &expected, SearchConfig::default()).unwrap();
+    assert_eq!(index.meta().projection.as_ref(), Some(projection));
+    let query = catalog[33].vector.clone();
+    let top = ids(&index.search(&query, 1, &ItemFilter::default()).unwrap());
+    assert_eq!(top, vec!["item-33".to_string()]);
+    // Live updates are projected the same way.
+    let added = CatalogItem {
+        item_id: "added".into(),
+        ..catalog[33].clone()
+    };
+    index.upsert(vec![added]).unwrap();
+    let mut top = ids(&index.search(&query, 2, &ItemFilter::default()).unwrap());
+    top.sort();
+    assert_eq!(top, vec!["added".to_string(), "item-33".to_string()]);
+}
