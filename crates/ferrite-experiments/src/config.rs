@@ -239,6 +239,15 @@ impl ExperimentConfig {
                 None => return bad(field, format!("`{name}` is not a variant of this experiment")),
             }
         }
+        if self.variant(&c.variant).is_some_and(|v| v.weight <= 0.0) {
+            return bad(
+                "variant",
+                format!(
+                    "`{}` has weight 0; its weight is the share it starts at",
+                    c.variant
+                ),
+            );
+        }
         if c.variant == c.stable {
             return bad("stable", format!("is `{}`, the canary itself", c.stable));
         }

@@ -19,12 +19,15 @@ const LAMBDAS: [f64; 8] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0];
 #[derive(Debug, Clone)]
 pub struct MixtureSprt {
     log_lr: [f64; LAMBDAS.len()],
+    /// The mixture's log likelihood ratio, updated with each error (read on every request).
+    log_evidence: f64,
 }
 
 impl Default for MixtureSprt {
     fn default() -> Self {
         MixtureSprt {
             log_lr: [0.0; LAMBDAS.len()],
+            log_evidence: 0.0,
         }
     }
 }
@@ -40,10 +43,15 @@ impl MixtureSprt {
             let denominator = (rho * lambda + 1.0 - rho).ln();
             *l += if on_canary { lambda.ln() } else { 0.0 } - denominator;
         }
+        self.log_evidence = self.mixture();
     }
 
     /// The log of the mixture's likelihood ratio (its e-value).
     pub fn log_evidence(&self) -> f64 {
+        self.log_evidence
+    }
+
+    fn mixture(&self) -> f64 {
         let max = self.log_lr.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = self.log_lr.iter().map(|l| (l - max).exp()).sum();
         max + (sum / LAMBDAS.len() as f64).ln()

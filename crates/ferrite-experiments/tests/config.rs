@@ -83,6 +83,13 @@ fn each_mistake_names_its_field() {
             "`canary.stable` is `candidate`, the canary itself",
         ),
         (
+            Box::new(|c| {
+                c.variants[0].weight = 1.0;
+                c.variants[1].weight = 0.0;
+            }),
+            "`canary.variant` `candidate` has weight 0",
+        ),
+        (
             Box::new(|c| c.canary.as_mut().unwrap().alpha = 0.0),
             "`canary.alpha` is 0",
         ),
