@@ -133,6 +133,7 @@ async fn classes_and_embeddings_equal_pytorchs_and_a_batch_equals_single_images(
             r.top5_logits
         );
         let diff = max_abs_diff(embedding, &r.embedding);
+        println!("{}: top-5 {:?}, embedding max |diff| {diff:.1e}", r.name, r.top5);
         assert!(
             diff <= 1e-4,
             "{}: embedding differs from PyTorch's by {diff}",

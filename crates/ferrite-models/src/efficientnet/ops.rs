@@ -37,6 +37,10 @@ pub struct Depthwise {
     pub stride: usize,
 }
 
+/// Multiply-adds below which a layer runs on the calling thread: starting a thread costs
+/// about as much as ~100k of them.
+const PARALLEL_ABOVE: usize = 1 << 20;
+
 impl CustomOp1 for Depthwise {
     fn name(&self) -> &'static str {
         "depthwise-conv-relu6"
@@ -53,35 +57,80 @@ impl CustomOp1 for Depthwise {
         }
         let (oh, top) = same_padding(h, k, self.stride);
         let (ow, left) = same_padding(w, k, self.stride);
+        let plane = Plane {
+            h,
+            w,
+            c,
+            oh,
+            ow,
+            top,
+            left,
+        };
         let mut out = vec![0f32; n * oh * ow * c];
-        for (image, out) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)) {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let acc = &mut out[(oy * ow + ox) * c..][..c];
-                    acc.copy_from_slice(&self.bias);
-                    for ky in 0..k {
-                        let Some(iy) = (oy * self.stride + ky).checked_sub(top).filter(|&y| y < h) else {
+        // Output rows (over every image of the batch) split between candle's threads.
+        let rows = n * oh;
+        let threads = if rows * ow * c * k * k > PARALLEL_ABOVE {
+            candle_core::utils::get_num_threads().clamp(1, rows)
+        } else {
+            1
+        };
+        let per_thread = rows.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let mut chunks = out.chunks_mut(per_thread * ow * c).enumerate();
+            let first = chunks.next();
+            for (i, chunk) in chunks {
+                scope.spawn(move || self.rows(x, &plane, i * per_thread, chunk));
+            }
+            if let Some((_, chunk)) = first {
+                self.rows(x, &plane, 0, chunk);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))
+    }
+}
+
+/// The sizes of one depthwise layer: input `h x w x c`, output `oh x ow x c`, padding before.
+#[derive(Clone, Copy)]
+struct Plane {
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    top: usize,
+    left: usize,
+}
+
+impl Depthwise {
+    /// Output rows `first..` (counted over the whole batch) into `out`.
+    fn rows(&self, x: &[f32], p: &Plane, first: usize, out: &mut [f32]) {
+        let (k, c) = (self.kernel, p.c);
+        for (r, out) in out.chunks_exact_mut(p.ow * c).enumerate() {
+            let (image, oy) = ((first + r) / p.oh, (first + r) % p.oh);
+            let image = &x[image * p.h * p.w * c..][..p.h * p.w * c];
+            for (ox, acc) in out.chunks_exact_mut(c).enumerate() {
+                acc.copy_from_slice(&self.bias);
+                for ky in 0..k {
+                    let Some(iy) = (oy * self.stride + ky).checked_sub(p.top).filter(|&y| y < p.h) else {
+                        continue;
+                    };
+                    for kx in 0..k {
+                        let Some(ix) = (ox * self.stride + kx).checked_sub(p.left).filter(|&x| x < p.w)
+                        else {
                             continue;
                         };
-                        for kx in 0..k {
-                            let Some(ix) = (ox * self.stride + kx).checked_sub(left).filter(|&x| x < w)
-                            else {
-                                continue;
-                            };
-                            let pixel = &image[(iy * w + ix) * c..][..c];
-                            let weight = &self.weight[(ky * k + kx) * c..][..c];
-                            for ((a, p), wt) in acc.iter_mut().zip(pixel).zip(weight) {
-                                *a += p * wt;
-                            }
+                        let pixel = &image[(iy * p.w + ix) * c..][..c];
+                        let weight = &self.weight[(ky * k + kx) * c..][..c];
+                        for ((a, v), wt) in acc.iter_mut().zip(pixel).zip(weight) {
+                            *a += v * wt;
                         }
                     }
-                    for a in acc.iter_mut() {
-                        *a = a.clamp(0.0, 6.0);
-                    }
+                }
+                for a in acc.iter_mut() {
+                    *a = a.clamp(0.0, 6.0);
                 }
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))
     }
 }
 
@@ -215,28 +264,35 @@ mod tests {
 
     #[test]
     fn depthwise_matches_a_direct_convolution() {
-        let (h, w, c) = (7, 6, 3);
-        let x: Vec<f32> = (0..h * w * c)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0)
-            .collect();
-        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
-            let weight: Vec<f32> = (0..k * k * c)
-                .map(|i| ((i * 13 % 11) as f32 - 5.0) / 7.0)
+        // Small images run on one thread; a batch of 3 larger ones is split between threads
+        // (where there are several), across image boundaries.
+        for (n, h, w, c) in [(1, 7, 6, 3), (1, 9, 8, 20), (3, 40, 37, 32)] {
+            let x: Vec<f32> = (0..n * h * w * c)
+                .map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0)
                 .collect();
-            let bias = vec![0.5, -0.25, 0.0];
-            let op = Depthwise {
-                weight: weight.clone(),
-                bias: bias.clone(),
-                kernel: k,
-                stride: s,
-            };
-            let t = Tensor::from_vec(x.clone(), (1, h, w, c), &Device::Cpu).unwrap();
-            let y = t.apply_op1_no_bwd(&op).unwrap();
-            let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let want = naive(&x, [h, w, c], &weight, &bias, k, s);
-            assert_eq!(y.dims(), &[1, h.div_ceil(s), w.div_ceil(s), c]);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-5, "k {k} s {s}: {g} vs {w}");
+            for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+                let weight: Vec<f32> = (0..k * k * c)
+                    .map(|i| ((i * 13 % 11) as f32 - 5.0) / 7.0)
+                    .collect();
+                let bias: Vec<f32> = (0..c).map(|i| (i % 3) as f32 * 0.25 - 0.25).collect();
+                let op = Depthwise {
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                    kernel: k,
+                    stride: s,
+                };
+                let t = Tensor::from_vec(x.clone(), (n, h, w, c), &Device::Cpu).unwrap();
+                let y = t.apply_op1_no_bwd(&op).unwrap();
+                assert_eq!(y.dims(), &[n, h.div_ceil(s), w.div_ceil(s), c]);
+                let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let want: Vec<f32> = x
+                    .chunks(h * w * c)
+                    .flat_map(|image| naive(image, [h, w, c], &weight, &bias, k, s))
+                    .collect();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-5, "n {n} k {k} s {s}: {g} vs {w}");
+                }
             }
         }
     }
