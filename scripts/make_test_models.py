@@ -130,6 +130,51 @@ def positives() -> onnx.ModelProto:
     return model
 
 
+def fraud_canary_nan(width: int = 130, amount_column: int = 59, nan_above: float = 900_000.0) -> onnx.ModelProto:
+    """A stand-in fraud model version that fails on some inputs, for the experiments tests: the
+    fraud pipeline's input and outputs (`features` [batch, 130] -> `label`, `probabilities`
+    [batch, 2]); the score is sigmoid(amount_eur / 1000 - 3), and NaN (an error the pipeline
+    must never serve) when amount_eur (column 59) is above `nan_above`."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["features", "column"], ["amount"], axis=1),
+            helper.make_node("Mul", ["amount", "scale"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "shift"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["p_ok"]),
+            # sqrt(nan_above - amount) * 0 is 0, or NaN where amount > nan_above.
+            helper.make_node("Sub", ["limit", "amount"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["root"]),
+            helper.make_node("Mul", ["root", "zero"], ["poison"]),
+            helper.make_node("Add", ["p_ok", "poison"], ["p"]),
+            helper.make_node("Sub", ["one", "p"], ["q"]),
+            helper.make_node("Concat", ["q", "p"], ["probabilities"], axis=1),
+            helper.make_node("Greater", ["p", "half"], ["above"]),
+            helper.make_node("Cast", ["above"], ["label2d"], to=TensorProto.INT64),
+            helper.make_node("Squeeze", ["label2d", "axis1"], ["label"]),
+        ],
+        "fraud_canary_nan",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([amount_column], dtype=np.int64), "column"),
+            numpy_helper.from_array(np.array([0.001], dtype=np.float32), "scale"),
+            numpy_helper.from_array(np.array([-3.0], dtype=np.float32), "shift"),
+            numpy_helper.from_array(np.array([nan_above], dtype=np.float32), "limit"),
+            numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+            numpy_helper.from_array(np.array([0.5], dtype=np.float32), "half"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261126)
@@ -146,6 +191,15 @@ def main() -> None:
     onnx.save(zipmap(), OUT / "zipmap.onnx")
     onnx.save(positives(), OUT / "positives.onnx")
     print(f"wrote {path} and its expected outputs (onnxruntime {ort.__version__})")
+    server_data = OUT.parent.parent.parent / "ferrite-server/tests/data"
+    canary = fraud_canary_nan()
+    onnx.save(canary, server_data / "fraud_canary_nan.onnx")
+    session = ort.InferenceSession(str(server_data / "fraud_canary_nan.onnx"), providers=["CPUExecutionProvider"])
+    x = np.zeros((2, 130), dtype=np.float32)
+    x[0, 59], x[1, 59] = 42.5, 950_000.0
+    _, probabilities = session.run(None, {"features": x})
+    assert np.isfinite(probabilities[0]).all() and np.isnan(probabilities[1]).all(), probabilities
+    print(f"wrote {server_data / 'fraud_canary_nan.onnx'}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ use ferrite_models::{ModelError, ModelRepository, Tensor, TensorData};
 
 use crate::PipelineError;
 use crate::config::Kind;
+use crate::experiment::{Experiments, Route};
 use crate::input::{CallInput, check};
 use crate::model::{Configured, MetaCache, ModelChoice, ModelMeta, ModelSelector};
 use crate::pipeline::{Decision, Pipeline, PipelineSet};
@@ -38,6 +39,8 @@ pub struct RowAnswer {
     pub model_name: String,
     /// Empty for a fallback answer.
     pub model_version: String,
+    /// The experiment variant that answered; empty outside experiments.
+    pub variant: String,
     /// Why the fallback answered; `None` for a model answer.
     pub fallback: Option<String>,
     pub cold_start: bool,
@@ -66,6 +69,7 @@ pub struct Engine {
     pub(crate) models: Arc<ModelRepository>,
     pub(crate) pipelines: PipelineSet,
     selector: Arc<dyn ModelSelector>,
+    experiments: Option<Arc<Experiments>>,
     meta: MetaCache,
     pub(crate) meters: std::collections::HashMap<String, Meters>,
     /// Recommendations and pricing pipelines' catalogues, by pipeline.
@@ -199,6 +203,7 @@ impl Engine {
             models,
             pipelines,
             selector: Arc::new(Configured),
+            experiments: None,
             meta: MetaCache::default(),
         }
     }
@@ -207,6 +212,16 @@ impl Engine {
     pub fn with_selector(mut self, selector: Arc<dyn ModelSelector>) -> Engine {
         self.selector = selector;
         self
+    }
+
+    /// Routes the rows of pipelines under an experiment to their variants' model versions.
+    pub fn with_experiments(mut self, experiments: Arc<Experiments>) -> Engine {
+        self.experiments = Some(experiments);
+        self
+    }
+
+    pub fn experiments(&self) -> Option<&Arc<Experiments>> {
+        self.experiments.as_ref()
     }
 
     pub fn pipelines(&self) -> &PipelineSet {
@@ -246,9 +261,18 @@ impl Engine {
         let rows = check(&pipeline, &mut input)?;
         let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
-        let work = self.run(&pipeline, &input, rows, now, &progress);
+        let routes = self.routes(&pipeline, &input, rows);
+        let work = self.run(&pipeline, &input, &routes, now, &progress);
         let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
-            Ok(Ok(Ok(answers))) => Ok(answers),
+            Ok(Ok(Ok(ran))) => {
+                if let Some(x) = &self.experiments
+                    && !ran.x.is_empty()
+                {
+                    let served: Vec<f64> = ran.answers.iter().map(|a| a.score).collect();
+                    x.offer_shadows(&pipeline, &routes, &input, &ran.x, ran.width, &served);
+                }
+                Ok(ran.answers)
+            }
             Ok(Ok(Err(cause))) => Err(cause),
             Ok(Err(e)) => return Err(e),
             Err(_) => Err(clock.deadline_cause(
@@ -261,10 +285,17 @@ impl Engine {
             Ok(rows_out) => rows_out,
             Err(cause) => {
                 self.note_fallback(&pipeline, &cause, rows as u64);
-                fallback_rows(&pipeline, fb, &input, rows, &cause.message)
+                let mut rows_out = fallback_rows(&pipeline, fb, &input, rows, &cause.message);
+                for (answer, route) in rows_out.iter_mut().zip(&routes) {
+                    answer.variant = route.variant().map_or(String::new(), |v| v.to_string());
+                }
+                rows_out
             }
         };
         let latency = clock.latency(&progress);
+        if let Some(x) = &self.experiments {
+            x.log_exposures(&routes, &rows_out, &input, latency.total_us);
+        }
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record(&rows_out, &latency);
         }
@@ -287,10 +318,11 @@ impl Engine {
         &self,
         pipeline: &Pipeline,
         input: &CallInput,
-        rows: usize,
+        routes: &[Route],
         now: Micros,
         progress: &Progress,
-    ) -> Result<Result<Vec<RowAnswer>, FallbackCause>, PipelineError> {
+    ) -> Result<Result<Ran, FallbackCause>, PipelineError> {
+        let rows = routes.len();
         let t = Instant::now();
         let read = self.read_features(pipeline, input, rows, now).await;
         progress
@@ -304,48 +336,60 @@ impl Engine {
 
         progress.stage.store(STAGE_MODEL, Ordering::Relaxed);
         let t = Instant::now();
-        let mut groups: BTreeMap<ModelChoice, Vec<usize>> = BTreeMap::new();
-        for row in 0..rows {
-            groups
-                .entry(self.selector.choose(pipeline, row))
-                .or_default()
-                .push(row);
+        // Rows go to the model version of their variant; a canary's rows that fail are
+        // answered by its stable variant (`retry`), never by an error.
+        let mut groups: BTreeMap<(ModelChoice, String), Vec<usize>> = BTreeMap::new();
+        for (row, r) in routes.iter().enumerate() {
+            let variant = r.variant().map_or(String::new(), |v| v.to_string());
+            groups.entry((r.choice.clone(), variant)).or_default().push(row);
         }
         let mut scores = vec![0.0; rows];
-        let mut ran: Vec<(usize, String, u64, Option<Arc<ModelMeta>>)> = Vec::with_capacity(rows);
-        for (choice, members) in &groups {
-            let mut x = Vec::with_capacity(members.len() * vectors.width);
-            for &row in members {
-                x.extend_from_slice(vectors.row(row));
-            }
-            let (version, out) = match self
-                .infer(pipeline, &choice.name, &choice.version, x, members.len())
-                .await
-            {
+        let mut ran: Vec<Ran1> = Vec::with_capacity(rows);
+        let mut retry: BTreeMap<(ModelChoice, String), Vec<usize>> = BTreeMap::new();
+        for ((choice, variant), members) in &groups {
+            let started = Instant::now();
+            let result = self.run_group(pipeline, choice, &vectors, members).await;
+            let took = started.elapsed();
+            let (version, out, meta) = match result {
                 Ok(r) => r,
-                Err(e) => {
-                    return Ok(Err(FallbackCause {
-                        kind: "model_error",
-                        message: format!("model {:?} version {:?}: {e}", choice.name, choice.version),
-                    }));
+                Err(cause) => {
+                    for &row in members {
+                        self.record(&routes[row], false, took);
+                        match stable_of(pipeline, &routes[row]) {
+                            Some(to) => retry.entry(to).or_default().push(row),
+                            None => return Ok(Err(cause)),
+                        }
+                    }
+                    continue;
                 }
             };
-            let meta = self.meta.get(self.models.root(), &choice.name, version);
-            if let Some(m) = &meta
-                && m.features != pipeline.input.feature_names
-            {
-                tracing::error!(pipeline = %pipeline.name, model = %choice.name, version, "model trained on other features");
-                return Ok(Err(FallbackCause {
-                    kind: "model_mismatch",
-                    message: format!(
-                        "model {:?} version {version} was trained on other features than feature service {:?}",
-                        choice.name, pipeline.input.name
-                    ),
-                }));
-            }
             for (&row, s) in members.iter().zip(out) {
+                self.record(&routes[row], s.is_finite(), took);
+                if s.is_finite() {
+                    scores[row] = s;
+                    ran.push((row, choice.name.clone(), version, meta.clone(), variant.clone()));
+                } else if let Some(to) = stable_of(pipeline, &routes[row]) {
+                    retry.entry(to).or_default().push(row);
+                } else {
+                    return Ok(Err(not_finite(choice, version)));
+                }
+            }
+        }
+        for ((choice, variant), members) in &retry {
+            let started = Instant::now();
+            let (version, out, meta) = match self.run_group(pipeline, choice, &vectors, members).await {
+                Ok(r) => r,
+                Err(cause) => return Ok(Err(cause)),
+            };
+            for (&row, s) in members.iter().zip(out) {
+                if !s.is_finite() {
+                    return Ok(Err(not_finite(choice, version)));
+                }
+                if let (Some(x), Some(a)) = (&self.experiments, &routes[row].assignment) {
+                    x.canaries.record(&a.experiment, variant, true, started.elapsed());
+                }
                 scores[row] = s;
-                ran.push((row, choice.name.clone(), version, meta.clone()));
+                ran.push((row, choice.name.clone(), version, meta.clone(), variant.clone()));
             }
         }
         progress
@@ -355,7 +399,7 @@ impl Engine {
 
         ran.sort_by_key(|r| r.0);
         let mut answers = Vec::with_capacity(rows);
-        for (row, model_name, version, meta) in ran {
+        for (row, model_name, version, meta, variant) in ran {
             let score = scores[row];
             let decision = pipeline.decide(score);
             let reasons = match (&pipeline.fraud, &meta) {
@@ -389,12 +433,82 @@ impl Engine {
                 reasons,
                 model_name,
                 model_version: version.to_string(),
+                variant,
                 fallback: None,
                 cold_start: vectors.cold_start(row),
                 feature_age_us: vectors.oldest[row].map_or(0, |ts| now.saturating_sub(ts).max(0) as u64),
             });
         }
-        Ok(Ok(answers))
+        let shadows = routes
+            .iter()
+            .any(|r| r.assignment.as_ref().is_some_and(|a| !a.shadows.is_empty()));
+        let x = if shadows {
+            (0..rows).flat_map(|r| vectors.row(r).iter().copied()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Ok(Ran {
+            answers,
+            x,
+            width: vectors.width,
+        }))
+    }
+
+    /// Where each row goes: its experiment variant's model version, or the selector's choice.
+    fn routes(&self, pipeline: &Pipeline, input: &CallInput, rows: usize) -> Vec<Route> {
+        if let Some(x) = &self.experiments {
+            return x.routes(pipeline, input, rows);
+        }
+        (0..rows)
+            .map(|row| Route {
+                choice: self.selector.choose(pipeline, row),
+                assignment: None,
+                unit: String::new(),
+            })
+            .collect()
+    }
+
+    /// Counts how a row went on its variant (for a canary's judgement).
+    fn record(&self, route: &Route, ok: bool, latency: Duration) {
+        if let Some(x) = &self.experiments {
+            x.record(route, ok, latency);
+        }
+    }
+
+    /// Runs the rows `members` of `vectors` on one model version; returns the version that ran,
+    /// each row's score and the version's metadata.
+    async fn run_group(
+        &self,
+        pipeline: &Pipeline,
+        choice: &ModelChoice,
+        vectors: &Vectors<'_>,
+        members: &[usize],
+    ) -> Result<(u64, Vec<f64>, Option<Arc<ModelMeta>>), FallbackCause> {
+        let mut x = Vec::with_capacity(members.len() * vectors.width);
+        for &row in members {
+            x.extend_from_slice(vectors.row(row));
+        }
+        let (version, out) = self
+            .infer(pipeline, &choice.name, &choice.version, x, members.len())
+            .await
+            .map_err(|e| FallbackCause {
+                kind: "model_error",
+                message: format!("model {:?} version {:?}: {e}", choice.name, choice.version),
+            })?;
+        let meta = self.meta.get(self.models.root(), &choice.name, version);
+        if let Some(m) = &meta
+            && m.features != pipeline.input.feature_names
+        {
+            tracing::error!(pipeline = %pipeline.name, model = %choice.name, version, "model trained on other features");
+            return Err(FallbackCause {
+                kind: "model_mismatch",
+                message: format!(
+                    "model {:?} version {version} was trained on other features than feature service {:?}",
+                    choice.name, pipeline.input.name
+                ),
+            });
+        }
+        Ok((version, out, meta))
     }
 
     /// The model input rows of `input`: one online-store read for all of them.
@@ -579,6 +693,37 @@ pub(crate) fn wrong_kind(pipeline: &Pipeline, expected: Kind) -> PipelineError {
 }
 
 /// The fallback's answer for every row: its rule-based score and decision.
+/// A row that ran: its index, the model and version, the version's metadata, the variant.
+type Ran1 = (usize, String, u64, Option<Arc<ModelMeta>>, String);
+
+/// What the model path produced: the answers and, when a shadow variant will run on them, the
+/// model inputs (`width` values per row).
+struct Ran {
+    answers: Vec<RowAnswer>,
+    x: Vec<f32>,
+    width: usize,
+}
+
+/// Where a row goes when its variant (a canary) fails: the canary's stable variant.
+fn stable_of(pipeline: &Pipeline, route: &Route) -> Option<(ModelChoice, String)> {
+    let stable = route.assignment.as_ref()?.fallback.as_ref()?;
+    let choice = ModelChoice {
+        name: pipeline.model.name.clone(),
+        version: stable.model_version.to_string(),
+    };
+    Some((choice, stable.name.to_string()))
+}
+
+fn not_finite(choice: &ModelChoice, version: u64) -> FallbackCause {
+    FallbackCause {
+        kind: "model_error",
+        message: format!(
+            "model {:?} version {version} gave a score that is not a finite number",
+            choice.name
+        ),
+    }
+}
+
 fn fallback_rows(
     pipeline: &Pipeline,
     fb: &crate::pipeline::Fallback,
@@ -617,6 +762,7 @@ fn fallback_rows(
                 reasons: Vec::new(),
                 model_name: pipeline.model.name.clone(),
                 model_version: String::new(),
+                variant: String::new(),
                 fallback: Some(reason.to_string()),
                 cold_start: false,
                 feature_age_us: 0,

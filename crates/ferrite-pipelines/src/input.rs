@@ -14,6 +14,11 @@ use crate::pipeline::Pipeline;
 pub struct CallInput {
     pub entities: HashMap<String, Vec<Value>>,
     pub fields: HashMap<String, Vec<Value>>,
+    /// The caller's id of each row (e.g. a transaction id), for the exposure log and for
+    /// experiments keyed on `request_id` or `transaction_id`; may be empty.
+    pub request_ids: Vec<String>,
+    /// Under an experiment: the variant every row runs instead of its assigned one (QA).
+    pub force_variant: Option<String>,
 }
 
 impl CallInput {

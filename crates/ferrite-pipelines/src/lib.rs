@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod experiment;
 pub mod input;
 pub mod model;
 pub mod pipeline;
@@ -24,6 +25,7 @@ pub mod vector;
 
 pub use engine::{Answer, Engine, Latency, Reason, RowAnswer};
 pub use error::PipelineError;
+pub use experiment::Experiments;
 pub use input::CallInput;
 pub use model::{ModelChoice, ModelSelector};
 pub use pipeline::{Decision, Pipeline, PipelineSet};

@@ -15,6 +15,56 @@ pub struct Config {
     pub models: ModelsConfig,
     pub features: FeaturesConfig,
     pub pipelines: PipelinesConfig,
+    pub experiments: ExperimentsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentsConfig {
+    /// The directory of experiment definitions (`*.toml`, one experiment a file). A directory
+    /// that does not exist declares no experiment.
+    pub directory: PathBuf,
+    /// Where canary states live. `auto`: in Redis when `features.online_store = "redis"`
+    /// (shared by every replica on it), else `embedded`: files under `state_dir` (one
+    /// process; a rollback survives restarts).
+    pub state_store: StateStoreKind,
+    pub state_dir: PathBuf,
+    /// The Redis that `state_store = "redis"` uses; empty: `features.redis_url`.
+    pub redis_url: String,
+    /// How often a replica reads the shared canary states (a rollback decided elsewhere is
+    /// adopted within this), ms.
+    pub sync_interval_ms: u64,
+    /// Where the exposure log's Parquet files go; empty: no exposure log.
+    pub exposures_dir: PathBuf,
+    /// The exposure log is written at least this often: what a crash can lose, ms.
+    pub flush_interval_ms: u64,
+    /// Shadow jobs waiting at most; more are dropped (and counted) so that shadows never
+    /// slow the served path.
+    pub shadow_queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StateStoreKind {
+    #[default]
+    Auto,
+    Embedded,
+    Redis,
+}
+
+impl Default for ExperimentsConfig {
+    fn default() -> Self {
+        ExperimentsConfig {
+            directory: PathBuf::from("experiments"),
+            state_store: StateStoreKind::Auto,
+            state_dir: PathBuf::from(".ferrite/experiments"),
+            redis_url: String::new(),
+            sync_interval_ms: 500,
+            exposures_dir: PathBuf::from(".ferrite/exposures"),
+            flush_interval_ms: 1000,
+            shadow_queue: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -125,8 +175,11 @@ pub struct FeaturesConfig {
     pub redis_cluster_nodes: Vec<String>,
     /// How long a Redis (or Redis Cluster) client waits for a connection, in ms.
     pub redis_connect_timeout_ms: NonZeroU64,
-    /// How long a Redis (or Redis Cluster) call waits for its answer, in ms.
+    /// How long a Redis (or Redis Cluster) read waits for its answer, in ms.
     pub redis_response_timeout_ms: NonZeroU64,
+    /// How long one Redis write (a batch of up to 512 pushed or materialized rows) waits
+    /// for its answer, in ms.
+    pub redis_write_timeout_ms: NonZeroU64,
     /// Entity rows one online read may ask for.
     pub max_entities_per_read: NonZeroUsize,
     /// Entity rows × features one online read may answer.
@@ -159,6 +212,7 @@ impl Default for FeaturesConfig {
             redis_cluster_nodes: Vec::new(),
             redis_connect_timeout_ms: ms(timeouts.connect),
             redis_response_timeout_ms: ms(timeouts.response),
+            redis_write_timeout_ms: ms(timeouts.write),
             max_entities_per_read: count(limits.max_entities),
             max_values_per_read: count(limits.max_values),
             max_clock_skew_s: (limits.max_clock_skew / 1_000_000) as u64,
@@ -173,6 +227,7 @@ impl FeaturesConfig {
         let timeouts = ferrite_features::online::RedisTimeouts {
             connect: std::time::Duration::from_millis(self.redis_connect_timeout_ms.get()),
             response: std::time::Duration::from_millis(self.redis_response_timeout_ms.get()),
+            write: std::time::Duration::from_millis(self.redis_write_timeout_ms.get()),
         };
         match self.online_store {
             OnlineStoreKind::Embedded => StoreConfig::Embedded {
@@ -233,6 +288,11 @@ impl Config {
         config.features.repository = base.join(&config.features.repository);
         config.features.embedded_path = base.join(&config.features.embedded_path);
         config.pipelines.directory = base.join(&config.pipelines.directory);
+        config.experiments.directory = base.join(&config.experiments.directory);
+        config.experiments.state_dir = base.join(&config.experiments.state_dir);
+        if !config.experiments.exposures_dir.as_os_str().is_empty() {
+            config.experiments.exposures_dir = base.join(&config.experiments.exposures_dir);
+        }
         if let Some(dir) = &config.features.data_dir {
             config.features.data_dir = Some(base.join(dir));
         }
@@ -267,6 +327,7 @@ mod tests {
         assert_eq!(c.features.repository, PathBuf::from("features"));
         assert_eq!(c.features.redis_connect_timeout_ms.get(), 200);
         assert_eq!(c.features.redis_response_timeout_ms.get(), 50);
+        assert_eq!(c.features.redis_write_timeout_ms.get(), 2000);
         assert_eq!(c.features.max_entities_per_read.get(), 10_000);
         assert_eq!(c.features.max_values_per_read.get(), 1_000_000);
         assert_eq!(c.features.max_clock_skew_s, 300);
@@ -276,7 +337,7 @@ mod tests {
     #[test]
     fn feature_store_limits_and_timeouts_reach_the_store_and_the_registry() {
         let c = Config::from_toml(
-            "[features]\nonline_store = \"redis\"\nredis_connect_timeout_ms = 150\nredis_response_timeout_ms = 20\nmax_entities_per_read = 7\nmax_values_per_read = 70\nmax_clock_skew_s = 2\n",
+            "[features]\nonline_store = \"redis\"\nredis_connect_timeout_ms = 150\nredis_response_timeout_ms = 20\nredis_write_timeout_ms = 900\nmax_entities_per_read = 7\nmax_values_per_read = 70\nmax_clock_skew_s = 2\n",
         )
         .unwrap();
         let ferrite_features::StoreConfig::Redis { timeouts, .. } = c.features.store_config() else {
@@ -284,6 +345,7 @@ mod tests {
         };
         assert_eq!(timeouts.connect, std::time::Duration::from_millis(150));
         assert_eq!(timeouts.response, std::time::Duration::from_millis(20));
+        assert_eq!(timeouts.write, std::time::Duration::from_millis(900));
         let limits = c.features.limits();
         assert_eq!((limits.max_entities, limits.max_values), (7, 70));
         assert_eq!(limits.max_clock_skew, 2_000_000);

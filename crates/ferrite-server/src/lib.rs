@@ -6,6 +6,7 @@
 //! statuses in `status.rs` alone. It owns no model, feature or index logic.
 
 pub mod config;
+mod experiments;
 mod kserve_convert;
 mod services;
 pub mod status;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferrite_models::{ModelRepository, OnnxRuntime};
 use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
+use ferrite_proto::ferrite::v1::experiment_service_server::ExperimentServiceServer;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureServiceServer;
 use ferrite_proto::ferrite::v1::scoring_service_server::ScoringServiceServer;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -80,6 +82,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.state.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
+        let experiments = self.state.pipelines.experiments().cloned();
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_s);
         let drained = tokio::time::timeout(grace, async {
             let grpc = self.grpc.await;
@@ -99,6 +102,10 @@ impl RunningServer {
                 grace_s = grace.as_secs(),
                 "in-flight calls still running after the grace period"
             ),
+        }
+        if let Some(x) = experiments {
+            // Writes out the exposure log's last records (blocking file writes).
+            let _ = tokio::task::spawn_blocking(move || x.shutdown()).await;
         }
         Ok(())
     }
@@ -153,7 +160,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         pipelines = ?pipeline_set.pipelines.keys().collect::<Vec<_>>(),
         "scoring pipelines ready"
     );
-    let pipelines = ferrite_pipelines::Engine::new(store.clone(), models.clone(), pipeline_set);
+    let mut pipelines = ferrite_pipelines::Engine::new(store.clone(), models.clone(), pipeline_set);
+    if let Some(x) = experiments::start(&config, &models).await? {
+        pipelines = pipelines.with_experiments(x);
+    }
     // Start-up, not a request: reading the models' small metadata files here is fine.
     pipelines.preload();
     let features = Arc::new(services::features::FeatureState { registry, store });
@@ -191,6 +201,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<ScoringServiceServer<services::scoring::Scoring>>()
         .await;
+    health
+        .set_serving::<ExperimentServiceServer<services::experiments::ExperimentsApi>>()
+        .await;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -210,7 +223,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )))
         .add_service(ScoringServiceServer::new(services::scoring::Scoring::new(
             state.clone(),
-        )));
+        )))
+        .add_service(ExperimentServiceServer::new(
+            services::experiments::ExperimentsApi::new(state.clone()),
+        ));
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
     let poll = state.config.models.poll_interval_s;

@@ -1,6 +1,7 @@
 //! tonic services: each translates wire types, calls the domain, and translates back.
 
 pub mod admin;
+pub mod experiments;
 pub mod features;
 pub mod kserve;
 pub mod scoring;

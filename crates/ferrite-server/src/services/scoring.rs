@@ -130,15 +130,18 @@ fn decision_pb(d: Decision) -> i32 {
 }
 
 fn meta(row: &RowAnswer, answer: &Answer, include_latency: bool) -> pb::ResponseMeta {
-    Meta {
-        model_name: &row.model_name,
-        model_version: &row.model_version,
-        fallback: row.fallback.as_deref(),
-        feature_age_us: row.feature_age_us,
-        cold_start: row.cold_start,
-        latency: &answer.latency,
+    pb::ResponseMeta {
+        variant: row.variant.clone(),
+        ..Meta {
+            model_name: &row.model_name,
+            model_version: &row.model_version,
+            fallback: row.fallback.as_deref(),
+            feature_age_us: row.feature_age_us,
+            cold_start: row.cold_start,
+            latency: &answer.latency,
+        }
+        .to_pb(include_latency)
     }
-    .to_pb(include_latency)
 }
 
 /// What every pipeline answer reports about itself.
@@ -229,6 +232,10 @@ impl Scoring {
         let mut ids = Vec::with_capacity(transactions.len());
         for (i, t) in transactions.into_iter().enumerate() {
             ids.push(t.transaction_id.clone());
+            input.request_ids.push(t.transaction_id.clone());
+            if !t.force_variant.is_empty() {
+                input.force_variant = Some(t.force_variant.clone());
+            }
             let (entities, fields) = fraud_row(&pipeline, t, now).map_err(|k| {
                 Status::invalid_argument(format!(
                     "{}context: {k:?} is a field of the request itself; set it there, not in context",
@@ -477,6 +484,7 @@ impl ScoringService for Scoring {
             r.entities.into_iter().map(|(k, v)| (k, value_from_pb(&v))),
             r.fields.into_iter().map(|(k, v)| (k, value_from_pb(&v))),
         );
+        input.force_variant = (!r.force_variant.is_empty()).then_some(r.force_variant);
         let answer = self
             .engine()
             .score(&r.pipeline, input, deadline, now_micros())

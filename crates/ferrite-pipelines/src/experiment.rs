@@ -1,0 +1,305 @@
+//! Experiments in the request path: which variant (model version) each row of a call runs,
+//! GrowthBook's bucketing through `ferrite-experiments`; how each row went on a canary (its
+//! controller rolls a failing canary back by itself); the exposure log; and shadow variants,
+//! run on a copy of the rows after the answer is built, never changing it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_experiments::exposure::{ExposureLog, ExposureRecord};
+use ferrite_experiments::shadow::{decision_flip, score_diff};
+use ferrite_experiments::{Assigner, Assignment, CanaryController, ShadowQueue, VariantRef};
+use ferrite_features::Value;
+use ferrite_models::{ModelRepository, Tensor, TensorData};
+
+use crate::engine::RowAnswer;
+use crate::input::CallInput;
+use crate::model::ModelChoice;
+use crate::pipeline::Pipeline;
+
+/// The experiments a server runs, shared by every call.
+pub struct Experiments {
+    pub assigner: Arc<Assigner>,
+    pub canaries: Arc<CanaryController>,
+    exposures: Option<Arc<ExposureLog>>,
+    shadows: ShadowQueue<ShadowJob>,
+}
+
+/// Where one row goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) choice: ModelChoice,
+    /// The row's assignment, under an experiment on the pipeline.
+    pub(crate) assignment: Option<Assignment>,
+    /// The unit's id (the experiment's `unit` field of the row).
+    pub(crate) unit: String,
+}
+
+impl Route {
+    pub(crate) fn variant(&self) -> Option<&Arc<str>> {
+        self.assignment.as_ref().map(|a| &a.variant.name)
+    }
+}
+
+/// Rows of one call a shadow variant runs on.
+pub struct ShadowJob {
+    experiment: Arc<str>,
+    variant: VariantRef,
+    model: String,
+    input: String,
+    output: String,
+    output_index: usize,
+    /// The decision threshold a flip is judged at (fraud: `review_at`).
+    threshold: Option<f64>,
+    width: usize,
+    x: Vec<f32>,
+    served: Vec<f64>,
+    units: Vec<String>,
+    request_ids: Vec<String>,
+}
+
+impl Experiments {
+    /// Starts the shadow runner (a task on the current runtime, at most `shadow_queue` jobs
+    /// waiting; more are dropped and counted).
+    pub fn new(
+        assigner: Arc<Assigner>,
+        canaries: Arc<CanaryController>,
+        exposures: Option<Arc<ExposureLog>>,
+        models: Arc<ModelRepository>,
+        shadow_queue: usize,
+    ) -> Arc<Experiments> {
+        let (shadows, mut jobs) = ShadowQueue::new("experiments", shadow_queue);
+        let log = exposures.clone();
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                run_shadow(&models, log.as_deref(), job).await;
+            }
+        });
+        Arc::new(Experiments {
+            assigner,
+            canaries,
+            exposures,
+            shadows,
+        })
+    }
+
+    /// Shadow jobs dropped because the queue was full.
+    pub fn shadows_dropped(&self) -> u64 {
+        self.shadows.dropped()
+    }
+
+    /// The route of every row of `input` on `pipeline`.
+    pub(crate) fn routes(&self, pipeline: &Pipeline, input: &CallInput, rows: usize) -> Vec<Route> {
+        let configured = ModelChoice {
+            name: pipeline.model.name.clone(),
+            version: pipeline.model.version.clone(),
+        };
+        let Some(experiment) = self.assigner.experiment(&pipeline.name) else {
+            return vec![
+                Route {
+                    choice: configured,
+                    assignment: None,
+                    unit: String::new(),
+                };
+                rows
+            ];
+        };
+        let column = input
+            .entities
+            .get(&experiment.unit)
+            .or_else(|| input.fields.get(&experiment.unit));
+        (0..rows)
+            .map(|row| {
+                let unit = match column.and_then(|c| c.get(row)) {
+                    Some(v) => unit_string(v),
+                    None if experiment.unit == "request_id" || experiment.unit == "transaction_id" => {
+                        input.request_ids.get(row).cloned().unwrap_or_default()
+                    }
+                    None => String::new(),
+                };
+                match self
+                    .assigner
+                    .assign(&pipeline.name, &unit, input.force_variant.as_deref())
+                {
+                    Some(a) => Route {
+                        choice: ModelChoice {
+                            name: pipeline.model.name.clone(),
+                            version: a.variant.model_version.to_string(),
+                        },
+                        assignment: Some(a),
+                        unit,
+                    },
+                    None => Route {
+                        choice: configured.clone(),
+                        assignment: None,
+                        unit,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// How one row went on its variant: the canary controller judges the canary on it.
+    pub(crate) fn record(&self, route: &Route, ok: bool, latency: Duration) {
+        if let Some(a) = &route.assignment {
+            self.canaries.record(&a.experiment, &a.variant.name, ok, latency);
+        }
+    }
+
+    /// Appends each row's exposure to the log (never blocks; a full queue drops and counts).
+    pub(crate) fn log_exposures(
+        &self,
+        routes: &[Route],
+        answers: &[RowAnswer],
+        input: &CallInput,
+        latency_us: u64,
+    ) {
+        let Some(log) = &self.exposures else {
+            return;
+        };
+        let now = now_us();
+        for (row, (route, answer)) in routes.iter().zip(answers).enumerate() {
+            let Some(a) = &route.assignment else {
+                continue;
+            };
+            log.log(ExposureRecord {
+                time: now,
+                experiment: a.experiment.to_string(),
+                variant: answer.variant.clone(),
+                unit_id: route.unit.clone(),
+                request_id: input.request_ids.get(row).cloned().unwrap_or_default(),
+                model: answer.model_name.clone(),
+                model_version: answer.model_version.clone(),
+                score: Some(answer.score),
+                decision: Some(answer.decision.as_str().to_string()),
+                latency_us: latency_us as i64,
+                fallback: answer.fallback.is_some(),
+                forced: a.forced,
+            });
+        }
+    }
+
+    /// Queues the shadow variants of the rows' assignments on the model inputs the rows used
+    /// (`x`, `width` values per row) and their served scores.
+    pub(crate) fn offer_shadows(
+        &self,
+        pipeline: &Pipeline,
+        routes: &[Route],
+        input: &CallInput,
+        x: &[f32],
+        width: usize,
+        served: &[f64],
+    ) {
+        let Some(first) = routes.iter().find_map(|r| r.assignment.as_ref()) else {
+            return;
+        };
+        for shadow in first.shadows.iter() {
+            let job = ShadowJob {
+                experiment: first.experiment.clone(),
+                variant: shadow.clone(),
+                model: pipeline.model.name.clone(),
+                input: pipeline.model.input.clone(),
+                output: pipeline.model.output.clone(),
+                output_index: pipeline.model.output_index,
+                threshold: pipeline.fraud.as_ref().map(|f| f.review_at),
+                width,
+                x: x.to_vec(),
+                served: served.to_vec(),
+                units: routes.iter().map(|r| r.unit.clone()).collect(),
+                request_ids: input.request_ids.clone(),
+            };
+            self.shadows.offer(job);
+        }
+    }
+
+    /// Flushes the exposure log (the server calls it on shutdown).
+    pub fn shutdown(&self) {
+        if let Some(log) = &self.exposures
+            && let Err(e) = log.shutdown()
+        {
+            tracing::warn!(error = %e, "exposure log not flushed");
+        }
+    }
+}
+
+/// A unit id as text: integers in decimal, strings as they are.
+fn unit_string(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        Value::Str(s) => s.clone(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null | Value::FloatVec(_) => String::new(),
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Runs one shadow job and records how its scores differ from the served ones.
+async fn run_shadow(models: &ModelRepository, log: Option<&ExposureLog>, job: ShadowJob) {
+    let rows = job.served.len();
+    let started = std::time::Instant::now();
+    let tensor = match Tensor::new(job.input.clone(), vec![rows, job.width], TensorData::Fp32(job.x)) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(experiment = %job.experiment, error = %e, "shadow input not built");
+            return;
+        }
+    };
+    let version = job.variant.model_version.to_string();
+    let labels = [
+        ("experiment", job.experiment.to_string()),
+        ("variant", job.variant.name.to_string()),
+    ];
+    let outcome = models.infer(&job.model, &version, vec![tensor]).await;
+    let scores: Option<(u64, Vec<f64>)> = outcome.ok().and_then(|(v, outputs)| {
+        let out = outputs.into_iter().find(|t| t.name == job.output)?;
+        let columns = (out.data.len() / rows.max(1)).max(1);
+        let values: Vec<f64> = match out.data {
+            TensorData::Fp32(v) => v.into_iter().map(f64::from).collect(),
+            TensorData::Fp64(v) => v,
+            _ => return None,
+        };
+        let s = (0..rows)
+            .map(|r| values.get(r * columns + job.output_index).copied())
+            .collect::<Option<Vec<f64>>>()?;
+        Some((v, s))
+    });
+    let Some((ran, scores)) = scores else {
+        metrics::counter!("ferrite_shadow_errors_total", &labels).increment(1);
+        return;
+    };
+    let latency_us = started.elapsed().as_micros() as i64;
+    let now = now_us();
+    for (row, (&served, &shadow)) in job.served.iter().zip(&scores).enumerate() {
+        let diff = score_diff(served, shadow);
+        metrics::histogram!("ferrite_shadow_score_diff", &labels).record(diff.abs());
+        if let Some(t) = job.threshold
+            && decision_flip(served, shadow, t)
+        {
+            metrics::counter!("ferrite_shadow_decision_flips_total", &labels).increment(1);
+        }
+        metrics::counter!("ferrite_shadow_rows_total", &labels).increment(1);
+        if let Some(log) = log {
+            log.log(ExposureRecord {
+                time: now,
+                // Apart from the experiment's own rows, which a report counts per unit.
+                experiment: format!("{}/shadow", job.experiment),
+                variant: job.variant.name.to_string(),
+                unit_id: job.units.get(row).cloned().unwrap_or_default(),
+                request_id: job.request_ids.get(row).cloned().unwrap_or_default(),
+                model: job.model.clone(),
+                model_version: ran.to_string(),
+                score: Some(shadow),
+                decision: None,
+                latency_us,
+                fallback: false,
+                forced: false,
+            });
+        }
+    }
+}
