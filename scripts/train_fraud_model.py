@@ -131,12 +131,12 @@ def exact_thresholds(onx, booster):
     return onx
 
 
-def export(model, n_features, out_dir):
+def export(model, n_features, out_dir, version=1):
     inputs = [("features", FloatTensorType([None, n_features]))]
     onx = tidy(convert_lightgbm(model, name=MODEL, initial_types=inputs, zipmap=False, target_opset=OPSET))
     onx = exact_thresholds(onx, model.booster_)
     onnx.checker.check_model(onx)
-    path = out_dir / "1" / "model.onnx"
+    path = out_dir / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onx, path)
     return path
@@ -150,6 +150,8 @@ def onnx_scores(path, x):
 
 
 def write_config(out_dir, n_features, trees):
+    # Version 2, when there, is the challenger (--challenger) that experiments/ splits traffic with.
+    labels = "{ stable = 1, challenger = 2 }" if (out_dir / "2" / "model.onnx").exists() else "{ stable = 1 }"
     (out_dir / "config.toml").write_text(f"""\
 # LightGBM fraud model, {trees} trees over the {n_features} features of the feature service
 # {SERVICE} (features/fraud.toml), in the service's order. Missing features are NaN, hence
@@ -160,7 +162,8 @@ inputs = [{{ name = "features", dtype = "FP32", dims = [{n_features}] }}]
 outputs = [{{ name = "label", dtype = "INT64", dims = [] }}, {{ name = "probabilities", dtype = "FP32", dims = [2] }}]
 threads = 1
 allow_non_finite = true
-labels = {{ stable = 1 }}
+version_policy = "all"
+labels = {labels}
 """)
 
 
@@ -206,6 +209,9 @@ def main():
     ap.add_argument("--ferrite", type=Path, default=default_ferrite(), help="the ferrite binary")
     ap.add_argument("--features", type=Path, default=ROOT / "features", help="feature definitions")
     ap.add_argument("--no-parity", action="store_true", help="skip the parity fixture")
+    ap.add_argument("--challenger", action="store_true",
+                    help="train the runner-up of the tuning grid as version 2 (the challenger the "
+                         "example experiment splits traffic with); version 1 is left as it is")
     args = ap.parse_args()
     names = service_features(args.features, SERVICE)
     out_dir = ROOT / "models" / MODEL
@@ -223,15 +229,16 @@ def main():
     fit_part, valid = train & (t < micros(VALID_FROM)), train & (t >= micros(VALID_FROM))
     print(f"training set: {len(y)} rows x {len(names)} features; fraud rate {y.mean():.4f}")
 
-    best = None
+    tuned = []
     for params in GRID:
         m = fit(params, x[fit_part], y[fit_part])
         p = scores(m, x[valid])
         ap_, auc = average_precision_score(y[valid], p), roc_auc_score(y[valid], p)
         print(f"  tune {params}: validation PR AUC {ap_:.4f}, ROC AUC {auc:.4f}")
-        if best is None or ap_ > best[0]:
-            best = (ap_, params)
-    params = best[1]
+        tuned.append((ap_, params))
+    tuned.sort(key=lambda t: -t[0])
+    version = 2 if args.challenger else 1
+    params = tuned[version - 1][1]
     model = fit(params, x[train], y[train])
     p = scores(model, x[held])
     metrics = {
@@ -249,7 +256,7 @@ def main():
     top = np.argsort(-gain)[:15]
     print("top features by gain: " + ", ".join(f"{names[i]} {gain[i] / gain.sum():.1%}" for i in top))
 
-    path = export(model, len(names), out_dir)
+    path = export(model, len(names), out_dir, version)
     trees = model.booster_.num_trees()
     write_config(out_dir, len(names), trees)
     onnx_p, outputs = onnx_scores(path, x[held])
@@ -269,9 +276,9 @@ def main():
         "metrics": metrics,
         "trees": trees,
     }
-    (out_dir / "1" / "features.json").write_text(json.dumps(spec, indent=1) + "\n")
+    (out_dir / str(version) / "features.json").write_text(json.dumps(spec, indent=1) + "\n")
 
-    if not args.no_parity:
+    if not args.no_parity and not args.challenger:
         write_parity(args, names, table, path)
 
 
