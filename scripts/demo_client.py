@@ -95,6 +95,8 @@ def fraud_line(answer, ms):
     latency = meta.get("latency") or {}
     decision = answer["decision"].replace("FRAUD_DECISION_", "").lower()
     parts = [f"txn {answer['transactionId']:>9}  {decision:<8} score {answer['score']:.4f}  {ms:6.2f} ms"]
+    if meta.get("variant"):
+        parts.append(f"variant {meta['variant']} (model version {meta['modelVersion']})")
     if latency:
         parts.append(
             f"(server {latency['totalUs']} us: features {latency['featuresUs']}, model {latency['inferenceUs']})"
@@ -233,7 +235,35 @@ def main() -> int:
         except grpc.RpcError as e:
             failures += 1
             print(f"  FAILED {e.code().name}: {e.details()}")
+    failures += experiments(channel, pool)
     return 1 if failures else 0
+
+
+def experiments(channel, pool):
+    """The running experiments with their canary, one unit's sticky assignment, and a forced
+    variant (QA) answering a fraud call."""
+    print("ferrite.v1.ExperimentService (sticky splits between model versions, canary, exposure log):")
+    try:
+        answer, ms = call(channel, pool, "ferrite.v1.ExperimentService", "ListExperiments", {})
+        for e in answer.get("experiments", []):
+            split = ", ".join(f"{v['name']}=v{v['modelVersion']} {100 * v.get('currentWeight', 0):.0f}%"
+                              for v in e["variants"])
+            canary = e.get("canary") or {}
+            print(f"  {e['name']} on pipeline {e['target']} by {e['unit']}: {split}; state {e['state']}"
+                  + (f", canary {canary['variant']} at {100 * canary.get('share', 0):.0f}%" if canary else "")
+                  + f"  ({ms:.2f} ms)")
+            for user in ("1001593", "1001692", "1000089"):
+                a, ms = call(channel, pool, "ferrite.v1.ExperimentService", "GetAssignment",
+                             {"experiment": e["name"], "unit_id": user})
+                print(f"    user {user} -> {a['variant']} (model version {a['modelVersion']}, "
+                      f"bucket {a.get('bucket', 0):.4f})  {ms:.2f} ms")
+            forced = {**TRANSACTIONS[0], "force_variant": e["variants"][-1]["name"]}
+            answer, ms = call(channel, pool, "ferrite.v1.ScoringService", "ScoreFraud", forced)
+            print(f"    forced to {forced['force_variant']}: " + fraud_line(answer, ms))
+        return 0
+    except grpc.RpcError as e:
+        print(f"  FAILED {e.code().name}: {e.details()}")
+        return 1
 
 
 if __name__ == "__main__":
