@@ -110,7 +110,8 @@ impl Ann {
         params: AnnParams,
     ) -> Result<Self, CatalogError> {
         let ivf = factory.contains("IVF");
-        let hnsw = factory.contains("HNSW");
+        // An IVF index with an HNSW coarse quantizer (`IVF65536_HNSW32,...`) is tuned by nprobe.
+        let hnsw = factory.contains("HNSW") && !ivf;
         let space = ParameterSpace::new().map_err(faiss_err("parameter space"))?;
         if ivf {
             space

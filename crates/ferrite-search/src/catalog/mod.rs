@@ -151,6 +151,34 @@ impl CatalogIndex {
         Ok(results)
     }
 
+    /// Whether `item_id` is a live item now.
+    pub fn contains(&self, item_id: &str) -> bool {
+        self.current.load().vector_of(item_id).is_some()
+    }
+
+    /// The `k` items most similar to catalog item `item_id` (its stored embedding) among
+    /// those `filter` keeps, the item itself left out; `None` when no such item is live.
+    pub fn similar(
+        &self,
+        item_id: &str,
+        k: usize,
+        filter: &ItemFilter,
+    ) -> Result<Option<SearchResults>, CatalogError> {
+        if k == 0 {
+            return Err(CatalogError::ZeroK);
+        }
+        filter.validate()?;
+        let snapshot = self.current.load_full();
+        let Some(vector) = snapshot.vector_of(item_id).map(<[f32]>::to_vec) else {
+            return Ok(None);
+        };
+        let mut results = snapshot.search(&vector, k + 1, filter, &self.config)?;
+        results.hits.retain(|h| h.item_id != item_id);
+        results.hits.truncate(k);
+        metrics::counter!("ferrite_search_plans_total", "plan" => results.plan.as_str()).increment(1);
+        Ok(Some(results))
+    }
+
     /// Mean recall@10 of sampled searches over the window; `None` without a sampler or
     /// before its first measurement.
     pub fn live_recall(&self) -> Option<f64> {
@@ -201,8 +229,8 @@ impl CatalogIndex {
     /// recall sampler, which stays with `self`.
     pub fn replace(&self, other: CatalogIndex) {
         let mut writer = self.lock_writer();
+        // A compaction running now finds the generation changed and discards its result.
         writer.generation += 1;
-        writer.log = None;
         self.current.store(other.current.load_full());
     }
 
@@ -214,10 +242,14 @@ impl CatalogIndex {
 
     /// Rebuilds the FAISS index from every live item (same factory, metric and projection),
     /// then swaps it in with the updates made meanwhile replayed. Blocking and heavy: call
-    /// it from a background thread. Returns `false` when a `replace` overtook it.
+    /// it from a background thread (see [`Self::spawn_compaction`]). Returns `false` when
+    /// another compaction was running or a `replace` overtook this one.
     pub fn compact(&self) -> Result<bool, CatalogError> {
         let (start, generation) = {
             let mut writer = self.lock_writer();
+            if writer.log.is_some() {
+                return Ok(false);
+            }
             writer.log = Some(Vec::new());
             (self.current.load_full(), writer.generation)
         };
@@ -238,6 +270,12 @@ impl CatalogIndex {
         }
         self.current.store(Arc::new(next));
         Ok(true)
+    }
+
+    /// Runs [`Self::compact`] on a new thread.
+    pub fn spawn_compaction(self: &Arc<Self>) -> std::thread::JoinHandle<Result<bool, CatalogError>> {
+        let index = Arc::clone(self);
+        std::thread::spawn(move || index.compact())
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {

@@ -176,7 +176,8 @@ fn compaction_folds_updates_into_the_index() {
     assert!(index.needs_compaction());
     let query = added[3].vector.clone();
     let before = index.search(&query, 10, &ItemFilter::default()).unwrap();
-    assert!(index.compact().unwrap());
+    let index = std::sync::Arc::new(index);
+    assert!(index.spawn_compaction().join().unwrap().unwrap());
     assert!(!index.needs_compaction());
     assert_eq!(index.len(), 750);
     let after = index.search(&query, 10, &ItemFilter::default()).unwrap();
@@ -373,4 +374,29 @@ fn pca_projection_is_fitted_stored_and_applied_to_queries() {
     let mut top = ids(&index.search(&query, 2, &ItemFilter::default()).unwrap());
     top.sort();
     assert_eq!(top, vec!["added".to_string(), "item-33".to_string()]);
+}
+
+#[test]
+fn an_index_that_refuses_selectors_is_post_filtered() {
+    let catalog = items(1_000, 16, 12);
+    let build = IndexBuildConfig {
+        factory: "PQ4x4".into(),
+        ..config("m")
+    };
+    let no_exact = SearchConfig {
+        exact_max_items: 0,
+        exact_max_fraction: 0.0,
+        ..SearchConfig::default()
+    };
+    let index = CatalogIndex::build(catalog.clone(), &build, no_exact).unwrap();
+    let hats = ItemFilter {
+        categories: vec!["hats".into()],
+        ..ItemFilter::default()
+    };
+    for query in [&catalog[2].vector, &catalog[3].vector] {
+        let results = index.search(query, 10, &hats).unwrap();
+        assert_eq!(results.plan, FilterPlan::PostFilter);
+        assert_eq!(results.hits.len(), 10);
+        assert!(results.hits.iter().all(|h| h.category == "hats"));
+    }
 }
