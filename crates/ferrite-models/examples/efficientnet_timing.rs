@@ -1,5 +1,6 @@
 //! Time per image of EfficientNet-Lite0 on the CPU, at batch 1 and batch 16 (median of
-//! several runs after a warm-up). Needs the converted weights (`scripts/setup.sh`):
+//! several runs after a warm-up), or at the batch sizes given (`-- 1 4`). Needs the converted
+//! weights (`scripts/setup.sh`):
 //!     cargo run --release -p ferrite-models --example efficientnet_timing
 
 use std::time::{Duration, Instant};
@@ -12,7 +13,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join("../../models/image_embedder/1/model.safetensors");
     let net = EfficientNetLite0::load(&weights)?;
     println!("threads: {}", candle_core::utils::get_num_threads());
-    for (batch, runs) in [(1, 30), (16, 6)] {
+    let mut batches: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    if batches.is_empty() {
+        batches = vec![1, 16];
+    }
+    for batch in batches {
+        let runs = (32 / batch).max(6);
         let values: Vec<f32> = (0..batch * 3 * IMAGE_SIZE * IMAGE_SIZE)
             .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
             .collect();
