@@ -245,7 +245,7 @@ async fn redis_cluster_store_spreads_entities_over_the_nodes() {
 mod frozen {
     use std::time::Duration;
 
-    use ferrite_features::online::{RedisTimeouts, RowKey, StoreConfig};
+    use ferrite_features::online::{RedisTimeouts, RowKey, StoreConfig, StoredRow, WriteRow};
     use ferrite_features::{FeatureError, OnlineStore};
     use ferrite_test_support::{RedisCluster, RedisServer};
 
@@ -255,6 +255,7 @@ mod frozen {
         RedisTimeouts {
             connect: Duration::from_millis(200),
             response: Duration::from_millis(100),
+            write: Duration::from_millis(300),
         }
     }
 
@@ -271,6 +272,24 @@ mod frozen {
         let result = tokio::time::timeout(GUARD, store.read(&keys()))
             .await
             .expect("the read must fail by the response timeout, not hang");
+        let err = result.expect_err("nothing answers");
+        assert!(matches!(err, FeatureError::Unavailable(_)), "{err:?}");
+        let rows = keys()
+            .into_iter()
+            .map(|key| WriteRow {
+                key,
+                row: StoredRow {
+                    event_ts: 1,
+                    created_ts: 1,
+                    fingerprint: 1,
+                    values: Vec::new(),
+                },
+                expire_at: None,
+            })
+            .collect();
+        let result = tokio::time::timeout(GUARD, store.write(rows))
+            .await
+            .expect("the write must fail by the write timeout, not hang");
         let err = result.expect_err("nothing answers");
         assert!(matches!(err, FeatureError::Unavailable(_)), "{err:?}");
     }

@@ -131,12 +131,14 @@ pub(crate) fn check_answers(
     }
 }
 
-/// How long a Redis client waits: for a connection, and for each answer. Both bound every
-/// call on the request path, so they sit far below the serving budget.
+/// How long a Redis client waits: for a connection, for the answer to a read, and for the
+/// answer to one write script (up to 512 rows of a push or a materialization). Connect and
+/// response bound the request path, so they sit far below the serving budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedisTimeouts {
     pub connect: std::time::Duration,
     pub response: std::time::Duration,
+    pub write: std::time::Duration,
 }
 
 impl Default for RedisTimeouts {
@@ -144,6 +146,7 @@ impl Default for RedisTimeouts {
         RedisTimeouts {
             connect: std::time::Duration::from_millis(200),
             response: std::time::Duration::from_millis(50),
+            write: std::time::Duration::from_millis(2000),
         }
     }
 }

@@ -15,9 +15,10 @@
 //! script that keeps the newer row by comparing the 32-byte time header, in batches: one
 //! script call per batch on a single server, one per entity (hash slot) on a cluster.
 //!
-//! Every call is bounded by the configured response timeout (`RedisTimeouts`), including
-//! the time it waits behind earlier calls on the multiplexed connection; writes therefore
-//! keep only a few script calls in flight at once.
+//! Every call is bounded, the time it waits behind earlier calls on the multiplexed
+//! connection included: reads (and health, watermarks) by `RedisTimeouts::response`, far
+//! inside the serving budget; write scripts, which carry up to `WRITE_BATCH` rows, by
+//! `RedisTimeouts::write`, and only a few are in flight at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,14 @@ enum Conn {
 pub struct RedisStore {
     conn: Conn,
     script: Arc<redis::Script>,
+    /// Bounds every call but the write scripts (those the client's own timeout bounds).
+    response_timeout: Duration,
+}
+
+/// The client's own per-call timeout: the longer of the two, so that it bounds write
+/// scripts; reads are bounded by `RedisTimeouts::response` around each call.
+fn client_timeout(timeouts: RedisTimeouts) -> Duration {
+    timeouts.write.max(timeouts.response)
 }
 
 /// `TCP_NODELAY`: the client's default leaves Nagle's algorithm on, which holds back a
@@ -125,13 +134,14 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500))
             .set_connection_timeout(Some(timeouts.connect))
-            .set_response_timeout(Some(timeouts.response));
+            .set_response_timeout(Some(client_timeout(timeouts)));
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| unavailable(&format!("cannot connect to {url}"), e))?;
         Ok(RedisStore {
             conn: Conn::Single(conn),
             script: Arc::new(redis::Script::new(WRITE_NEWER)),
+            response_timeout: timeouts.response,
         })
     }
 
@@ -148,7 +158,7 @@ impl RedisStore {
     ) -> Result<Self, FeatureError> {
         let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
             .connection_timeout(timeouts.connect)
-            .response_timeout(timeouts.response)
+            .response_timeout(client_timeout(timeouts))
             .retries(2)
             .tcp_settings(tcp_settings())
             .build()
@@ -160,6 +170,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn: Conn::Cluster(conn),
             script: Arc::new(redis::Script::new(WRITE_NEWER)),
+            response_timeout: timeouts.response,
         })
     }
 
@@ -172,11 +183,19 @@ impl RedisStore {
     }
 }
 
+/// Runs one command, failing when no answer comes within `limit`.
 async fn query<T: redis::FromRedisValue, C: ConnectionLike + Send>(
     cmd: &redis::Cmd,
     conn: &mut C,
+    limit: Duration,
 ) -> Result<T, FeatureError> {
-    cmd.query_async(conn).await.map_err(|e| unavailable("Redis", e))
+    match tokio::time::timeout(limit, cmd.query_async(conn)).await {
+        Ok(answer) => answer.map_err(|e| unavailable("Redis", e)),
+        Err(_) => Err(FeatureError::Unavailable(format!(
+            "Redis: no answer within {} ms (features.redis_response_timeout_ms)",
+            limit.as_millis()
+        ))),
+    }
 }
 
 /// One row to write: key, encoded row, expiry in Unix ms (0 = none).
@@ -209,8 +228,8 @@ impl OnlineStore for RedisStore {
     async fn health(&self) -> Result<(), FeatureError> {
         let cmd = redis::cmd("PING");
         let pong: String = match self.conn.clone() {
-            Conn::Single(mut c) => query(&cmd, &mut c).await?,
-            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+            Conn::Single(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
         };
         if pong == "PONG" {
             Ok(())
@@ -231,8 +250,8 @@ impl OnlineStore for RedisStore {
             cmd.arg(key.as_str());
         }
         let values: Vec<Option<Vec<u8>>> = match self.conn.clone() {
-            Conn::Single(mut c) => query(&cmd, &mut c).await?,
-            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+            Conn::Single(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
         };
         check_answers(self.kind(), "read", keys.len(), values.len())?;
         Ok(values
@@ -318,8 +337,8 @@ impl OnlineStore for RedisStore {
         let mut cmd = redis::cmd("GET");
         cmd.arg(watermark_key(view));
         let v: Option<i64> = match self.conn.clone() {
-            Conn::Single(mut c) => query(&cmd, &mut c).await?,
-            Conn::Cluster(mut c) => query(&cmd, &mut c).await?,
+            Conn::Single(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
+            Conn::Cluster(mut c) => query(&cmd, &mut c, self.response_timeout).await?,
         };
         Ok(v)
     }
@@ -328,8 +347,8 @@ impl OnlineStore for RedisStore {
         let mut cmd = redis::cmd("SET");
         cmd.arg(watermark_key(view)).arg(ts);
         match self.conn.clone() {
-            Conn::Single(mut c) => query::<(), _>(&cmd, &mut c).await,
-            Conn::Cluster(mut c) => query::<(), _>(&cmd, &mut c).await,
+            Conn::Single(mut c) => query::<(), _>(&cmd, &mut c, self.response_timeout).await,
+            Conn::Cluster(mut c) => query::<(), _>(&cmd, &mut c, self.response_timeout).await,
         }
     }
 }
