@@ -397,6 +397,14 @@ async fn bad_requests_get_clear_statuses() {
             Code::InvalidArgument,
             "needs the request field",
         ),
+        (
+            get(
+                by_refs(&["user_profile:country"]),
+                HashMap::from([("user_id".to_string(), ints(0..10_001))]),
+            ),
+            Code::ResourceExhausted,
+            "features.max_entities_per_read",
+        ),
     ];
     for (request, code, message) in cases {
         let status = client.get_online_features(request).await.unwrap_err();
