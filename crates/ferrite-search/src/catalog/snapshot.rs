@@ -192,6 +192,15 @@ impl Snapshot {
         removed
     }
 
+    /// The stored (projected) vector of a live item.
+    pub fn vector_of(&self, item_id: &str) -> Option<&[f32]> {
+        if let Some(&pos) = self.delta_pos.get(item_id) {
+            return Some(&self.delta[pos].vector);
+        }
+        let &slot = self.base.slot_of.get(item_id)?;
+        self.attrs[slot as usize].live.then(|| self.base.vector(slot))
+    }
+
     /// Every live item, base then delta, as catalog items with projected vectors.
     pub fn live_items(&self) -> impl Iterator<Item = (&str, &Attrs, &[f32])> {
         let base = self
