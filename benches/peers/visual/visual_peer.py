@@ -5,11 +5,15 @@ packages) and a faiss-cpu index, implementing Ferrite's own `ferrite.v1.SearchSe
 `VisualSearch` so that the same client (`ferrite bench --rpc visual-search`) drives both.
 
 Preprocessing is the same recipe as Ferrite's: EXIF orientation, RGB, shorter side to 256
-(bilinear), centre crop 224, (x/255 - mean) / std per channel. Filters are applied as a
-FAISS IDSelector (a bitmap over the matching items), as a FAISS user would.
+(bilinear), centre crop 224, (x/255 - mean) / std per channel, with the normalisation these
+weights were trained with, (x - 127) / 128 (mean 127/255, std 128/255; models/image_embedder).
+Filters are applied as a FAISS IDSelector (a bitmap over the matching items), as a FAISS
+user would; HNSW searches with --ef-search candidates (Ferrite's default, 64).
 
     python visual_peer.py --port 50999 --vectors v.npy --items items.jsonl \
-        --factory HNSW32 [--threads 2] [--proto-root proto]
+        --factory HNSW32 [--threads 2] [--index-cache FILE] [--proto-root proto]
+    python visual_peer.py --embed-only DIR [--batch 16] [--threads 2]
+        (times the embedding of every image file in DIR, batch by batch, and prints images/s)
 """
 
 import argparse
@@ -20,12 +24,18 @@ import sys
 import tempfile
 import time
 from concurrent import futures
+from fractions import Fraction
 
 import faiss
 import grpc
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+
+# The normalisation of EfficientNet-Lite's training: (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 
 def compile_protos(proto_root: pathlib.Path) -> pathlib.Path:
@@ -75,19 +85,28 @@ class Embedder:
 
 
 class Catalog:
-    def __init__(self, vectors: np.ndarray, items: list, factory: str):
+    def __init__(self, vectors: np.ndarray, items: list, factory: str, ef_search: int,
+                 cache: pathlib.Path | None = None):
         self.items = items
         self.ids = [it["item_id"] for it in items]
         self.category = np.array([it["category"] for it in items])
         self.in_stock = np.array([bool(it["in_stock"]) for it in items])
         self.price = np.array([float(it["price"]) for it in items])
+        self.ef_search = ef_search
         d = vectors.shape[1]
+        if cache is not None and cache.exists():
+            self.index = faiss.read_index(str(cache))
+            if self.index.ntotal != len(vectors) or self.index.d != d:
+                raise SystemExit(f"{cache}: {self.index.ntotal} x {self.index.d}, expected {len(vectors)} x {d}")
+            return
         self.index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         if not self.index.is_trained:
             rng = np.random.default_rng(7)
             sample = vectors[rng.choice(len(vectors), size=min(len(vectors), 100_000), replace=False)]
             self.index.train(sample)
         self.index.add(vectors)
+        if cache is not None:
+            faiss.write_index(self.index, str(cache))
 
     def mask(self, flt) -> np.ndarray | None:
         if flt is None:
@@ -110,13 +129,16 @@ class Catalog:
 
     def search(self, query: np.ndarray, k: int, flt):
         keep = self.mask(flt)
+        hnsw = isinstance(self.index, faiss.IndexHNSW)
         if keep is None:
-            scores, idx = self.index.search(query.reshape(1, -1), k)
+            params = faiss.SearchParametersHNSW(efSearch=self.ef_search) if hnsw else None
+            scores, idx = self.index.search(query.reshape(1, -1), k, params=params)
         else:
-            sel = faiss.IDSelectorBitmap(keep.size, np.packbits(keep, bitorder="little"))
+            bits = np.packbits(keep, bitorder="little")  # kept alive until the search returns
+            sel = faiss.IDSelectorBitmap(keep.size, faiss.swig_ptr(bits))
             params = faiss.SearchParameters(sel=sel)
-            if isinstance(self.index, faiss.IndexHNSW):
-                params = faiss.SearchParametersHNSW(sel=sel)
+            if hnsw:
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search)
             scores, idx = self.index.search(query.reshape(1, -1), k, params=params)
         return [(self.items[i], float(s)) for s, i in zip(scores[0], idx[0]) if i >= 0]
 
@@ -151,20 +173,59 @@ def make_servicer(search_pb2, search_pb2_grpc, common_pb2, embedder: Embedder, c
     return Search()
 
 
+def parse_triple(text: str) -> list[float]:
+    """Three comma-separated numbers, each a decimal or a fraction such as 127/255 (one number
+    stands for all three channels)."""
+    values = [float(Fraction(v.strip())) for v in text.split(",")]
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 numbers, got {text!r}")
+    return values
+
+
+def embed_only(embedder: Embedder, folder: pathlib.Path, batch: int) -> int:
+    """Reads, preprocesses and embeds every image of `folder` (batches of `batch`), as a
+    catalog build would; prints the images/s of the whole pass (reading included)."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not paths:
+        raise SystemExit(f"{folder}: no images")
+    embedder.embed(np.stack([embedder.preprocess(paths[0].read_bytes())]))  # warm-up
+    t0 = time.perf_counter()
+    count = 0
+    for i in range(0, len(paths), batch):
+        x = np.stack([embedder.preprocess(p.read_bytes()) for p in paths[i : i + batch]])
+        count += len(embedder.embed(x))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"images": count, "seconds": seconds, "images_per_s": count / seconds, "batch": batch,
+                      "threads": torch.get_num_threads()}))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--vectors", type=pathlib.Path, required=True, help=".npy float32 [n, d]")
-    ap.add_argument("--items", type=pathlib.Path, required=True, help="JSON lines, one per vector")
+    ap.add_argument("--port", type=int)
+    ap.add_argument("--vectors", type=pathlib.Path, help=".npy float32 [n, d]")
+    ap.add_argument("--items", type=pathlib.Path, help="JSON lines, one per vector")
     ap.add_argument("--factory", default="HNSW32")
+    ap.add_argument("--ef-search", type=int, default=64, help="HNSW candidates per search")
+    ap.add_argument("--index-cache", type=pathlib.Path,
+                    help="read the FAISS index from this file if it exists, else build and write it")
     ap.add_argument("--threads", type=int, default=2, help="gRPC workers and torch/FAISS threads")
-    ap.add_argument("--mean", default="0.5,0.5,0.5")
-    ap.add_argument("--std", default="0.5,0.5,0.5")
+    ap.add_argument("--mean", type=parse_triple, default=list(LITE_MEAN), help="per channel, of x / 255")
+    ap.add_argument("--std", type=parse_triple, default=list(LITE_STD), help="per channel, of x / 255")
+    ap.add_argument("--embed-only", type=pathlib.Path, metavar="DIR",
+                    help="time the embedding of DIR's images and exit (no server)")
+    ap.add_argument("--batch", type=int, default=16, help="images per batch with --embed-only")
     ap.add_argument("--proto-root", type=pathlib.Path,
                     default=pathlib.Path(__file__).resolve().parents[3] / "proto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    if args.embed_only is not None:
+        return embed_only(Embedder(args.mean, args.std), args.embed_only, args.batch)
+    if args.port is None or args.vectors is None or args.items is None:
+        ap.error("--port, --vectors and --items are required (or --embed-only DIR)")
     compile_protos(args.proto_root)
     from ferrite.v1 import common_pb2, search_pb2, search_pb2_grpc
 
@@ -173,10 +234,10 @@ def main() -> int:
     if len(items) != len(vectors):
         raise SystemExit(f"{len(items)} items for {len(vectors)} vectors")
     t0 = time.perf_counter()
-    catalog = Catalog(vectors, items, args.factory)
+    catalog = Catalog(vectors, items, args.factory, args.ef_search, args.index_cache)
     print(f"index {args.factory} over {len(items)} items built in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr, flush=True)
-    embedder = Embedder([float(v) for v in args.mean.split(",")], [float(v) for v in args.std.split(",")])
+    embedder = Embedder(args.mean, args.std)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads))
     search_pb2_grpc.add_SearchServiceServicer_to_server(
         make_servicer(search_pb2, search_pb2_grpc, common_pb2, embedder, catalog), server)
