@@ -16,6 +16,76 @@ pub struct Config {
     pub features: FeaturesConfig,
     pub pipelines: PipelinesConfig,
     pub experiments: ExperimentsConfig,
+    pub search: SearchConfig,
+}
+
+/// Visual search (`ferrite.v1.SearchService`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The catalog index `ferrite build-index` wrote. Missing: the server starts and search
+    /// calls answer FAILED_PRECONDITION until `ReloadIndex` finds one.
+    pub index_dir: PathBuf,
+    /// The embedding model (in `models.repository`) the index must have been built with.
+    pub model: String,
+    /// Largest encoded image a call may send, bytes.
+    pub max_image_bytes: usize,
+    /// Largest width x height an image header may declare (checked before decoding).
+    pub max_image_pixels: u64,
+    /// Share of searches re-run exactly off the request path to measure live recall@10.
+    pub live_recall_sample: f64,
+    /// Filters keeping at most this many items (or `exact_max_fraction` of the catalog) are
+    /// answered by an exact scan of those items; wider ones by FAISS with an id selector.
+    pub exact_max_items: usize,
+    pub exact_max_fraction: f64,
+    /// IVF lists probed per query (IVF indexes).
+    pub nprobe: usize,
+    /// HNSW candidate list size (HNSW indexes).
+    pub ef_search: usize,
+    /// Live updates beyond this share of the catalog start a background rebuild (compaction).
+    pub compact_fraction: f64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        let catalog = ferrite_search::catalog::SearchConfig::default();
+        let limits = ferrite_search::preprocess::ImageLimits::default();
+        SearchConfig {
+            index_dir: PathBuf::from(".ferrite/index"),
+            model: "image_embedder".into(),
+            max_image_bytes: limits.max_bytes,
+            max_image_pixels: limits.max_pixels,
+            live_recall_sample: 0.05,
+            exact_max_items: catalog.exact_max_items,
+            exact_max_fraction: catalog.exact_max_fraction,
+            nprobe: catalog.nprobe,
+            ef_search: catalog.ef_search,
+            compact_fraction: catalog.compact_fraction,
+        }
+    }
+}
+
+impl SearchConfig {
+    /// The catalog's search settings these keys select.
+    pub fn catalog(&self) -> ferrite_search::catalog::SearchConfig {
+        ferrite_search::catalog::SearchConfig {
+            exact_max_items: self.exact_max_items,
+            exact_max_fraction: self.exact_max_fraction,
+            nprobe: self.nprobe,
+            ef_search: self.ef_search,
+            compact_fraction: self.compact_fraction,
+            ..Default::default()
+        }
+    }
+
+    /// The image limits these keys select.
+    pub fn image_limits(&self) -> ferrite_search::preprocess::ImageLimits {
+        ferrite_search::preprocess::ImageLimits {
+            max_bytes: self.max_image_bytes,
+            max_pixels: self.max_image_pixels,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -290,6 +360,7 @@ impl Config {
         config.pipelines.directory = base.join(&config.pipelines.directory);
         config.experiments.directory = base.join(&config.experiments.directory);
         config.experiments.state_dir = base.join(&config.experiments.state_dir);
+        config.search.index_dir = base.join(&config.search.index_dir);
         if !config.experiments.exposures_dir.as_os_str().is_empty() {
             config.experiments.exposures_dir = base.join(&config.experiments.exposures_dir);
         }
@@ -332,6 +403,9 @@ mod tests {
         assert_eq!(c.features.max_values_per_read.get(), 1_000_000);
         assert_eq!(c.features.max_clock_skew_s, 300);
         assert_eq!(c.pipelines.directory, PathBuf::from("pipelines"));
+        assert_eq!(c.search.index_dir, PathBuf::from(".ferrite/index"));
+        assert_eq!(c.search.model, "image_embedder");
+        assert_eq!(c.search.live_recall_sample, 0.05);
     }
 
     #[test]

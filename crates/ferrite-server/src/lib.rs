@@ -23,12 +23,14 @@ use ferrite_proto::ferrite::v1::admin_service_server::AdminServiceServer;
 use ferrite_proto::ferrite::v1::experiment_service_server::ExperimentServiceServer;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureServiceServer;
 use ferrite_proto::ferrite::v1::scoring_service_server::ScoringServiceServer;
+use ferrite_proto::ferrite::v1::search_service_server::SearchServiceServer;
 use ferrite_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::Config;
+pub use services::search::{ModelEmbedder, expected_for, preprocess_config};
 
 /// The server's version, as reported by ServerMetadata and GetServerInfo.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -204,6 +206,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<ExperimentServiceServer<services::experiments::ExperimentsApi>>()
         .await;
+    // Visual search: a missing or refused index is logged and answered FAILED_PRECONDITION
+    // (health NOT_SERVING) until ReloadIndex loads one; the server starts either way.
+    let search = services::search::SearchState::start(
+        state.config.search.clone(),
+        state.models.clone(),
+        Some(health.clone()),
+    )
+    .await?;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -226,7 +236,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )))
         .add_service(ExperimentServiceServer::new(
             services::experiments::ExperimentsApi::new(state.clone()),
-        ));
+        ))
+        .add_service(SearchServiceServer::new(services::search::Search::new(search)));
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
     let poll = state.config.models.poll_interval_s;

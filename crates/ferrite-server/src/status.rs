@@ -4,6 +4,8 @@ use ferrite_features::FeatureError;
 use ferrite_models::ModelError;
 use ferrite_pipelines::PipelineError;
 use ferrite_search::SearchError;
+use ferrite_search::catalog::CatalogError;
+use ferrite_search::preprocess::PreprocessError;
 use tonic::Status;
 
 /// Wraps a domain error so that `?` in a service turns it into the right gRPC status.
@@ -17,6 +19,16 @@ pub enum ApiError {
     Search(#[from] SearchError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    /// Visual search has no usable index (none built yet, or one built for another model).
+    #[error("{0}")]
+    NoIndex(String),
+    /// A catalog item named by the caller is not in the index.
+    #[error("{0}")]
+    UnknownItem(String),
 }
 
 impl From<ApiError> for Status {
@@ -47,6 +59,33 @@ impl From<ApiError> for Status {
             ApiError::Pipeline(PipelineError::NotFound(_)) => Status::invalid_argument(message),
             ApiError::Pipeline(PipelineError::Config { .. }) => Status::failed_precondition(message),
             ApiError::Pipeline(PipelineError::Unavailable(_)) => Status::unavailable(message),
+            ApiError::Catalog(
+                CatalogError::Dimension { .. }
+                | CatalogError::ZeroK
+                | CatalogError::InvalidItem { .. }
+                | CatalogError::DuplicateItem { .. }
+                | CatalogError::InvalidQuery(_)
+                | CatalogError::InvalidFilter(_),
+            ) => Status::invalid_argument(message),
+            ApiError::Catalog(CatalogError::Preprocess(PreprocessError::Config(_)))
+            | ApiError::Preprocess(PreprocessError::Config(_)) => Status::failed_precondition(message),
+            ApiError::Catalog(CatalogError::Preprocess(_)) | ApiError::Preprocess(_) => {
+                Status::invalid_argument(message)
+            }
+            // When serving, an index directory that is missing, refused or unreadable is the
+            // operator's to fix (rebuild it, then ReloadIndex).
+            ApiError::Catalog(
+                CatalogError::NotFound { .. }
+                | CatalogError::Mismatch { .. }
+                | CatalogError::Corrupt { .. }
+                | CatalogError::Config(_)
+                | CatalogError::Factory { .. },
+            ) => Status::failed_precondition(message),
+            ApiError::Catalog(
+                CatalogError::Io { .. } | CatalogError::Faiss { .. } | CatalogError::Embed(_),
+            ) => Status::internal(message),
+            ApiError::NoIndex(_) => Status::failed_precondition(message),
+            ApiError::UnknownItem(_) => Status::not_found(message),
         }
     }
 }

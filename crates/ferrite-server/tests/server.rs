@@ -4,9 +4,8 @@
 mod common;
 
 use common::{python_json, scrape, start};
+use ferrite_proto::ferrite::v1::GetServerInfoRequest;
 use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
-use ferrite_proto::ferrite::v1::search_service_client::SearchServiceClient;
-use ferrite_proto::ferrite::v1::{GetServerInfoRequest, VisualSearchRequest};
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::{ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest};
 use tonic_health::pb::HealthCheckRequest;
@@ -92,9 +91,15 @@ async fn metrics_count_calls_by_method_and_status() {
     for _ in 0..3 {
         kserve.server_live(ServerLiveRequest {}).await.unwrap();
     }
-    // Not served yet: UNIMPLEMENTED, counted under one "unknown" method label.
-    let err = SearchServiceClient::new(channel.clone())
-        .visual_search(VisualSearchRequest::default())
+    // A method nobody serves: UNIMPLEMENTED, counted under one "unknown" method label.
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let err = raw
+        .unary(
+            tonic::Request::new(GetServerInfoRequest::default()),
+            http::uri::PathAndQuery::from_static("/ferrite.v1.NoSuchService/NoSuchMethod"),
+            ferrite_proto::codec::SliceCodec::<GetServerInfoRequest, GetServerInfoRequest>::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);

@@ -5,6 +5,7 @@ pub mod experiments;
 pub mod features;
 pub mod kserve;
 pub mod scoring;
+pub mod search;
 
 use std::time::{Duration, Instant};
 
