@@ -90,6 +90,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the visual-search index from a catalog (Parquet or JSON Lines): images embedded
+    /// by the served model, or precomputed embeddings (--embeddings).
+    BuildIndex(ferrite::build_index::BuildIndexArgs),
     /// Experiments: `ferrite experiment report` reads the exposure log against outcomes.
     Experiment(ExperimentArgs),
 }
@@ -352,6 +355,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Experiment(args) => ferrite::experiment::run(&args),
+        Command::BuildIndex(args) => {
+            let started = std::time::Instant::now();
+            let out = args.out.clone();
+            let meta = tokio::task::spawn_blocking(move || ferrite::build_index::run(&args)).await??;
+            println!(
+                "built {}: {} items, model {} version {}, dim {}{}, factory {}, metric {:?}, in {:.1} s",
+                out.display(),
+                meta.item_count,
+                meta.model,
+                meta.model_version,
+                meta.dim,
+                meta.projection
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" (PCA to {})", p.out_dim)),
+                meta.factory,
+                meta.metric,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Bench(args) => {
             let report = bench::run(&args).await?;
             print!("{}", report.to_text());
