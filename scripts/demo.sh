@@ -18,6 +18,11 @@ echo "==> materializing the sample features (features/data) into the embedded on
 "$bin" validate --config ferrite.toml
 "$bin" materialize-incremental --config ferrite.toml
 
+if [ ! -f .ferrite/index/index.json ]; then
+  echo "==> building the visual-search index of the sample photos (data/photos)" >&2
+  "$bin" build-index --catalog data/photos/catalog.jsonl --out .ferrite/index
+fi
+
 log=$(mktemp -t ferrite-demo.XXXXXX.log)
 "$bin" serve --config ferrite.toml --grpc-addr "$GRPC_ADDR" --metrics-addr "$METRICS_ADDR" >"$log" 2>&1 &
 server=$!
@@ -47,6 +52,9 @@ echo "==> latency: 1000 Recommend calls (retrieve 200, re-check, rank, 20 items)
 
 echo "==> latency: 1000 Price calls (demand model over the candidate prices) beside the floor" >&2
 "$bin" bench --addr "$GRPC_ADDR" --rpc price --keys 500 --requests 1000 --concurrency 1 --with-floor
+
+echo "==> latency: 200 VisualSearch calls (decode, embed, search a photo) beside the floor" >&2
+"$bin" bench --addr "$GRPC_ADDR" --rpc visual-search --images data/photos --requests 200 --concurrency 1 --with-floor
 
 echo "==> metrics: http://$METRICS_ADDR/metrics" >&2
 curl -s "http://$METRICS_ADDR/metrics" | grep -E '^ferrite_(grpc_requests|pipeline_rows)_total' | head -n 12

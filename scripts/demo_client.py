@@ -7,7 +7,9 @@ written as JSON, exactly as a newcomer with grpcurl would.
 """
 
 import argparse
+import base64
 import json
+import pathlib
 import sys
 import time
 
@@ -236,6 +238,7 @@ def main() -> int:
             failures += 1
             print(f"  FAILED {e.code().name}: {e.details()}")
     failures += experiments(channel, pool)
+    failures += visual_search(channel, pool)
     return 1 if failures else 0
 
 
@@ -263,6 +266,45 @@ def experiments(channel, pool):
         return 0
     except grpc.RpcError as e:
         print(f"  FAILED {e.code().name}: {e.details()}")
+        return 1
+
+
+PHOTOS = pathlib.Path(__file__).resolve().parent.parent / "data" / "photos"
+
+
+def search_line(label, answer, ms):
+    hits = ", ".join(f"{h['itemId']} {h['score']:.3f}" for h in answer.get("hits", []))
+    line = f"{label}: plan {answer.get('plan')}, {ms:.1f} ms"
+    latency = answer.get("latency")
+    if latency:
+        line += (f" (server {latency['totalUs']} us: decode {latency['decodeUs']}, "
+                 f"embed {latency['embedUs']}, search {latency['searchUs']})")
+    return line + f"\n    {hits}"
+
+
+def visual_search(channel, pool):
+    """Visual search over the sample photos (data/photos, indexed by ferrite build-index): the
+    coffee photo's bytes as the query, then with a category filter, then the items most like
+    one catalogue item."""
+    print("ferrite.v1.SearchService (photo -> EfficientNet-Lite0 embedding -> FAISS, with filters):")
+    service = "ferrite.v1.SearchService"
+    try:
+        image = base64.b64encode((PHOTOS / "coffee.png").read_bytes()).decode()
+        for label, request in [
+            ("coffee.png, top 5", {"image": image, "top_k": 5, "include_latency": True}),
+            ("coffee.png, categories kitchen or home",
+             {"image": image, "top_k": 5, "include_latency": True,
+              "filter": {"categories": ["kitchen", "home"]}}),
+        ]:
+            answer, ms = call(channel, pool, service, "VisualSearch", request)
+            print("  " + search_line(label, answer, ms))
+        answer, ms = call(channel, pool, service, "SimilarItems",
+                          {"item_id": "photo-chelsea", "top_k": 5, "include_latency": True})
+        print("  " + search_line("SimilarItems photo-chelsea", answer, ms))
+        return 0
+    except (grpc.RpcError, OSError) as e:
+        detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
+        print(f"  FAILED {detail}")
         return 1
 
 

