@@ -600,18 +600,21 @@ async fn the_admin_service_lists_loads_and_unloads_models() {
         .iter()
         .map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str()))
         .collect();
-    // Every example model in models/ is served; fraud_logreg with both its versions.
+    // Every example model in models/ is served; fraud_logreg and fraud_txn_gbdt (stable and
+    // challenger) with both their versions.
     let examples = std::fs::read_dir(repo_root().join("models"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().join("config.toml").is_file())
         .count();
-    assert_eq!(versions.len(), examples + 1, "{versions:?}");
+    assert_eq!(versions.len(), examples + 2, "{versions:?}");
     assert!(
         versions.iter().all(|(_, _, state)| *state == "READY"),
         "{versions:?}"
     );
     assert!(
-        versions.contains(&("fraud_logreg", "1", "READY"))
+        versions.contains(&("fraud_txn_gbdt", "1", "READY"))
+            && versions.contains(&("fraud_txn_gbdt", "2", "READY"))
+            && versions.contains(&("fraud_logreg", "1", "READY"))
             && versions.contains(&("fraud_logreg", "2", "READY"))
     );
 
