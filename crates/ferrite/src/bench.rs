@@ -12,6 +12,7 @@ mod procs;
 mod raw;
 mod rpc;
 mod search;
+mod search_raw;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -93,8 +94,14 @@ pub struct BenchArgs {
     /// and 64, `--requests` calls, one thread), and report the run against it. With `--rate`,
     /// batch 1 is also called on the run's schedule, the thread asleep in between: the
     /// model's own cost at that rate, caches colder than back to back.
+    /// `visual-search-embedding`: search the server's catalog index in this process instead
+    /// (`--server-config`; the same queries, `--top-k` and filter; batch 1, one thread).
     #[arg(long)]
     pub with_raw: bool,
+    /// The server's config file: `--with-raw` on `visual-search-embedding` loads its
+    /// `[search] index_dir` and searches it with its `[search]` settings.
+    #[arg(long)]
+    pub server_config: Option<PathBuf>,
     /// Threads of the load generator's async runtime; 0 is one per core. On a machine the
     /// server shares, fewer client threads leave it more of the cores.
     #[arg(long, default_value_t = 0)]
@@ -319,6 +326,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let cpu_at_start = host::CpuTimes::now();
     let raw = match (args.with_raw, args.rpc.model_input()) {
         (false, _) => Vec::new(),
+        (true, None) if args.rpc == Rpc::VisualSearchEmbedding => {
+            let (Some(config), Some(queries)) = (args.server_config.clone(), args.queries.clone()) else {
+                anyhow::bail!("--with-raw on visual-search-embedding needs --server-config and --queries");
+            };
+            let (categories, top_k) = (args.filter_category.clone(), args.top_k as usize);
+            let (calls, duration_s) = (args.requests, args.duration_s);
+            let report = tokio::task::spawn_blocking(move || {
+                search_raw::measure(&search_raw::Plan {
+                    server_config: &config,
+                    queries: &queries,
+                    top_k,
+                    categories: &categories,
+                    calls,
+                    duration_s,
+                })
+            })
+            .await??;
+            vec![report]
+        }
         (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
         (true, Some((default, input, width))) => {
             let model = args.model.clone().unwrap_or_else(|| default.to_string());

@@ -26,6 +26,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         with_floor: false,
         rounds: 1,
         with_raw: false,
+        server_config: None,
         client_threads: 0,
         max_frame_size: 16_384,
         batch: 1,
