@@ -173,16 +173,7 @@ async fn rows_go_to_their_assigned_variant_and_splits_change_without_a_restart()
         .experiment
         .unwrap();
     assert_eq!(updated.variants[0].current_weight, 1.0);
-    for user in 1_000_000..1_000_030 {
-        let meta = scoring
-            .score_fraud(transaction(user, 42.5))
-            .await
-            .unwrap()
-            .into_inner()
-            .meta
-            .unwrap();
-        assert_eq!(meta.variant, "a");
-    }
+    assert_all_served_by(&channel, 1_000_000..1_000_030, "a").await;
     // A split that leaves an arm out changes nothing.
     let partial = experiments
         .update_experiment(pb::UpdateExperimentRequest {
@@ -202,6 +193,22 @@ async fn rows_go_to_their_assigned_variant_and_splits_change_without_a_restart()
     server.shutdown().await.unwrap();
     let files = parquet_files(&s.exposures);
     assert!(!files.is_empty(), "no exposure file in {}", s.exposures.display());
+}
+
+/// Every user of `users` gets a model answer from `variant`.
+async fn assert_all_served_by(channel: &Channel, users: std::ops::Range<i64>, variant: &str) {
+    let mut scoring = ScoringServiceClient::new(channel.clone());
+    for user in users {
+        let meta = scoring
+            .score_fraud(transaction(user, 42.5))
+            .await
+            .unwrap()
+            .into_inner()
+            .meta
+            .unwrap();
+        assert!(!meta.fallback, "{}", meta.fallback_reason);
+        assert_eq!(meta.variant, variant, "user {user}");
+    }
 }
 
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
@@ -281,17 +288,7 @@ async fn a_failing_canary_is_rolled_back_and_stays_rolled_back_after_a_restart()
     assert!(c.canary_errors > 0);
     assert_eq!(c.history.last().unwrap().status, "rolled_back");
     // Rolled back: every user is served by stable.
-    let mut scoring = ScoringServiceClient::new(channel.clone());
-    for user in 2_000_000..2_000_040 {
-        let meta = scoring
-            .score_fraud(transaction(user, 42.5))
-            .await
-            .unwrap()
-            .into_inner()
-            .meta
-            .unwrap();
-        assert_eq!(meta.variant, "stable");
-    }
+    assert_all_served_by(&channel, 2_000_000..2_000_040, "stable").await;
     let metrics = scrape(&server).await;
     assert!(metrics.contains("ferrite_pipeline_rows_total"), "metrics served");
     server.shutdown().await.unwrap();
