@@ -30,18 +30,24 @@ impl ExperimentsApi {
     }
 
     fn by_name(&self, name: &str) -> Result<ExperimentConfig, Status> {
-        let x = self.experiments()?;
-        let all = x.assigner.experiments();
-        all.into_iter().find(|e| e.name == name).ok_or_else(|| {
+        let all = self.experiments()?.assigner.experiments();
+        all.iter().find(|e| e.name == name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
             Status::not_found(format!(
-                "experiment: no experiment named {name:?}; known: {:?}",
-                x.assigner
-                    .experiments()
-                    .iter()
-                    .map(|e| e.name.clone())
-                    .collect::<Vec<_>>()
+                "experiment: no experiment named {name:?}; known: {known:?}"
             ))
         })
+    }
+
+    /// The model an experiment on `target` routes between: the pipeline's, or `target` itself
+    /// (a KServe model name).
+    fn model_of(&self, target: &str) -> String {
+        self.state
+            .pipelines
+            .pipelines()
+            .pipelines
+            .get(target)
+            .map_or(target.to_string(), |p| p.model.name.clone())
     }
 
     fn to_pb(&self, e: &ExperimentConfig, canaries: &[CanaryView]) -> pb::Experiment {
@@ -49,13 +55,7 @@ impl ExperimentsApi {
         let share = view.map(|v| v.state.share);
         let current = current_weights(e, share.filter(|_| e.canary.is_some()));
         let weight_now = |name: &str| current.iter().find(|(n, _)| n == name).map_or(0.0, |w| w.1);
-        let model = self
-            .state
-            .pipelines
-            .pipelines()
-            .pipelines
-            .get(&e.target)
-            .map_or(e.target.clone(), |p| p.model.name.clone());
+        let model = self.model_of(&e.target);
         let variants = e
             .variants
             .iter()
@@ -172,13 +172,7 @@ impl ExperimentService for ExperimentsApi {
             .assigner
             .assign(&e.target, &r.unit_id, forced)
             .ok_or_else(|| Status::not_found(format!("experiment: {:?} is no longer running", e.name)))?;
-        let model = self
-            .state
-            .pipelines
-            .pipelines()
-            .pipelines
-            .get(&e.target)
-            .map_or(e.target.clone(), |p| p.model.name.clone());
+        let model = self.model_of(&e.target);
         Ok(Response::new(pb::GetAssignmentResponse {
             experiment: a.experiment.to_string(),
             variant: a.variant.name.to_string(),
