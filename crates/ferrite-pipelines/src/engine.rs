@@ -14,8 +14,8 @@ use ferrite_features::{FeatureError, Micros, OnlineStore, Value};
 use ferrite_models::{ModelError, ModelRepository, Tensor, TensorData};
 
 use crate::PipelineError;
-use crate::config::Kind;
-use crate::experiment::{Experiments, Route};
+use crate::config::{Kind, ModelSection};
+use crate::experiment::{Compare, Experiments, Route, ShadowRows};
 use crate::input::{CallInput, check};
 use crate::model::{Configured, MetaCache, ModelChoice, ModelMeta, ModelSelector};
 use crate::pipeline::{Decision, Pipeline, PipelineSet};
@@ -69,7 +69,7 @@ pub struct Engine {
     pub(crate) models: Arc<ModelRepository>,
     pub(crate) pipelines: PipelineSet,
     selector: Arc<dyn ModelSelector>,
-    experiments: Option<Arc<Experiments>>,
+    pub(crate) experiments: Option<Arc<Experiments>>,
     meta: MetaCache,
     pub(crate) meters: std::collections::HashMap<String, Meters>,
     /// Recommendations and pricing pipelines' catalogues, by pipeline.
@@ -167,6 +167,17 @@ pub(crate) fn store_cause(e: FeatureError) -> FallbackCause {
             message: format!("feature read failed: {e}"),
         },
     }
+}
+
+/// What a routed model run gave: the version that ran, its output (row-major, `columns` per
+/// row), the variant that answered when it was not the assigned one, and the input rows when
+/// they were kept for shadows.
+pub(crate) struct Routed {
+    pub(crate) version: u64,
+    pub(crate) values: Vec<f32>,
+    pub(crate) columns: usize,
+    pub(crate) variant: Option<String>,
+    pub(crate) x: Option<Vec<f32>>,
 }
 
 /// Why a model run sends a call to the fallback.
@@ -267,9 +278,19 @@ impl Engine {
             Ok(Ok(Ok(ran))) => {
                 if let Some(x) = &self.experiments
                     && !ran.x.is_empty()
+                    && let Some(first) = routes.iter().find_map(|r| r.assignment.as_ref())
                 {
                     let served: Vec<f64> = ran.answers.iter().map(|a| a.score).collect();
-                    x.offer_shadows(&pipeline, &routes, &input, &ran.x, ran.width, &served);
+                    let rows = ShadowRows {
+                        model: &pipeline.model,
+                        x: &ran.x,
+                        width: ran.width,
+                        served: &served,
+                        units: routes.iter().map(|r| r.unit.clone()).collect(),
+                        request_ids: input.request_ids.clone(),
+                    };
+                    let threshold = pipeline.fraud.as_ref().map(|f| f.review_at);
+                    x.offer_shadows(first, rows, || Compare::Scores { threshold });
                 }
                 Ok(ran.answers)
             }
@@ -469,7 +490,7 @@ impl Engine {
     }
 
     /// Counts how a row went on its variant (for a canary's judgement).
-    fn record(&self, route: &Route, ok: bool, latency: Duration) {
+    pub(crate) fn record(&self, route: &Route, ok: bool, latency: Duration) {
         if let Some(x) = &self.experiments {
             x.record(route, ok, latency);
         }
@@ -620,6 +641,58 @@ impl Engine {
         Ok((version, values, columns))
     }
 
+    /// Runs `rows` rows of `x` on `model` (a one-unit call's model: the ranker, the demand
+    /// model) at the version `route`'s variant picks, or the configured one. A canary whose
+    /// run fails (an error, a value that is not a number) is judged on it and the stable
+    /// variant runs instead: then the stable variant's name comes back with the outputs.
+    /// `x` comes back too when it is needed again (shadows).
+    pub(crate) async fn infer_routed(
+        &self,
+        pipeline: &Pipeline,
+        model: &ModelSection,
+        route: Option<&Route>,
+        x: Vec<f32>,
+        rows: usize,
+    ) -> Result<Routed, ModelError> {
+        let assignment = route.and_then(|r| r.assignment.as_ref());
+        let keep = assignment.is_some_and(|a| a.fallback.is_some() || !a.shadows.is_empty());
+        let kept = keep.then(|| x.clone());
+        let version = route.map_or(model.version.as_str(), |r| r.choice.version.as_str());
+        let t = Instant::now();
+        let first = self
+            .infer_matrix(&model.name, version, &model.input, &model.output, x, rows)
+            .await;
+        let ok =
+            matches!(&first, Ok((_, v, c)) if model.output_index < *c && v.iter().all(|v| v.is_finite()));
+        if let Some(r) = route {
+            self.record(r, ok, t.elapsed());
+        }
+        let (version, values, columns, variant) = match (ok, route.and_then(|r| stable_of(pipeline, r))) {
+            (false, Some((stable, name))) => {
+                let t = Instant::now();
+                let x = kept.clone().unwrap_or_default();
+                let (v, values, columns) = self
+                    .infer_matrix(&model.name, &stable.version, &model.input, &model.output, x, rows)
+                    .await?;
+                if let (Some(x), Some(a)) = (&self.experiments, assignment) {
+                    x.canaries.record(&a.experiment, &name, true, t.elapsed());
+                }
+                (v, values, columns, Some(name))
+            }
+            _ => {
+                let (v, values, columns) = first?;
+                (v, values, columns, None)
+            }
+        };
+        Ok(Routed {
+            version,
+            values,
+            columns,
+            variant,
+            x: kept,
+        })
+    }
+
     /// Leave one out: each feature set to its training mean in turn, all in one model run;
     /// the features whose change moved the score most, largest first.
     #[allow(clippy::too_many_arguments)]
@@ -705,10 +778,10 @@ struct Ran {
 }
 
 /// Where a row goes when its variant (a canary) fails: the canary's stable variant.
-fn stable_of(pipeline: &Pipeline, route: &Route) -> Option<(ModelChoice, String)> {
+pub(crate) fn stable_of(pipeline: &Pipeline, route: &Route) -> Option<(ModelChoice, String)> {
     let stable = route.assignment.as_ref()?.fallback.as_ref()?;
     let choice = ModelChoice {
-        name: pipeline.model.name.clone(),
+        name: pipeline.experiment_model().name.clone(),
         version: stable.model_version.to_string(),
     };
     Some((choice, stable.name.to_string()))

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_experiments::exposure::{ExposureLog, ExposureRecord};
-use ferrite_experiments::shadow::{decision_flip, score_diff};
+use ferrite_experiments::shadow::{decision_flip, overlap_at_k, score_diff};
 use ferrite_experiments::{Assigner, Assignment, CanaryController, ShadowQueue, VariantRef};
 use ferrite_features::Value;
 use ferrite_models::{ModelRepository, Tensor, TensorData};
 
+use crate::config::ModelSection;
 use crate::engine::RowAnswer;
 use crate::input::CallInput;
 use crate::model::ModelChoice;
 use crate::pipeline::Pipeline;
+use crate::recommend::{RecommendedItem, diversify};
 
 /// The experiments a server runs, shared by every call.
 pub struct Experiments {
@@ -41,6 +43,18 @@ impl Route {
     }
 }
 
+/// What answered one unit, for its exposure record.
+pub(crate) struct Served {
+    pub(crate) request_id: String,
+    pub(crate) variant: String,
+    pub(crate) model: String,
+    pub(crate) model_version: String,
+    pub(crate) score: Option<f64>,
+    pub(crate) decision: Option<String>,
+    pub(crate) latency_us: u64,
+    pub(crate) fallback: bool,
+}
+
 /// Rows of one call a shadow variant runs on.
 pub struct ShadowJob {
     experiment: Arc<str>,
@@ -49,13 +63,40 @@ pub struct ShadowJob {
     input: String,
     output: String,
     output_index: usize,
-    /// The decision threshold a flip is judged at (fraud: `review_at`).
-    threshold: Option<f64>,
+    compare: Compare,
     width: usize,
     x: Vec<f32>,
     served: Vec<f64>,
     units: Vec<String>,
     request_ids: Vec<String>,
+}
+
+/// How a shadow's answer is compared with the served one, beyond each row's score difference.
+pub(crate) enum Compare {
+    /// Rows scored one by one; with a threshold (fraud: `review_at`) a decision flip is a row
+    /// whose score is on the other side of it.
+    Scores { threshold: Option<f64> },
+    /// The rows are the candidates of one ranked list (recommendations): the shadow's list is
+    /// rebuilt from its scores the way the served one was (best first, at most
+    /// `per_category` of one category, `k` items), and its overlap with `served` (the ids
+    /// answered) is recorded. One exposure record per call, not per candidate.
+    TopK {
+        served: Vec<String>,
+        candidates: Vec<RecommendedItem>,
+        per_category: usize,
+        k: usize,
+    },
+}
+
+/// What one call offers its shadow variants: the model inputs its rows used (`x`, `width`
+/// values per row), the scores served, and each row's unit and request id.
+pub(crate) struct ShadowRows<'a> {
+    pub(crate) model: &'a ModelSection,
+    pub(crate) x: &'a [f32],
+    pub(crate) width: usize,
+    pub(crate) served: &'a [f64],
+    pub(crate) units: Vec<String>,
+    pub(crate) request_ids: Vec<String>,
 }
 
 impl Experiments {
@@ -90,9 +131,10 @@ impl Experiments {
 
     /// The route of every row of `input` on `pipeline`.
     pub(crate) fn routes(&self, pipeline: &Pipeline, input: &CallInput, rows: usize) -> Vec<Route> {
+        let model = pipeline.experiment_model();
         let configured = ModelChoice {
-            name: pipeline.model.name.clone(),
-            version: pipeline.model.version.clone(),
+            name: model.name.clone(),
+            version: model.version.clone(),
         };
         let Some(experiment) = self.assigner.experiment(&pipeline.name) else {
             return vec![
@@ -123,7 +165,7 @@ impl Experiments {
                 {
                     Some(a) => Route {
                         choice: ModelChoice {
-                            name: pipeline.model.name.clone(),
+                            name: model.name.clone(),
                             version: a.variant.model_version.to_string(),
                         },
                         assignment: Some(a),
@@ -137,6 +179,15 @@ impl Experiments {
                 }
             })
             .collect()
+    }
+
+    /// The route of a one-unit call (recommendations, pricing) under an experiment on
+    /// `pipeline`; `None` when no experiment runs on it.
+    pub(crate) fn route_one(&self, pipeline: &Pipeline, input: &CallInput) -> Option<Route> {
+        self.assigner.experiment(&pipeline.name)?;
+        self.routes(pipeline, input, 1)
+            .pop()
+            .filter(|r| r.assignment.is_some())
     }
 
     /// How one row went on its variant: the canary controller judges the canary on it.
@@ -154,59 +205,66 @@ impl Experiments {
         input: &CallInput,
         latency_us: u64,
     ) {
-        let Some(log) = &self.exposures else {
-            return;
-        };
-        let now = now_us();
         for (row, (route, answer)) in routes.iter().zip(answers).enumerate() {
-            let Some(a) = &route.assignment else {
-                continue;
-            };
-            log.log(ExposureRecord {
-                time: now,
-                experiment: a.experiment.to_string(),
-                variant: answer.variant.clone(),
-                unit_id: route.unit.clone(),
-                request_id: input.request_ids.get(row).cloned().unwrap_or_default(),
-                model: answer.model_name.clone(),
-                model_version: answer.model_version.clone(),
-                score: Some(answer.score),
-                decision: Some(answer.decision.as_str().to_string()),
-                latency_us: latency_us as i64,
-                fallback: answer.fallback.is_some(),
-                forced: a.forced,
-            });
+            self.log_exposure(
+                route,
+                Served {
+                    request_id: input.request_ids.get(row).cloned().unwrap_or_default(),
+                    variant: answer.variant.clone(),
+                    model: answer.model_name.clone(),
+                    model_version: answer.model_version.clone(),
+                    score: Some(answer.score),
+                    decision: Some(answer.decision.as_str().to_string()),
+                    latency_us,
+                    fallback: answer.fallback.is_some(),
+                },
+            );
         }
     }
 
-    /// Queues the shadow variants of the rows' assignments on the model inputs the rows used
-    /// (`x`, `width` values per row) and their served scores.
-    pub(crate) fn offer_shadows(
-        &self,
-        pipeline: &Pipeline,
-        routes: &[Route],
-        input: &CallInput,
-        x: &[f32],
-        width: usize,
-        served: &[f64],
-    ) {
-        let Some(first) = routes.iter().find_map(|r| r.assignment.as_ref()) else {
+    /// Appends one unit's exposure to the log, when `route` is under an experiment.
+    pub(crate) fn log_exposure(&self, route: &Route, served: Served) {
+        let (Some(log), Some(a)) = (&self.exposures, &route.assignment) else {
             return;
         };
-        for shadow in first.shadows.iter() {
+        log.log(ExposureRecord {
+            time: now_us(),
+            experiment: a.experiment.to_string(),
+            variant: served.variant,
+            unit_id: route.unit.clone(),
+            request_id: served.request_id,
+            model: served.model,
+            model_version: served.model_version,
+            score: served.score,
+            decision: served.decision,
+            latency_us: served.latency_us as i64,
+            fallback: served.fallback,
+            forced: a.forced,
+        });
+    }
+
+    /// Queues the shadow variants of the rows' assignments on the model inputs the rows used
+    /// and their served scores.
+    pub(crate) fn offer_shadows(
+        &self,
+        assignment: &Assignment,
+        rows: ShadowRows<'_>,
+        compare: impl Fn() -> Compare,
+    ) {
+        for shadow in assignment.shadows.iter() {
             let job = ShadowJob {
-                experiment: first.experiment.clone(),
+                experiment: assignment.experiment.clone(),
                 variant: shadow.clone(),
-                model: pipeline.model.name.clone(),
-                input: pipeline.model.input.clone(),
-                output: pipeline.model.output.clone(),
-                output_index: pipeline.model.output_index,
-                threshold: pipeline.fraud.as_ref().map(|f| f.review_at),
-                width,
-                x: x.to_vec(),
-                served: served.to_vec(),
-                units: routes.iter().map(|r| r.unit.clone()).collect(),
-                request_ids: input.request_ids.clone(),
+                model: rows.model.name.clone(),
+                input: rows.model.input.clone(),
+                output: rows.model.output.clone(),
+                output_index: rows.model.output_index,
+                compare: compare(),
+                width: rows.width,
+                x: rows.x.to_vec(),
+                served: rows.served.to_vec(),
+                units: rows.units.clone(),
+                request_ids: rows.request_ids.clone(),
             };
             self.shadows.offer(job);
         }
@@ -223,7 +281,7 @@ impl Experiments {
 }
 
 /// A unit id as text: integers in decimal, strings as they are.
-fn unit_string(v: &Value) -> String {
+pub(crate) fn unit_string(v: &Value) -> String {
     match v {
         Value::Int(i) => i.to_string(),
         Value::Str(s) => s.clone(),
@@ -275,31 +333,55 @@ async fn run_shadow(models: &ModelRepository, log: Option<&ExposureLog>, job: Sh
     };
     let latency_us = started.elapsed().as_micros() as i64;
     let now = now_us();
-    for (row, (&served, &shadow)) in job.served.iter().zip(&scores).enumerate() {
-        let diff = score_diff(served, shadow);
-        metrics::histogram!("ferrite_shadow_score_diff", &labels).record(diff.abs());
-        if let Some(t) = job.threshold
+    for (&served, &shadow) in job.served.iter().zip(&scores) {
+        metrics::histogram!("ferrite_shadow_score_diff", &labels).record(score_diff(served, shadow).abs());
+        if let Compare::Scores { threshold: Some(t) } = job.compare
             && decision_flip(served, shadow, t)
         {
             metrics::counter!("ferrite_shadow_decision_flips_total", &labels).increment(1);
         }
         metrics::counter!("ferrite_shadow_rows_total", &labels).increment(1);
-        if let Some(log) = log {
-            log.log(ExposureRecord {
-                time: now,
-                // Apart from the experiment's own rows, which a report counts per unit.
-                experiment: format!("{}/shadow", job.experiment),
-                variant: job.variant.name.to_string(),
-                unit_id: job.units.get(row).cloned().unwrap_or_default(),
-                request_id: job.request_ids.get(row).cloned().unwrap_or_default(),
-                model: job.model.clone(),
-                model_version: ran.to_string(),
-                score: Some(shadow),
-                decision: None,
-                latency_us,
-                fallback: false,
-                forced: false,
-            });
+    }
+    let record = |row: usize, score: f64| ExposureRecord {
+        time: now,
+        // Apart from the experiment's own rows, which a report counts per unit.
+        experiment: format!("{}/shadow", job.experiment),
+        variant: job.variant.name.to_string(),
+        unit_id: job.units.get(row).cloned().unwrap_or_default(),
+        request_id: job.request_ids.get(row).cloned().unwrap_or_default(),
+        model: job.model.clone(),
+        model_version: ran.to_string(),
+        score: Some(score),
+        decision: None,
+        latency_us,
+        fallback: false,
+        forced: false,
+    };
+    match job.compare {
+        Compare::Scores { .. } => {
+            if let Some(log) = log {
+                for (row, &shadow) in scores.iter().enumerate() {
+                    log.log(record(row, shadow));
+                }
+            }
+        }
+        Compare::TopK {
+            served,
+            mut candidates,
+            per_category,
+            k,
+        } => {
+            for (item, &s) in candidates.iter_mut().zip(&scores) {
+                item.score = s;
+            }
+            candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let listed = diversify(candidates, per_category, k);
+            let ids: Vec<String> = listed.iter().map(|i| unit_string(&i.id)).collect();
+            metrics::histogram!("ferrite_shadow_overlap_at_k", &labels)
+                .record(overlap_at_k(&served, &ids, k));
+            if let (Some(log), Some(top)) = (log, listed.first()) {
+                log.log(record(0, top.score));
+            }
         }
     }
 }

@@ -255,6 +255,15 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The model an experiment on this pipeline routes between versions of: the ranker of a
+    /// recommendations pipeline (the towers and the index stay as they are), else the model.
+    pub fn experiment_model(&self) -> &ModelSection {
+        match &self.recs {
+            Some(r) => &r.section.ranker,
+            None => &self.model,
+        }
+    }
+
     /// Resolves `file` (read from `path`) against the feature definitions.
     pub fn resolve(path: &Path, file: PipelineFile, registry: &Registry) -> Result<Pipeline, PipelineError> {
         let bad = |m: String| PipelineError::config(path, m);

@@ -14,8 +14,10 @@ use crate::PipelineError;
 use crate::catalog::Catalog;
 use crate::config::{Ending, Kind, Objective, PricingSection};
 use crate::engine::{
-    CallClock, Engine, FallbackCause, Latency, Progress, STAGE_MODEL, model_cause, store_cause, wrong_kind,
+    CallClock, Engine, FallbackCause, Latency, Progress, Routed, STAGE_MODEL, model_cause, store_cause,
+    wrong_kind,
 };
+use crate::experiment::{Compare, Route, Served, ShadowRows};
 use crate::input::{CallInput, check};
 use crate::pipeline::{Pipeline, Pricing};
 use crate::vector::Vectors;
@@ -30,6 +32,8 @@ pub struct PriceCall {
     pub item: Value,
     /// Other request fields of the feature service (never the candidate price itself).
     pub fields: HashMap<String, Value>,
+    /// Under an experiment on the pipeline: the variant to run instead of the unit's (QA).
+    pub force_variant: Option<String>,
 }
 
 /// What decided the price.
@@ -78,6 +82,8 @@ pub struct PriceAnswer {
     pub candidates: usize,
     pub model_name: String,
     pub model_version: String,
+    /// The experiment variant the call ran; empty outside experiments.
+    pub variant: String,
     pub fallback: Option<String>,
     pub feature_age_us: u64,
     pub latency: Latency,
@@ -186,12 +192,17 @@ impl Engine {
         // A placeholder for the check; the candidates replace it.
         fields.insert(field.clone(), Value::Float(1.0));
         input.push_row([(pricing.item_key.0.clone(), call.item)], fields);
+        input.force_variant = call.force_variant.filter(|v| !v.is_empty());
         check(&pipeline, &mut input)?;
+        let route = self
+            .experiments
+            .as_ref()
+            .and_then(|x| x.route_one(&pipeline, &input));
         let catalog = self.catalog(&pipeline.name);
 
         let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
-        let work = self.choose_price(&pipeline, pricing, &input, now, &progress);
+        let work = self.choose_price(&pipeline, pricing, &input, now, &progress, route.as_ref());
         let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
             Ok(r) => r,
             Err(_) => Err(clock.deadline_cause(
@@ -233,6 +244,10 @@ impl Engine {
                     candidates: 0,
                     model_name: pipeline.model.name.clone(),
                     model_version: String::new(),
+                    variant: route
+                        .as_ref()
+                        .and_then(|r| r.variant())
+                        .map_or(String::new(), |v| v.to_string()),
                     fallback: Some(cause.message),
                     feature_age_us: 0,
                     latency: Latency::default(),
@@ -242,6 +257,21 @@ impl Engine {
         let latency = clock.latency(&progress);
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record_call(answer.fallback.is_some(), &latency);
+        }
+        if let (Some(x), Some(route)) = (&self.experiments, &route) {
+            x.log_exposure(
+                route,
+                Served {
+                    request_id: String::new(),
+                    variant: answer.variant.clone(),
+                    model: answer.model_name.clone(),
+                    model_version: answer.model_version.clone(),
+                    score: Some(answer.price),
+                    decision: Some(answer.bound.as_str().to_string()),
+                    latency_us: latency.total_us,
+                    fallback: answer.fallback.is_some(),
+                },
+            );
         }
         Ok(PriceAnswer { latency, ..answer })
     }
@@ -254,6 +284,7 @@ impl Engine {
         input: &CallInput,
         now: Micros,
         progress: &Progress,
+        route: Option<&Route>,
     ) -> Result<PriceAnswer, FallbackCause> {
         use std::sync::atomic::Ordering::Relaxed;
         let section = &pricing.section;
@@ -319,15 +350,14 @@ impl Engine {
         progress.stage.store(STAGE_MODEL, Relaxed);
         let t = Instant::now();
         let model = &pipeline.model;
-        let (version, units, columns) = self
-            .infer_matrix(
-                &model.name,
-                &model.version,
-                &model.input,
-                &model.output,
-                vectors.data.clone(),
-                n,
-            )
+        let Routed {
+            version,
+            values: units,
+            columns,
+            variant,
+            x,
+        } = self
+            .infer_routed(pipeline, model, route, vectors.data.clone(), n)
             .await
             .map_err(|e| model_cause(&model.name, e))?;
         progress
@@ -345,6 +375,20 @@ impl Engine {
         let units: Vec<f64> = (0..n)
             .map(|i| f64::from(units[i * columns + model.output_index]))
             .collect();
+        // Shadow demand models: the same candidates, their expected units compared.
+        if let (Some(xp), Some(r), Some(x)) = (&self.experiments, route, x.as_deref())
+            && let Some(a) = r.assignment.as_ref().filter(|a| !a.shadows.is_empty())
+        {
+            let rows = ShadowRows {
+                model,
+                x,
+                width: vectors.width,
+                served: &units,
+                units: vec![r.unit.clone(); n],
+                request_ids: Vec::new(),
+            };
+            xp.offer_shadows(a, rows, || Compare::Scores { threshold: None });
+        }
         let value = |i: usize| {
             let u = if units[i].is_finite() {
                 units[i].max(0.0)
@@ -394,6 +438,9 @@ impl Engine {
             candidates: n,
             model_name: model.name.clone(),
             model_version: version.to_string(),
+            variant: variant
+                .or_else(|| route.and_then(|r| r.variant()).map(|v| v.to_string()))
+                .unwrap_or_default(),
             fallback: None,
             feature_age_us: vectors.oldest[0].map_or(0, |ts| now.saturating_sub(ts).max(0) as u64),
             latency: Latency::default(),

@@ -15,8 +15,10 @@ use crate::PipelineError;
 use crate::catalog::Catalog;
 use crate::config::Kind;
 use crate::engine::{
-    CallClock, Engine, FallbackCause, Latency, Progress, STAGE_MODEL, model_cause, store_cause, wrong_kind,
+    CallClock, Engine, FallbackCause, Latency, Progress, Routed, STAGE_MODEL, model_cause, store_cause,
+    wrong_kind,
 };
+use crate::experiment::{Compare, Route, Served, ShadowRows, unit_string};
 use crate::input::{CallInput, check, entity_id};
 use crate::pipeline::{Pipeline, Recs};
 use crate::vector::Vectors;
@@ -34,6 +36,8 @@ pub struct RecommendCall {
     pub category: Option<String>,
     /// Request fields the user's feature service reads, if any.
     pub fields: HashMap<String, Value>,
+    /// Under an experiment on the pipeline: the variant to run instead of the user's (QA).
+    pub force_variant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +56,8 @@ pub struct Recommendation {
     /// The ranker, and the version that ranked (empty for popular items).
     pub model_name: String,
     pub model_version: String,
+    /// The experiment variant the user is in; empty outside experiments.
+    pub variant: String,
     pub fallback: Option<String>,
     pub cold_start: bool,
     pub feature_age_us: u64,
@@ -65,6 +71,8 @@ pub struct Recommendation {
 struct Ranked {
     items: Vec<RecommendedItem>,
     version: String,
+    /// The variant whose ranker answered (stable's when a canary failed).
+    variant: Option<String>,
     cold_start: bool,
     feature_age_us: u64,
     retrieved: usize,
@@ -121,7 +129,12 @@ impl Engine {
         let user_key = pipeline.input.entity_keys[0].0.clone();
         let mut input = CallInput::default();
         input.push_row([(user_key.clone(), call.user)], call.fields);
+        input.force_variant = call.force_variant.filter(|v| !v.is_empty());
         check(&pipeline, &mut input)?;
+        let route = self
+            .experiments
+            .as_ref()
+            .and_then(|x| x.route_one(&pipeline, &input));
         let exclude_ids = item_ids(&call.exclude, recs.item_key.1)?;
         let Some(catalog) = self.catalog(&pipeline.name) else {
             return Err(PipelineError::Unavailable(format!(
@@ -137,7 +150,16 @@ impl Engine {
 
         let clock = CallClock::new(&pipeline, deadline, started);
         let progress = Progress::default();
-        let work = self.rank(&pipeline, recs, &catalog, &input, &wanted, now, &progress);
+        let work = self.rank(
+            &pipeline,
+            recs,
+            &catalog,
+            &input,
+            &wanted,
+            now,
+            &progress,
+            route.as_ref(),
+        );
         let outcome = match tokio::time::timeout_at(clock.until.into(), work).await {
             Ok(r) => r,
             Err(_) => Err(clock.deadline_cause(
@@ -146,11 +168,18 @@ impl Engine {
                 ["the online store", "the models", "post-processing"],
             )),
         };
+        let assigned = || {
+            route
+                .as_ref()
+                .and_then(|r| r.variant())
+                .map_or(String::new(), |v| v.to_string())
+        };
         let answer = match outcome {
             Ok(ranked) => Recommendation {
                 items: ranked.items,
                 model_name: section.ranker.name.clone(),
                 model_version: ranked.version,
+                variant: ranked.variant.unwrap_or_else(assigned),
                 fallback: None,
                 cold_start: ranked.cold_start,
                 feature_age_us: ranked.feature_age_us,
@@ -164,6 +193,7 @@ impl Engine {
                     items: popular(recs, &catalog, &wanted),
                     model_name: section.ranker.name.clone(),
                     model_version: String::new(),
+                    variant: assigned(),
                     fallback: Some(cause.message),
                     cold_start: false,
                     feature_age_us: 0,
@@ -176,6 +206,21 @@ impl Engine {
         let latency = clock.latency(&progress);
         if let Some(m) = self.meters.get(&pipeline.name) {
             m.record_call(answer.fallback.is_some(), &latency);
+        }
+        if let (Some(x), Some(route)) = (&self.experiments, &route) {
+            x.log_exposure(
+                route,
+                Served {
+                    request_id: String::new(),
+                    variant: answer.variant.clone(),
+                    model: answer.model_name.clone(),
+                    model_version: answer.model_version.clone(),
+                    score: answer.items.first().map(|i| i.score),
+                    decision: None,
+                    latency_us: latency.total_us,
+                    fallback: answer.fallback.is_some(),
+                },
+            );
         }
         Ok(Recommendation { latency, ..answer })
     }
@@ -191,6 +236,7 @@ impl Engine {
         wanted: &Wanted,
         now: Micros,
         progress: &Progress,
+        route: Option<&Route>,
     ) -> Result<Ranked, FallbackCause> {
         use std::sync::atomic::Ordering::Relaxed;
         let section = &recs.section;
@@ -220,6 +266,7 @@ impl Engine {
             return Ok(Ranked {
                 items: popular(recs, catalog, wanted),
                 version: String::new(),
+                variant: None,
                 cold_start: true,
                 feature_age_us: 0,
                 retrieved: 0,
@@ -261,6 +308,7 @@ impl Engine {
             return Ok(Ranked {
                 items: Vec::new(),
                 version: String::new(),
+                variant: None,
                 cold_start: false,
                 feature_age_us,
                 retrieved: 0,
@@ -292,6 +340,7 @@ impl Engine {
             return Ok(Ranked {
                 items: Vec::new(),
                 version: String::new(),
+                variant: None,
                 cold_start: false,
                 feature_age_us,
                 retrieved: 0,
@@ -327,6 +376,7 @@ impl Engine {
             return Ok(Ranked {
                 items: Vec::new(),
                 version: String::new(),
+                variant: None,
                 cold_start: false,
                 feature_age_us,
                 retrieved: hits.len(),
@@ -344,15 +394,16 @@ impl Engine {
             x.push(hits[r].score);
         }
         let ranker = &section.ranker;
-        let (version, scores, columns) = self
-            .infer_matrix(
-                &ranker.name,
-                &ranker.version,
-                &ranker.input,
-                &ranker.output,
-                x,
-                live.len(),
-            )
+        let n = live.len();
+        let assignment = route.and_then(|r| r.assignment.as_ref());
+        let Routed {
+            version,
+            values: scores,
+            columns,
+            variant,
+            x: x_again,
+        } = self
+            .infer_routed(pipeline, ranker, route, x, n)
             .await
             .map_err(|e| model_cause(&ranker.name, e))?;
         if ranker.output_index >= columns {
@@ -377,9 +428,35 @@ impl Engine {
                 category: catalog.categories[positions[r]].clone(),
             })
             .collect();
+        let candidates = assignment
+            .filter(|a| !a.shadows.is_empty())
+            .map(|_| ranked.clone());
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let items = diversify(ranked, section.max_per_category, wanted.top_k);
+        if let (Some(x), Some(a), Some(candidates), Some(x_rows)) =
+            (&self.experiments, assignment, candidates, x_again.as_deref())
+        {
+            let served: Vec<f64> = candidates.iter().map(|c| c.score).collect();
+            let unit = route.map_or(String::new(), |r| r.unit.clone());
+            let rows = ShadowRows {
+                model: ranker,
+                x: x_rows,
+                width,
+                served: &served,
+                units: vec![unit; n],
+                request_ids: Vec::new(),
+            };
+            let listed: Vec<String> = items.iter().map(|i| unit_string(&i.id)).collect();
+            x.offer_shadows(a, rows, || Compare::TopK {
+                served: listed.clone(),
+                candidates: candidates.clone(),
+                per_category: section.max_per_category,
+                k: wanted.top_k,
+            });
+        }
         Ok(Ranked {
-            items: diversify(ranked, section.max_per_category, wanted.top_k),
+            items,
+            variant,
             version: version.to_string(),
             cold_start: false,
             feature_age_us,
@@ -469,7 +546,7 @@ impl ferrite_features::serving::AnswerSink for Availability {
 }
 
 /// Items in order, at most `per_category` of one category (0: no limit), at most `k`.
-fn diversify(items: Vec<RecommendedItem>, per_category: usize, k: usize) -> Vec<RecommendedItem> {
+pub(crate) fn diversify(items: Vec<RecommendedItem>, per_category: usize, k: usize) -> Vec<RecommendedItem> {
     let mut seen: HashMap<Option<Arc<str>>, usize> = HashMap::new();
     let mut out = Vec::with_capacity(k);
     for item in items {

@@ -309,6 +309,9 @@ async fn two_replicas_on_one_redis_agree_on_a_rollback() {
     let mut config = s.config;
     config.features.online_store = ferrite_server::config::OnlineStoreKind::Redis;
     config.features.redis_url = redis.url();
+    // A loaded test machine must not turn these calls into fallbacks (the 50 ms default is
+    // for serving, not for a debug build sharing two cores).
+    config.features.redis_response_timeout_ms = std::num::NonZeroU64::new(5_000).unwrap();
     let (a, channel_a) = start_with(config.clone()).await;
     let (b, channel_b) = start_with(config).await;
     assert_eq!(experiment(&channel_b, "fraud-canary").await.state, "running");
@@ -384,4 +387,247 @@ kind = "shadow"
     }
     server.shutdown().await.unwrap();
     bare.shutdown().await.unwrap();
+}
+
+/// The recommendations and pricing models, with `recs_ranker` version 2 (every weight NaN: a
+/// ranker whose every score is not a number) and `pricing_demand` version 2 (the same bytes
+/// as 1).
+fn recs_pricing_models() -> PathBuf {
+    let dir = scratch_dir("exp-recs-models");
+    let copy_version = |model: &str, from: &str, to: &str| {
+        let src = repo_root().join("models").join(model);
+        let dst = dir.join(model);
+        std::fs::create_dir_all(dst.join(to)).unwrap();
+        // Every version loaded (the shipped files load the latest only).
+        let config = std::fs::read_to_string(src.join("config.toml")).unwrap();
+        std::fs::write(
+            dst.join("config.toml"),
+            format!("version_policy = \"all\"\n{config}"),
+        )
+        .unwrap();
+        for f in ["model.safetensors", "features.json"] {
+            std::fs::copy(src.join(from).join(f), dst.join(to).join(f)).unwrap();
+        }
+    };
+    for model in [
+        "recs_user_tower",
+        "recs_item_tower",
+        "recs_ranker",
+        "pricing_demand",
+    ] {
+        copy_version(model, "1", "1");
+    }
+    copy_version("pricing_demand", "1", "2");
+    copy_version("recs_ranker", "1", "2");
+    poison_safetensors(&dir.join("recs_ranker/2/model.safetensors"));
+    dir
+}
+
+/// Sets every FP32 value of a safetensors file to NaN, leaving its header as it is.
+fn poison_safetensors(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut poisoned = 0;
+    for (name, t) in &header {
+        if name == "__metadata__" || t["dtype"] != "F32" {
+            continue;
+        }
+        let (a, b) = (
+            t["data_offsets"][0].as_u64().unwrap() as usize,
+            t["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        for chunk in bytes[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        poisoned += 1;
+    }
+    assert!(poisoned > 0, "no FP32 tensor in {}", path.display());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A canary ranker (always NaN) with a shadow ranker beside the arms, and a 50/50 split of
+/// items between two demand-model versions.
+const RECS_CANARY: &str = r#"
+name = "recs-canary"
+target = "recommendations"
+unit = "user_id"
+[[variants]]
+name = "stable"
+model_version = 1
+weight = 0.5
+[[variants]]
+name = "canary"
+model_version = 2
+weight = 0.5
+[[variants]]
+name = "shadow"
+model_version = 1
+kind = "shadow"
+[canary]
+variant = "canary"
+stable = "stable"
+min_requests = 20
+max_error_rate = 0.005
+alpha = 0.01
+"#;
+
+const PRICE_AB: &str = r#"
+name = "price-ab"
+target = "pricing"
+unit = "item_id"
+[[variants]]
+name = "a"
+model_version = 1
+weight = 0.5
+[[variants]]
+name = "b"
+model_version = 2
+weight = 0.5
+"#;
+
+/// The value of the first sample of `name` whose labels contain `label` in Prometheus text.
+fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_and_prices_route_through_experiments() {
+    let experiments = scratch_dir("exp-defs");
+    std::fs::write(experiments.join("recs.toml"), RECS_CANARY).unwrap();
+    std::fs::write(experiments.join("price.toml"), PRICE_AB).unwrap();
+    let pipelines = scratch_dir("exp-pipelines");
+    ferrite_test_support::copy_pipelines(&pipelines, 60_000, |l| Some(l.to_string()));
+    let mut config = test_config();
+    config.models.repository = recs_pricing_models();
+    config.pipelines.directory = pipelines;
+    config.experiments.directory = experiments;
+    config.experiments.state_dir = scratch_dir("exp-state");
+    config.experiments.exposures_dir = scratch_dir("exp-exposures");
+    let registry = config.features.registry().unwrap();
+    {
+        let store = ferrite_features::online::open(&config.features.store_config())
+            .await
+            .unwrap();
+        let end = 1_790_812_800_000_000;
+        ferrite_features::materialize::materialize(&registry, store.as_ref(), &[], 0, end, false)
+            .await
+            .unwrap();
+    }
+    let (server, channel) = start_with(config).await;
+    let mut scoring = ScoringServiceClient::new(channel.clone());
+    let mut admin = ExperimentServiceClient::new(channel.clone());
+
+    // The experiment routes between the ranker's versions.
+    let listed = experiment(&channel, "recs-canary").await;
+    assert!(
+        listed.variants.iter().all(|v| v.model_name == "recs_ranker"),
+        "{listed:?}"
+    );
+
+    // Users on the canary get the stable ranker's answer (its NaN scores are never served),
+    // until the canary is rolled back by itself.
+    let mut on_canary = 0;
+    let mut rolled_back = false;
+    for user in 1_000_000..1_000_400 {
+        let r = pb::RecommendRequest {
+            user: Some(pb::recommend_request::User::UserIdInt(user)),
+            ..Default::default()
+        };
+        let answer = scoring.recommend(r).await.expect("never an error").into_inner();
+        let meta = answer.meta.unwrap();
+        assert!(!meta.fallback, "user {user}: {}", meta.fallback_reason);
+        if meta.cold_start {
+            continue;
+        }
+        assert_eq!(
+            (meta.variant.as_str(), meta.model_version.as_str()),
+            ("stable", "1"),
+            "user {user}"
+        );
+        assert!(answer.items.iter().all(|i| i.score.is_finite()));
+        let assigned = admin
+            .get_assignment(pb::GetAssignmentRequest {
+                experiment: "recs-canary".into(),
+                unit_id: user.to_string(),
+                force_variant: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        on_canary += usize::from(assigned.variant == "canary");
+        if user % 20 == 19 && experiment(&channel, "recs-canary").await.state == "rolled_back" {
+            rolled_back = true;
+            break;
+        }
+    }
+    assert!(on_canary > 0, "no user was on the canary before the rollback");
+    assert!(rolled_back, "the NaN ranker was not rolled back");
+    let c = experiment(&channel, "recs-canary").await.canary.unwrap();
+    assert!(c.canary_errors >= 20 && c.share == 0.0, "{c:?}");
+
+    // The shadow ranker (the same version as stable) reranks each call's candidates to the
+    // same list: its overlap@k is 1 on every call.
+    let until = Instant::now() + Duration::from_secs(30);
+    let (sum, count) = loop {
+        let metrics = scrape(&server).await;
+        let label = "experiment=\"recs-canary\"";
+        let sum = sample(&metrics, "ferrite_shadow_overlap_at_k_sum", label);
+        let count = sample(&metrics, "ferrite_shadow_overlap_at_k_count", label);
+        if let (Some(s), Some(c)) = (sum, count)
+            && c >= 10.0
+        {
+            break (s, c);
+        }
+        assert!(Instant::now() < until, "no shadow overlap recorded:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        (sum - count).abs() < 1e-9,
+        "overlap@k sum {sum} over {count} calls"
+    );
+
+    // Prices: each item runs its variant's demand model, as GetAssignment says; a forced
+    // variant wins.
+    let mut seen = std::collections::BTreeSet::new();
+    for item in 3_000_000..3_000_040 {
+        let r = pb::PriceRequest {
+            item: Some(pb::price_request::Item::ItemIdInt(item)),
+            ..Default::default()
+        };
+        let Ok(answer) = scoring.price(r).await else {
+            continue;
+        };
+        let meta = answer.into_inner().meta.unwrap();
+        assert!(!meta.fallback, "item {item}: {}", meta.fallback_reason);
+        let assigned = admin
+            .get_assignment(pb::GetAssignmentRequest {
+                experiment: "price-ab".into(),
+                unit_id: item.to_string(),
+                force_variant: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (meta.variant.as_str(), meta.model_version.as_str()),
+            (assigned.variant.as_str(), assigned.model_version.as_str()),
+            "item {item}"
+        );
+        seen.insert(meta.variant);
+    }
+    assert_eq!(seen.len(), 2, "both demand-model versions priced: {seen:?}");
+    let forced = pb::PriceRequest {
+        item: Some(pb::price_request::Item::ItemIdInt(3_000_022)),
+        force_variant: "b".into(),
+        ..Default::default()
+    };
+    let meta = scoring.price(forced).await.unwrap().into_inner().meta.unwrap();
+    assert_eq!((meta.variant.as_str(), meta.model_version.as_str()), ("b", "2"));
+    server.shutdown().await.unwrap();
 }

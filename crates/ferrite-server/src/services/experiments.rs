@@ -47,7 +47,7 @@ impl ExperimentsApi {
             .pipelines()
             .pipelines
             .get(target)
-            .map_or(target.to_string(), |p| p.model.name.clone())
+            .map_or(target.to_string(), |p| p.experiment_model().name.clone())
     }
 
     fn to_pb(&self, e: &ExperimentConfig, canaries: &[CanaryView]) -> pb::Experiment {

@@ -130,24 +130,23 @@ fn decision_pb(d: Decision) -> i32 {
 }
 
 fn meta(row: &RowAnswer, answer: &Answer, include_latency: bool) -> pb::ResponseMeta {
-    pb::ResponseMeta {
-        variant: row.variant.clone(),
-        ..Meta {
-            model_name: &row.model_name,
-            model_version: &row.model_version,
-            fallback: row.fallback.as_deref(),
-            feature_age_us: row.feature_age_us,
-            cold_start: row.cold_start,
-            latency: &answer.latency,
-        }
-        .to_pb(include_latency)
+    Meta {
+        model_name: &row.model_name,
+        model_version: &row.model_version,
+        variant: &row.variant,
+        fallback: row.fallback.as_deref(),
+        feature_age_us: row.feature_age_us,
+        cold_start: row.cold_start,
+        latency: &answer.latency,
     }
+    .to_pb(include_latency)
 }
 
 /// What every pipeline answer reports about itself.
 struct Meta<'a> {
     model_name: &'a str,
     model_version: &'a str,
+    variant: &'a str,
     fallback: Option<&'a str>,
     feature_age_us: u64,
     cold_start: bool,
@@ -159,7 +158,7 @@ impl Meta<'_> {
         pb::ResponseMeta {
             model_name: self.model_name.to_string(),
             model_version: self.model_version.to_string(),
-            variant: String::new(),
+            variant: self.variant.to_string(),
             fallback: self.fallback.is_some(),
             fallback_reason: self.fallback.unwrap_or_default().to_string(),
             server_latency_us: self.latency.total_us,
@@ -364,6 +363,7 @@ impl ScoringService for Scoring {
             exclude,
             category: Some(context.category).filter(|c| !c.is_empty()),
             fields: Default::default(),
+            force_variant: Some(r.force_variant.clone()),
         };
         let answer = self
             .engine()
@@ -405,6 +405,7 @@ impl ScoringService for Scoring {
                 Meta {
                     model_name: &answer.model_name,
                     model_version: &answer.model_version,
+                    variant: &answer.variant,
                     fallback: answer.fallback.as_deref(),
                     feature_age_us: answer.feature_age_us,
                     cold_start: answer.cold_start,
@@ -434,6 +435,7 @@ impl ScoringService for Scoring {
                 .iter()
                 .map(|(k, v)| (k.clone(), value_from_pb(v)))
                 .collect(),
+            force_variant: Some(r.force_variant.clone()),
         };
         let answer = self
             .engine()
@@ -459,6 +461,7 @@ impl ScoringService for Scoring {
                 Meta {
                     model_name: &answer.model_name,
                     model_version: &answer.model_version,
+                    variant: &answer.variant,
                     fallback: answer.fallback.as_deref(),
                     feature_age_us: answer.feature_age_us,
                     cold_start: false,
