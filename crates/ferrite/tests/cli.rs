@@ -689,3 +689,158 @@ async fn fraud_calls_send_sample_transactions_and_count_fallbacks_and_server_cpu
     let err = bench::run(&a).await.unwrap_err();
     assert!(err.to_string().contains("--server-pid"), "{err}");
 }
+
+/// The address in a "ferrite listening" line.
+fn grpc_of(listening: &str) -> std::net::SocketAddr {
+    listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .unwrap_or_else(|| panic!("no grpc= in {listening:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// A canary experiment's state and its canary's own error count, as a replica lists them.
+async fn canary_state(channel: &tonic::transport::Channel) -> (String, u64) {
+    use ferrite_proto::ferrite::v1 as pb;
+    let all = pb::experiment_service_client::ExperimentServiceClient::new(channel.clone())
+        .list_experiments(pb::ListExperimentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .experiments;
+    let e = all
+        .into_iter()
+        .find(|e| e.name == "fraud-canary")
+        .expect("listed");
+    (e.state, e.canary.expect("a canary").canary_errors)
+}
+
+#[test]
+fn two_serve_processes_on_one_redis_agree_on_a_canary_rollback() {
+    use ferrite_proto::ferrite::v1 as pb;
+    let redis = ferrite_test_support::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    // fraud_txn_gbdt 1 (stable) and 3 (NaN when amount_eur > 900,000: the failing canary).
+    let models = dir.path().join("models/fraud_txn_gbdt");
+    for v in ["1", "3"] {
+        std::fs::create_dir_all(models.join(v)).unwrap();
+        std::fs::copy(
+            root.join("models/fraud_txn_gbdt/1/features.json"),
+            models.join(v).join("features.json"),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        root.join("models/fraud_txn_gbdt/1/model.onnx"),
+        models.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("crates/ferrite-server/tests/data/fraud_canary_nan.onnx"),
+        models.join("3/model.onnx"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("models/fraud_txn_gbdt/config.toml"),
+        models.join("config.toml"),
+    )
+    .unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let fraud = std::fs::read_to_string(root.join("pipelines/fraud.toml")).unwrap();
+    let fraud: Vec<&str> = fraud
+        .lines()
+        .map(|l| {
+            if l.starts_with("budget_ms") {
+                "budget_ms = 10000"
+            } else {
+                l
+            }
+        })
+        .collect();
+    std::fs::write(pipelines.join("fraud.toml"), fraud.join("\n")).unwrap();
+    let experiments = dir.path().join("experiments");
+    std::fs::create_dir_all(&experiments).unwrap();
+    std::fs::write(
+        experiments.join("canary.toml"),
+        "name = \"fraud-canary\"\ntarget = \"fraud\"\nunit = \"user_id\"\n\
+         [[variants]]\nname = \"stable\"\nmodel_version = 1\nweight = 0.5\n\
+         [[variants]]\nname = \"canary\"\nmodel_version = 3\nweight = 0.5\n\
+         [canary]\nvariant = \"canary\"\nstable = \"stable\"\nmin_requests = 100\n",
+    )
+    .unwrap();
+    let config = dir.path().join("ferrite.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
+             [models]\nrepository = {:?}\n\
+             [features]\nrepository = {:?}\nonline_store = \"redis\"\nredis_url = {:?}\n\
+             redis_response_timeout_ms = 5000\n\
+             [pipelines]\ndirectory = {:?}\n\
+             [experiments]\ndirectory = {:?}\nsync_interval_ms = 100\nexposures_dir = \"\"\n",
+            dir.path().join("models"),
+            root.join("features"),
+            redis.url(),
+            pipelines,
+            experiments,
+        ),
+    )
+    .unwrap();
+    let (_a, _, listening_a) = serve(&["--config".as_ref(), config.as_os_str()]);
+    let (_b, _, listening_b) = serve(&["--config".as_ref(), config.as_os_str()]);
+    let connect = |addr: std::net::SocketAddr| {
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (a, b) = (connect(grpc_of(&listening_a)), connect(grpc_of(&listening_b)));
+        assert_eq!(canary_state(&b).await.0, "running");
+        // Process A alone sees the canary fail (3 % of its calls) and rolls it back.
+        let mut scoring = pb::scoring_service_client::ScoringServiceClient::new(a.clone());
+        let mut rolled_back = false;
+        for i in 0..6_000i64 {
+            let amount = if i % 33 == 0 { 950_000.0 } else { 42.5 };
+            let answer = scoring
+                .score_fraud(pb::ScoreFraudRequest {
+                    transaction_id: format!("t-{i}"),
+                    user: Some(pb::score_fraud_request::User::UserIdInt(1_000_000 + i)),
+                    merchant: Some(pb::score_fraud_request::Merchant::MerchantId("2000007".into())),
+                    amount,
+                    currency: "EUR".into(),
+                    device_type: "ios".into(),
+                    event_time_us: 1_790_000_000_000_000,
+                    ..Default::default()
+                })
+                .await
+                .expect("a failing canary never fails a caller")
+                .into_inner();
+            let meta = answer.meta.unwrap();
+            assert!(!meta.fallback, "{}", meta.fallback_reason);
+            if i % 50 == 49 && canary_state(&a).await.0 == "rolled_back" {
+                rolled_back = true;
+                break;
+            }
+        }
+        assert!(rolled_back, "process A did not roll the canary back");
+        // Process B served nothing; it adopts A's verdict through Redis.
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (state, errors) = canary_state(&b).await;
+            if state == "rolled_back" {
+                assert_eq!(errors, 0, "B judged nothing itself");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "process B did not adopt the rollback"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
