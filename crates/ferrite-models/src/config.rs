@@ -37,10 +37,26 @@ pub struct DynamicBatching {
     /// Batch sizes to prefer when forming a batch (each ≤ max_batch_size).
     #[serde(default)]
     pub preferred_batch_sizes: Vec<usize>,
+    /// Requests the version may hold at once (queued, or in the batch being formed or run);
+    /// one more is refused at once as overloaded. Triton's
+    /// `default_queue_policy.max_queue_size`, but never unbounded.
+    #[serde(default = "default_max_queue_size")]
+    pub max_queue_size: usize,
 }
 
 fn default_queue_delay() -> u64 {
     100
+}
+
+/// Requests a version holds at most, by default. With the largest batch the example models
+/// take (4096 rows of 130 FP32 features, 2 MB), the worst case is a few GB; typical requests of
+/// a few rows hold a few MB. Enough to absorb bursts of thousands of concurrent callers, small
+/// enough that an overloaded server answers RESOURCE_EXHAUSTED instead of growing until the
+/// kernel kills it.
+pub const DEFAULT_MAX_QUEUE_SIZE: usize = 4096;
+
+fn default_max_queue_size() -> usize {
+    DEFAULT_MAX_QUEUE_SIZE
 }
 
 /// Which versions found on disk are served.
@@ -169,8 +185,17 @@ impl ModelConfig {
                     self.max_batch_size
                 ));
             }
+            if b.max_queue_size == 0 {
+                return Err("dynamic_batching.max_queue_size must be at least 1".into());
+            }
         }
         Ok(())
+    }
+
+    /// Checks a config built in code rather than read from a file (see
+    /// [`crate::ModelRepository::insert`]).
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
     }
 
     pub fn model_filename(&self) -> &str {
@@ -216,6 +241,10 @@ dynamic_batching = { max_queue_delay_us = 200, preferred_batch_sizes = [16, 64] 
         assert_eq!(c.version_policy, VersionPolicy::Latest(2));
         assert_eq!(c.labels["canary"], 2);
         assert_eq!(c.dynamic_batching.as_ref().unwrap().max_queue_delay_us, 200);
+        assert_eq!(
+            c.dynamic_batching.as_ref().unwrap().max_queue_size,
+            DEFAULT_MAX_QUEUE_SIZE
+        );
         assert_eq!(c.model_filename().to_string(), "model.onnx");
     }
 
@@ -266,6 +295,15 @@ dynamic_batching = { max_queue_delay_us = 200, preferred_batch_sizes = [16, 64] 
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch"), "{err}");
+        let unqueued = FRAUD.replace(
+            "preferred_batch_sizes",
+            "max_queue_size = 0, preferred_batch_sizes",
+        );
+        let err = toml::from_str::<ModelConfig>(&unqueued)
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(err.contains("max_queue_size must be at least 1"), "{err}");
         let zero = FRAUD.replace("dims = [40]", "dims = [0]");
         assert!(
             toml::from_str::<ModelConfig>(&zero)

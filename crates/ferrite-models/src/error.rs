@@ -20,6 +20,15 @@ pub enum ModelError {
     InvalidInput(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The version's queue is full: the call is refused at once rather than waiting.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The caller's deadline passed before the model could answer.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// The model run panicked; the version keeps serving.
+    #[error("internal error: {0}")]
+    Panicked(String),
 }
 
 impl From<ort::Error> for ModelError {

@@ -10,7 +10,7 @@ use ort::value::{
     DynMapValueType, DynSequenceValueType, DynTensor, DynValue, TensorElementType, TensorRef, ValueType,
 };
 
-use crate::{DataType, ModelBackend, ModelError, Tensor, TensorData};
+use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData};
 
 /// Input shapes for which buffers are kept, per model (batch sizes 1..=64 fit).
 const MAX_BOUND_SHAPES: usize = 64;
@@ -28,6 +28,9 @@ pub struct OnnxModel {
     runner: Mutex<Runner>,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// Per input, in model order: its element type (`None`: one Ferrite does not serve) and
+    /// shape (`-1`: any size), when it is a tensor.
+    input_specs: Vec<Option<(Option<DataType>, Vec<i64>)>>,
     /// Every input and output is a numeric tensor, so runs can use kept buffers ([`Bound`]).
     bindable: bool,
 }
@@ -65,6 +68,14 @@ impl OnnxModel {
         }
         let session = builder.commit_from_file(path).map_err(fail)?;
         let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let input_specs = session
+            .inputs()
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => Some((data_type_of(*ty), shape.to_vec())),
+                _ => None,
+            })
+            .collect();
         let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let numeric = |ty: &ValueType| matches!(ty, ValueType::Tensor { ty, .. } if *ty != TensorElementType::String && data_type_of(*ty).is_some());
         let bindable = session.inputs().iter().all(|o| numeric(o.dtype()))
@@ -77,8 +88,64 @@ impl OnnxModel {
             }),
             input_names,
             output_names,
+            input_specs,
             bindable,
         })
+    }
+
+    /// `config` checked against the file's inputs: each declared input must be one of the
+    /// file's, of the same element type and rank; a `-1` dimension the file fixes is narrowed
+    /// to the file's size, so that a request of another size is refused as INVALID_ARGUMENT
+    /// naming the input and the expected shape (ONNX Runtime would fail the run instead); a
+    /// fixed size the file contradicts is refused. The batch dimension is left as it is.
+    pub fn fit_config(&self, config: &ModelConfig) -> Result<ModelConfig, String> {
+        let mut fitted = config.clone();
+        let batch = usize::from(config.max_batch_size > 0);
+        for spec in &mut fitted.inputs {
+            let Some(at) = self.input_names.iter().position(|n| *n == spec.name) else {
+                return Err(format!(
+                    "the config declares input {:?}, which the ONNX file does not have; its inputs are {:?}",
+                    spec.name, self.input_names
+                ));
+            };
+            let Some((dtype, shape)) = &self.input_specs[at] else {
+                continue;
+            };
+            if let Some(dtype) = dtype
+                && *dtype != spec.dtype
+            {
+                return Err(format!(
+                    "input {:?} is {dtype} in the ONNX file, the config says {}",
+                    spec.name, spec.dtype
+                ));
+            }
+            let declared = config.full_shape(spec);
+            if shape.len() != declared.len() {
+                return Err(format!(
+                    "input {:?} has shape {shape:?} in the ONNX file (-1: any size), the config says {declared:?}                      ({})",
+                    spec.name,
+                    if batch == 1 {
+                        "the batch dimension first, as max_batch_size > 0"
+                    } else {
+                        "no batch dimension, as max_batch_size = 0"
+                    }
+                ));
+            }
+            for (i, (dim, &file)) in spec.dims.iter_mut().zip(&shape[batch..]).enumerate() {
+                if file <= 0 {
+                    continue;
+                }
+                if *dim == -1 {
+                    *dim = file;
+                } else if *dim != file {
+                    return Err(format!(
+                        "input {:?}: dims[{i}] is {dim} in the config but {file} in the ONNX file (shape {shape:?})",
+                        spec.name
+                    ));
+                }
+            }
+        }
+        Ok(fitted)
     }
 
     pub fn input_names(&self) -> &[String] {
@@ -108,10 +175,15 @@ impl ModelBackend for OnnxModel {
                 )));
             }
         }
-        let mut runner = self
-            .runner
-            .lock()
-            .map_err(|_| ModelError::Inference("session lock poisoned".into()))?;
+        // A run that panicked (caught by the repository or the batching queue) poisons the
+        // lock. The session itself is ONNX Runtime's and was not mid-change in Rust; the kept
+        // buffers might be, so they are dropped and rebuilt as runs come.
+        let mut runner = self.runner.lock().unwrap_or_else(|poisoned| {
+            let mut runner = poisoned.into_inner();
+            runner.bound.clear();
+            self.runner.clear_poison();
+            runner
+        });
         let Runner { session, bound, key } = &mut *runner;
         let order = if self.bindable {
             self.model_order(inputs)

@@ -4,20 +4,32 @@
 //! the version it started on even if a load or unload swaps the map meanwhile.
 
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::queue::{Admission, BatchQueue, deadline_passed};
+use crate::stats::{Rejection, VersionStats};
 use crate::{BackendKind, ModelBackend, ModelConfig, ModelError, OnnxModel, OnnxRuntime, Tensor};
 
 /// One loaded version of a model.
 pub struct LoadedVersion {
     pub version: u64,
     pub backend: Arc<dyn ModelBackend>,
-    pub stats: Arc<crate::stats::VersionStats>,
+    pub stats: Arc<VersionStats>,
+    /// The config requests to this version are checked against: the model's, with each `-1`
+    /// dimension that this version's ONNX file fixes narrowed to the file's size.
+    pub config: Arc<ModelConfig>,
+    /// `model "name" version N`, for messages.
+    label: String,
     /// The dynamic-batching queue, when the config asks for one.
-    queue: Option<crate::queue::BatchQueue>,
+    queue: Option<BatchQueue>,
+    /// Without a queue: the calls waiting for or running on the blocking pool, bounded by
+    /// `DEFAULT_MAX_QUEUE_SIZE` (inline runs hold no place: they never wait).
+    direct: Arc<Admission>,
     /// Running mean (exponentially weighted, ns) of this version's direct runs, each run
     /// counted as at most `2 * INLINE_BELOW_NS`; `u64::MAX` until the first run. Decides where
     /// the next direct run goes (see `INLINE_BELOW_NS`).
@@ -43,11 +55,62 @@ fn next_mean(old: u64, took: std::time::Duration) -> u64 {
 }
 
 impl LoadedVersion {
-    /// Runs the backend here, recording the run in the statistics and the running mean.
+    fn new(
+        name: &str,
+        version: u64,
+        config: Arc<ModelConfig>,
+        backend: Arc<dyn ModelBackend>,
+    ) -> Result<LoadedVersion, ModelError> {
+        let label = format!("model {name:?} version {version}");
+        let stats = Arc::new(VersionStats::new(name, version));
+        let queue = match (&config.dynamic_batching, config.max_batch_size) {
+            (Some(batching), max) if max > 0 => Some(BatchQueue::start(
+                label.clone(),
+                backend.clone(),
+                stats.clone(),
+                max,
+                batching,
+            )?),
+            _ => None,
+        };
+        let direct = Arc::new(Admission::new(
+            label.clone(),
+            crate::config::DEFAULT_MAX_QUEUE_SIZE,
+            "the fixed limit of a version without dynamic_batching",
+            stats.clone(),
+        ));
+        Ok(LoadedVersion {
+            version,
+            backend,
+            stats,
+            config,
+            label,
+            queue,
+            direct,
+            compute_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
+        })
+    }
+
+    /// Whether the version can answer: false while its batching thread is dead (the next
+    /// call starts a new one).
+    pub fn is_ready(&self) -> bool {
+        self.queue.as_ref().is_none_or(BatchQueue::is_alive)
+    }
+
+    /// Requests accepted and not yet answered (queued or running; inline runs not counted).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.as_ref().map_or(self.direct.held(), BatchQueue::depth)
+    }
+
+    /// Runs the backend here, recording the run in the statistics and the running mean. A
+    /// panic in the backend is caught, counted and answered as an error.
     fn run_direct(&self, inputs: &[Tensor], batched: bool) -> Result<Vec<Tensor>, ModelError> {
         use std::sync::atomic::Ordering;
         let compute = std::time::Instant::now();
-        let outputs = self.backend.infer(inputs);
+        let outputs =
+            catch_unwind(AssertUnwindSafe(|| self.backend.infer(inputs))).unwrap_or_else(|payload| {
+                Err(crate::queue::panicked(&self.label, &self.stats, payload.as_ref()))
+            });
         let took = compute.elapsed();
         let rows = if batched { inputs[0].shape[0] } else { 1 };
         self.stats.record_execution(rows, took);
@@ -59,6 +122,41 @@ impl LoadedVersion {
 
     fn runs_inline(&self) -> bool {
         self.compute_ns.load(std::sync::atomic::Ordering::Relaxed) < INLINE_BELOW_NS
+    }
+
+    /// A run without a batching queue: inline when the model is fast (see `INLINE_BELOW_NS`),
+    /// else on the blocking pool, where it starts only if `deadline` has not passed and is
+    /// waited for until `deadline` at the latest.
+    async fn infer_direct(
+        self: &Arc<Self>,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        let batched = self.config.max_batch_size > 0;
+        if self.runs_inline() {
+            return self.run_direct(&inputs, batched);
+        }
+        // A model run of unknown or real cost: off the async workers.
+        let ticket = self.direct.admit()?;
+        let run = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _ticket = ticket;
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Err(deadline_passed(
+                    &run.label,
+                    "waiting for a thread; it was not run",
+                ));
+            }
+            run.run_direct(&inputs, batched)
+        });
+        let joined = match deadline {
+            None => task.await,
+            // A run already started finishes on its thread; its answer is dropped.
+            Some(at) => tokio::time::timeout_at(at.into(), task)
+                .await
+                .map_err(|_| deadline_passed(&self.label, "running"))?,
+        };
+        joined.unwrap_or_else(|e| Err(ModelError::Inference(format!("inference task failed: {e}"))))
     }
 }
 
@@ -313,11 +411,18 @@ impl ModelRepository {
             .load()
             .values()
             .flat_map(|m| {
-                m.versions.keys().map(|v| IndexEntry {
-                    name: m.name.clone(),
-                    version: v.to_string(),
-                    state: "READY",
-                    reason: String::new(),
+                m.versions.values().map(|v| {
+                    let ready = v.is_ready();
+                    IndexEntry {
+                        name: m.name.clone(),
+                        version: v.version.to_string(),
+                        state: if ready { "READY" } else { "UNAVAILABLE" },
+                        reason: if ready {
+                            String::new()
+                        } else {
+                            "its batching thread stopped; the next inference call starts a new one".into()
+                        },
+                    }
                 })
             })
             .collect();
@@ -343,31 +448,76 @@ impl ModelRepository {
         version: &str,
         inputs: Vec<Tensor>,
     ) -> Result<(u64, Vec<Tensor>), ModelError> {
+        self.infer_until(name, version, inputs, None).await
+    }
+
+    /// [`ModelRepository::infer`] for a caller with a deadline: a call whose deadline passes
+    /// before its answer gets `DeadlineExceeded` (counted in
+    /// `ferrite_model_rejected_total{reason="deadline"}`), and a request still waiting for the
+    /// model then is not run.
+    pub async fn infer_until(
+        &self,
+        name: &str,
+        version: &str,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<(u64, Vec<Tensor>), ModelError> {
         let model = self.get(name)?;
         let loaded = model.version(version)?.clone();
-        let start = std::time::Instant::now();
-        let result = match crate::validate::check_inputs(&model.config, &inputs) {
+        let start = Instant::now();
+        let result = match crate::validate::check_inputs(&loaded.config, &inputs) {
             Err(e) => Err(e),
+            Ok(()) if deadline.is_some_and(|d| d <= start) => Err(deadline_passed(
+                &loaded.label,
+                "on its way to the model; it was not run",
+            )),
             Ok(()) => match &loaded.queue {
-                Some(queue) => queue.infer(inputs).await,
-                None => {
-                    let batched = model.config.max_batch_size > 0;
-                    if loaded.runs_inline() {
-                        loaded.run_direct(&inputs, batched)
-                    } else {
-                        // A model run of unknown or real cost: off the async workers.
-                        let run = loaded.clone();
-                        tokio::task::spawn_blocking(move || run.run_direct(&inputs, batched))
-                            .await
-                            .unwrap_or_else(|e| {
-                                Err(ModelError::Inference(format!("inference task failed: {e}")))
-                            })
-                    }
-                }
+                Some(queue) => queue.infer(inputs, deadline).await,
+                None => loaded.infer_direct(inputs, deadline).await,
             },
         };
+        if let Err(ModelError::DeadlineExceeded(_)) = &result {
+            loaded.stats.record_rejected(Rejection::Deadline);
+        }
         loaded.stats.record_request(result.is_ok(), start.elapsed());
         Ok((loaded.version, result?))
+    }
+
+    /// Serves `backends` (version, backend), built in code rather than read from the
+    /// repository directory, as model `name` with `config`'s checks, batching and limits; no
+    /// warm-up runs. Replaces a loaded model of that name; hot reload leaves it alone. For
+    /// programs that embed the repository, and for tests.
+    pub fn insert(
+        &self,
+        name: &str,
+        config: ModelConfig,
+        backends: Vec<(u64, Arc<dyn ModelBackend>)>,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
+        check_name(name)?;
+        let fail = |message: String| ModelError::Config {
+            path: PathBuf::from(format!("<model {name:?} built in code>")),
+            message,
+        };
+        config.validate().map_err(fail)?;
+        if backends.is_empty() {
+            return Err(fail("no version to serve".into()));
+        }
+        let config = Arc::new(config);
+        let mut versions = BTreeMap::new();
+        for (version, backend) in backends {
+            let loaded = LoadedVersion::new(name, version, config.clone(), backend)?;
+            versions.insert(version, Arc::new(loaded));
+        }
+        let model = Arc::new(LoadedModel {
+            name: name.to_string(),
+            config,
+            versions,
+        });
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::clone(&self.models.load());
+        next.insert(name.to_string(), model.clone());
+        self.models.store(Arc::new(next));
+        Ok(model)
     }
 
     fn read_model(&self, name: &str) -> Result<LoadedModel, ModelError> {
@@ -387,36 +537,43 @@ impl ModelRepository {
         let mut versions = BTreeMap::new();
         for version in selected {
             let path = dir.join(version.to_string()).join(config.model_filename());
-            let backend: Arc<dyn ModelBackend> = match config.backend {
-                BackendKind::Onnx => Arc::new(OnnxModel::load(&self.runtime, &path, config.threads)?),
-                BackendKind::Candle => Arc::new(crate::candle_backend::CandleModel::load(&config, &path)?),
+            let (backend, fitted): (Arc<dyn ModelBackend>, ModelConfig) = match config.backend {
+                BackendKind::Onnx => {
+                    let onnx = OnnxModel::load(&self.runtime, &path, config.threads)?;
+                    let fitted = onnx.fit_config(&config).map_err(|message| ModelError::Load {
+                        path: path.clone(),
+                        message,
+                    })?;
+                    (Arc::new(onnx), fitted)
+                }
+                BackendKind::Candle => (
+                    Arc::new(crate::candle_backend::CandleModel::load(&config, &path)?),
+                    config.clone(),
+                ),
             };
-            crate::warmup::run(&config, &dir, backend.as_ref()).map_err(|e| ModelError::Load {
+            if fitted != config {
+                tracing::info!(
+                    model = name,
+                    version,
+                    inputs = ?fitted.inputs.iter().map(|s| (&s.name, &s.dims)).collect::<Vec<_>>(),
+                    "-1 dims narrowed to the sizes the ONNX file fixes"
+                );
+            }
+            crate::warmup::run(&fitted, &dir, backend.as_ref()).map_err(|e| ModelError::Load {
                 path: path.clone(),
                 message: format!("warm-up failed: {e}"),
             })?;
-            let stats = Arc::new(crate::stats::VersionStats::new(name, version));
-            let queue = match (&config.dynamic_batching, config.max_batch_size) {
-                (Some(batching), max) if max > 0 => Some(crate::queue::BatchQueue::start(
-                    format!("{name}-{version}"),
-                    backend.clone(),
-                    stats.clone(),
-                    max,
-                    batching,
-                )?),
-                _ => None,
-            };
-            versions.insert(
-                version,
-                Arc::new(LoadedVersion {
-                    version,
-                    backend,
-                    stats,
-                    queue,
-                    compute_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
-                }),
-            );
+            let loaded = LoadedVersion::new(name, version, Arc::new(fitted), backend)?;
+            versions.insert(version, Arc::new(loaded));
         }
+        // The model's own config (metadata, ModelConfig) shows the narrowed dims when every
+        // version agrees on them; each version checks requests against its own either way.
+        let mut fitted = versions.values().map(|v| &v.config);
+        let first = fitted.next().map(|c| ModelConfig::clone(c));
+        let config = match first {
+            Some(first) if fitted.all(|c| **c == first) => first,
+            _ => config,
+        };
         Ok(LoadedModel {
             name: name.to_string(),
             config: Arc::new(config),

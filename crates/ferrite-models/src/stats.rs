@@ -44,6 +44,12 @@ pub struct VersionStats {
     pub execution_count: AtomicU64,
     /// Milliseconds since the Unix epoch of the last inference.
     pub last_inference_ms: AtomicU64,
+    /// Requests refused because the version already held its limit of requests.
+    pub rejected_queue_full: AtomicU64,
+    /// Requests answered DEADLINE_EXCEEDED.
+    pub rejected_deadline: AtomicU64,
+    /// Model runs (or batching-thread iterations) that panicked.
+    pub panics: AtomicU64,
     /// Batch size -> (executions, compute time).
     batches: Mutex<BTreeMap<usize, (u64, u64)>>,
     /// Prometheus handles, looked up once: building a labelled key on every call allocates.
@@ -57,6 +63,19 @@ struct Handles {
     queue_seconds: metrics::Histogram,
     requests_ok: metrics::Counter,
     requests_error: metrics::Counter,
+    rejected_queue_full: metrics::Counter,
+    rejected_deadline: metrics::Counter,
+    panics: metrics::Counter,
+    queue_depth: metrics::Gauge,
+}
+
+/// Why a request was refused without running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The version already held `max_queue_size` requests.
+    QueueFull,
+    /// The caller's deadline passed first.
+    Deadline,
 }
 
 impl VersionStats {
@@ -71,6 +90,13 @@ impl VersionStats {
                 ("status", status.to_string()),
             ]
         };
+        let with_reason = |reason: &'static str| {
+            [
+                labels[0].clone(),
+                labels[1].clone(),
+                ("reason", reason.to_string()),
+            ]
+        };
         VersionStats {
             success: Duration64::default(),
             fail: Duration64::default(),
@@ -79,6 +105,9 @@ impl VersionStats {
             inference_count: AtomicU64::new(0),
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
+            rejected_queue_full: AtomicU64::new(0),
+            rejected_deadline: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             batches: Mutex::default(),
             metrics: Handles {
                 compute_seconds: metrics::histogram!("ferrite_model_compute_seconds", &labels),
@@ -86,6 +115,16 @@ impl VersionStats {
                 queue_seconds: metrics::histogram!("ferrite_model_queue_seconds", &labels),
                 requests_ok: metrics::counter!("ferrite_model_requests_total", &with_status("ok")),
                 requests_error: metrics::counter!("ferrite_model_requests_total", &with_status("error")),
+                rejected_queue_full: metrics::counter!(
+                    "ferrite_model_rejected_total",
+                    &with_reason("queue_full")
+                ),
+                rejected_deadline: metrics::counter!(
+                    "ferrite_model_rejected_total",
+                    &with_reason("deadline")
+                ),
+                panics: metrics::counter!("ferrite_model_panics_total", &labels),
+                queue_depth: metrics::gauge!("ferrite_model_queue_depth", &labels),
             },
         }
     }
@@ -125,6 +164,32 @@ impl VersionStats {
         };
         slot.add(1, took);
         counter.increment(1);
+    }
+
+    /// A request refused without running.
+    pub fn record_rejected(&self, why: Rejection) {
+        let (count, counter) = match why {
+            Rejection::QueueFull => (&self.rejected_queue_full, &self.metrics.rejected_queue_full),
+            Rejection::Deadline => (&self.rejected_deadline, &self.metrics.rejected_deadline),
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
+    }
+
+    /// A panic caught in a model run or in the batching thread.
+    pub fn record_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.metrics.panics.increment(1);
+    }
+
+    /// One more request accepted and not yet answered (`ferrite_model_queue_depth`).
+    pub(crate) fn queue_entered(&self) {
+        self.metrics.queue_depth.increment(1.0);
+    }
+
+    /// One request answered, refused or abandoned.
+    pub(crate) fn queue_left(&self) {
+        self.metrics.queue_depth.decrement(1.0);
     }
 
     /// Batch size -> (executions, compute nanoseconds), smallest batch first.

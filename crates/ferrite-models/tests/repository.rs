@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ferrite_models::{ModelRepository, OnnxRuntime, Tensor, TensorData};
+use ferrite_models::{ModelError, ModelRepository, OnnxRuntime, Tensor, TensorData};
 
 fn repo_with_example() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -162,4 +162,63 @@ async fn a_version_serves_only_after_its_warm_up_passes() {
     let reloaded = repo.reload_changed();
     assert!(reloaded[0].1.is_ok(), "{:?}", reloaded[0].1);
     assert_eq!(ready_versions(&repo), ["2", "3"]);
+}
+
+fn set_feature_dims(dir: &Path, dims: &str) {
+    let config = dir.join("fraud_logreg/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("dims = [8]"), "{text}");
+    std::fs::write(config, text.replacen("dims = [8]", &format!("dims = {dims}"), 1)).unwrap();
+}
+
+#[tokio::test]
+async fn a_minus_one_dim_the_onnx_file_fixes_is_narrowed_so_wrong_widths_are_caller_mistakes() {
+    // fraud_logreg's ONNX file takes features of width 8; the config says any width.
+    let dir = repo_with_example();
+    set_feature_dims(dir.path(), "[-1]");
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    let results = repo.load_all().unwrap();
+    assert!(results[0].1.is_ok(), "{:?}", results[0].1);
+    let model = repo.get("fraud_logreg").unwrap();
+    assert_eq!(
+        model.config.inputs[0].dims,
+        [8],
+        "metadata shows the file's width"
+    );
+    for version in ["1", "2"] {
+        assert_eq!(model.version(version).unwrap().config.inputs[0].dims, [8]);
+    }
+
+    let narrow = vec![Tensor::new("features", vec![1, 5], TensorData::Fp32(vec![0.5; 5])).unwrap()];
+    let err = repo.infer("fraud_logreg", "", narrow).await.unwrap_err();
+    assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("input \"features\"") && msg.contains("expected [-1, 8]"),
+        "{msg}"
+    );
+    assert_eq!(repo.infer("fraud_logreg", "", features()).await.unwrap().0, 2);
+}
+
+#[test]
+fn a_size_the_onnx_file_contradicts_is_refused_at_load() {
+    let dir = repo_with_example();
+    set_feature_dims(dir.path(), "[9]");
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    let results = repo.load_all().unwrap();
+    let err = results[0].1.as_ref().unwrap_err().to_string();
+    assert!(
+        err.contains("model.onnx")
+            && err.contains("input \"features\"")
+            && err.contains("dims[0] is 9 in the config but 8 in the ONNX file"),
+        "{err}"
+    );
+    assert_eq!(repo.index()[0].state, "UNAVAILABLE");
+
+    // A rank the file does not have is refused the same way, naming the file's shape.
+    let dir = repo_with_example();
+    set_feature_dims(dir.path(), "[8, 2]");
+    let repo = ModelRepository::new(dir.path(), OnnxRuntime::get(None).unwrap());
+    let err = repo.load("fraud_logreg").err().unwrap().to_string();
+    assert!(err.contains("input \"features\" has shape"), "{err}");
 }

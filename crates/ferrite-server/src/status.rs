@@ -41,8 +41,13 @@ impl From<ApiError> for Status {
                 Status::unavailable(message)
             }
             ApiError::Model(
-                ModelError::Config { .. } | ModelError::Load { .. } | ModelError::Inference(_),
+                ModelError::Config { .. }
+                | ModelError::Load { .. }
+                | ModelError::Inference(_)
+                | ModelError::Panicked(_),
             ) => Status::internal(message),
+            ApiError::Model(ModelError::Overloaded(_)) => Status::resource_exhausted(message),
+            ApiError::Model(ModelError::DeadlineExceeded(_)) => Status::deadline_exceeded(message),
             ApiError::Feature(FeatureError::MissingColumn { .. } | FeatureError::Offline { .. }) => {
                 Status::failed_precondition(message)
             }
@@ -113,6 +118,13 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(s.message().contains("features.max_entities_per_read"));
         let s: Status = ApiError::from(FeatureError::Internal("one answer per key".into())).into();
+        assert_eq!(s.code(), Code::Internal);
+        let s: Status = ApiError::from(ModelError::Overloaded("max_queue_size = 8".into())).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("max_queue_size = 8"));
+        let s: Status = ApiError::from(ModelError::DeadlineExceeded("queued".into())).into();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        let s: Status = ApiError::from(ModelError::Panicked("the model run panicked".into())).into();
         assert_eq!(s.code(), Code::Internal);
     }
 }
