@@ -52,6 +52,13 @@ pub fn request_tensors(req: &mut ModelInferRequest) -> Result<Vec<Tensor>, Statu
             let dtype = datatype(input)?;
             let shape = shape(input)?;
             let data = if raw {
+                if input.contents.as_ref().is_some_and(has_elements) {
+                    return Err(invalid(format!(
+                        "input {:?} has both typed contents and an entry in raw_input_contents; \
+                         send its data one way: raw_input_contents for every input, or contents for every input",
+                        input.name
+                    )));
+                }
                 decode_raw(&input.name, dtype, &req.raw_input_contents[i])?
             } else {
                 typed(input, dtype)?
@@ -60,6 +67,18 @@ pub fn request_tensors(req: &mut ModelInferRequest) -> Result<Vec<Tensor>, Statu
             Tensor::new(std::mem::take(&mut input.name), shape, data).map_err(|e| invalid(e.to_string()))
         })
         .collect()
+}
+
+/// Whether typed contents carry any element (an empty `contents` message carries none).
+fn has_elements(c: &pb::InferTensorContents) -> bool {
+    !(c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty()
+        && c.bytes_contents.is_empty())
 }
 
 fn typed(input: &mut InferInputTensor, dtype: DataType) -> Result<TensorData, Status> {

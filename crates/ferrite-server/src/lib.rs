@@ -218,6 +218,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = tonic::transport::Server::builder()
+        // Outermost, so that a call's arrival is taken before tonic starts its deadline timer.
+        .layer(services::ArrivalLayer)
         .layer(telemetry::GrpcMetricsLayer::default())
         .add_service(health_service)
         .add_service(reflection_v1)

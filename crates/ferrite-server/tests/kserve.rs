@@ -940,3 +940,327 @@ async fn a_scikit_learn_gbdt_serves_its_scores_with_and_without_zipmap() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A repository holding a copy of `fraud_logreg` named `name`, its config edited by `edit`.
+fn logreg_copy(name: &str, edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path().join(name);
+    common::copy_dir(&repo_root().join("models/fraud_logreg"), &dir);
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    std::fs::write(dir.join("config.toml"), edit(config)).unwrap();
+    repo
+}
+
+async fn serve_repo(
+    repo: &std::path::Path,
+    tweak: impl FnOnce(&mut ferrite_server::Config),
+) -> (ferrite_server::RunningServer, GrpcInferenceServiceClient<Channel>) {
+    let mut config = common::test_config();
+    config.models.repository = repo.to_path_buf();
+    config.models.poll_interval_s = 0.0;
+    tweak(&mut config);
+    let (server, channel) = common::start_with(config).await;
+    (server, GrpcInferenceServiceClient::new(channel))
+}
+
+/// The value of the series `name` whose labels include every one of `labels`.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Scrapes until the series `name` with `labels` reads `want` (at most 10 s, in 20 ms steps).
+async fn metric_reaches(
+    server: &ferrite_server::RunningServer,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) {
+    let mut last = None;
+    for _ in 0..500 {
+        last = series(&scrape(server).await, name, labels);
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{name}{labels:?} is {last:?}, expected {want}");
+}
+
+/// A request to model `name` with one row of 8 zeros.
+fn one_row(name: &str, version: &str) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: name.into(),
+        ..request(version, &[vec![0.0; 8]])
+    }
+}
+
+#[tokio::test]
+async fn a_request_still_queued_at_its_deadline_is_never_run() {
+    // Batches wait up to 200 ms for 8 rows: a lone one-row request outlives a 50 ms deadline.
+    let repo = logreg_copy("deadline_logreg", |c| {
+        c + "dynamic_batching = { max_queue_delay_us = 200000, preferred_batch_sizes = [8] }\n"
+    });
+    let (server, mut kserve) = serve_repo(repo.path(), |_| {}).await;
+    let mut req = tonic::Request::new(one_row("deadline_logreg", "2"));
+    req.set_timeout(std::time::Duration::from_millis(50));
+    let status = kserve.model_infer(req).await.unwrap_err();
+    // tonic's client gives up at the deadline on its own (CANCELLED, "Timeout expired"),
+    // before the server's answer (DEADLINE_EXCEEDED, naming the model) can reach it; other
+    // clients see the server's.
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    // The request left the queue without running.
+    let labels = [("model", "deadline_logreg"), ("version", "2")];
+    metric_reaches(&server, "ferrite_model_queue_depth", &labels, 0.0).await;
+    let stats = statistics(&mut kserve, "deadline_logreg", "2").await;
+    assert_eq!(stats[0].execution_count, 0, "the expired request never ran");
+
+    // Without a deadline, the same request is answered.
+    kserve.model_infer(one_row("deadline_logreg", "2")).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_resource_exhausted_naming_the_model_and_the_limit() {
+    // One place: a request gathering its batch (200 ms) holds it.
+    let repo = logreg_copy("bounded_logreg", |c| {
+        c + "dynamic_batching = { max_queue_delay_us = 200000, preferred_batch_sizes = [8], max_queue_size = 1 }\n"
+    });
+    let (server, kserve) = serve_repo(repo.path(), |_| {}).await;
+    let mut first_client = kserve.clone();
+    let first = tokio::spawn(async move { first_client.model_infer(one_row("bounded_logreg", "2")).await });
+    let labels = [("model", "bounded_logreg"), ("version", "2")];
+    metric_reaches(&server, "ferrite_model_queue_depth", &labels, 1.0).await;
+
+    let status = kserve
+        .clone()
+        .model_infer(one_row("bounded_logreg", "2"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    for expected in [
+        "model \"bounded_logreg\" version 2",
+        "dynamic_batching.max_queue_size = 1",
+    ] {
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    let full = [
+        ("model", "bounded_logreg"),
+        ("version", "2"),
+        ("reason", "queue_full"),
+    ];
+    assert_eq!(
+        series(&scrape(&server).await, "ferrite_model_rejected_total", &full),
+        Some(1.0)
+    );
+    first.await.unwrap().unwrap();
+    kserve
+        .clone()
+        .model_infer(one_row("bounded_logreg", "2"))
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+/// A test model `y = x` (FP32, one value per row) that panics on `x = -1`, and whose panic
+/// on `x = -2` is one that ends its batching thread (the payload panics as it drops, twice).
+struct Panicky;
+
+struct PanicOnDrop(u32);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            std::panic::panic_any(PanicOnDrop(self.0 - 1));
+        }
+    }
+}
+
+impl ferrite_models::ModelBackend for Panicky {
+    fn infer(
+        &self,
+        inputs: &[ferrite_models::Tensor],
+    ) -> Result<Vec<ferrite_models::Tensor>, ferrite_models::ModelError> {
+        let x = &inputs[0];
+        if let ferrite_models::TensorData::Fp32(v) = &x.data {
+            if v.contains(&-1.0) {
+                panic!("the test model panics on -1");
+            }
+            if v.contains(&-2.0) {
+                std::panic::panic_any(PanicOnDrop(2));
+            }
+        }
+        Ok(vec![ferrite_models::Tensor::new(
+            "y",
+            x.shape.clone(),
+            x.data.clone(),
+        )?])
+    }
+}
+
+fn x_request(name: &str, x: f32) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: name.into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1],
+            contents: Some(InferTensorContents {
+                fp32_contents: vec![x],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_model_answers_internal_and_keeps_serving() {
+    let (server, mut kserve) = client().await;
+    let config = |batching: &str| -> ferrite_models::ModelConfig {
+        toml::from_str(&format!(
+            "backend = \"onnx\"\nmax_batch_size = 4\n{batching}\n\
+             inputs = [{{ name = \"x\", dtype = \"FP32\", dims = [1] }}]\n\
+             outputs = [{{ name = \"y\", dtype = \"FP32\", dims = [1] }}]\n"
+        ))
+        .unwrap()
+    };
+    let models = &server.state().models;
+    let backend = || {
+        vec![(
+            1,
+            std::sync::Arc::new(Panicky) as std::sync::Arc<dyn ferrite_models::ModelBackend>,
+        )]
+    };
+    models
+        .insert(
+            "panicky_batched",
+            config("dynamic_batching = { max_queue_delay_us = 0 }"),
+            backend(),
+        )
+        .unwrap();
+    models.insert("panicky_direct", config(""), backend()).unwrap();
+    let ready = |name: &str| ModelReadyRequest {
+        name: name.into(),
+        version: "1".into(),
+    };
+
+    for name in ["panicky_batched", "panicky_direct"] {
+        let status = kserve.model_infer(x_request(name, -1.0)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "{name}: {status:?}");
+        assert!(
+            status.message().contains("panicked") && status.message().contains("the test model panics on -1"),
+            "{}",
+            status.message()
+        );
+        let answer = kserve
+            .model_infer(x_request(name, 3.0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(f32s(&answer.raw_output_contents[0]), [3.0], "{name}");
+        assert!(kserve.model_ready(ready(name)).await.unwrap().into_inner().ready);
+        assert_eq!(
+            series(
+                &scrape(&server).await,
+                "ferrite_model_panics_total",
+                &[("model", name), ("version", "1")]
+            ),
+            Some(1.0)
+        );
+    }
+
+    // A batching thread that dies after all: not ready, until the next call starts another.
+    let status = kserve
+        .model_infer(x_request("panicky_batched", -2.0))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let mut dead = false;
+    for _ in 0..500 {
+        dead = !kserve
+            .model_ready(ready("panicky_batched"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready;
+        if dead {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(dead, "ModelReady said true with its batching thread gone");
+    let answer = kserve
+        .model_infer(x_request("panicky_batched", 4.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f32s(&answer.raw_output_contents[0]), [4.0]);
+    assert!(
+        kserve
+            .model_ready(ready("panicky_batched"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_minus_one_dim_is_narrowed_to_the_onnx_file_and_wrong_widths_are_invalid_argument() {
+    let repo = logreg_copy("any_width_logreg", |c| c.replacen("dims = [8]", "dims = [-1]", 1));
+    let (server, mut kserve) = serve_repo(repo.path(), |_| {}).await;
+    let metadata = kserve
+        .model_metadata(ModelMetadataRequest {
+            name: "any_width_logreg".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(metadata.inputs[0].shape, [-1, 8]);
+    let narrow = ModelInferRequest {
+        model_name: "any_width_logreg".into(),
+        ..request("", &[vec![0.0; 5]])
+    };
+    let status = kserve.model_infer(narrow).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("input \"features\"") && status.message().contains("expected [-1, 8]"),
+        "{}",
+        status.message()
+    );
+    kserve.model_infer(one_row("any_width_logreg", "")).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_input_with_both_raw_and_typed_contents_is_refused_naming_it() {
+    let (server, mut kserve) = client().await;
+    let good = rows(&expected()["features"]);
+    let mut req = request("1", &good);
+    // Typed contents stay on the input, and the same data comes raw too.
+    req.raw_input_contents = vec![good.concat().iter().flat_map(|x| x.to_le_bytes()).collect()];
+    let status = kserve.model_infer(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("input \"features\"")
+            && status.message().contains("raw_input_contents")
+            && status.message().contains("contents"),
+        "{}",
+        status.message()
+    );
+    // An empty contents message beside raw data carries nothing: accepted.
+    let mut req = request("1", &good);
+    req.inputs[0].contents = Some(InferTensorContents::default());
+    req.raw_input_contents = vec![good.concat().iter().flat_map(|x| x.to_le_bytes()).collect()];
+    kserve.model_infer(req).await.unwrap();
+    server.shutdown().await.unwrap();
+}

@@ -166,9 +166,10 @@ async fn infer(
         return answer;
     }
     let inputs = convert::request_tensors(&mut req)?;
+    // Until the deadline at the latest: a request still queued then is not run.
     let (ran, outputs) = state
         .models
-        .infer(&req.model_name, &req.model_version, inputs)
+        .infer_until(&req.model_name, &req.model_version, inputs, deadline)
         .await
         .map_err(model_error)?;
     convert::response(&mut req, ran, outputs)
@@ -237,8 +238,9 @@ impl GrpcInferenceService for KServe {
                 ready: pipeline_version(&p, &req.version).is_ok(),
             }));
         }
+        // A version whose batching thread died is not ready (the next call restarts it).
         let ready = match self.state.models.get(&req.name) {
-            Ok(model) => model.version(&req.version).is_ok(),
+            Ok(model) => model.version(&req.version).is_ok_and(|v| v.is_ready()),
             Err(ferrite_models::ModelError::NotFound(_)) => false,
             Err(e) => return Err(model_error(e)),
         };
@@ -296,7 +298,7 @@ impl GrpcInferenceService for KServe {
         &self,
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = super::deadline(&req, Instant::now());
+        let deadline = super::deadline(&req, super::arrival(&req));
         infer(
             self.state.clone(),
             self.pipeline_stats.clone(),
@@ -312,7 +314,7 @@ impl GrpcInferenceService for KServe {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
         // The stream's deadline bounds each of its requests.
-        let deadline = super::deadline(&req, Instant::now());
+        let deadline = super::deadline(&req, super::arrival(&req));
         Ok(Response::new(Box::pin(stream_answers(
             self.state.clone(),
             self.pipeline_stats.clone(),

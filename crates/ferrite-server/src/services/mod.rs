@@ -25,6 +25,54 @@ pub(crate) async fn load_model(state: &AppState, name: String) -> Result<(), Sta
     Ok(())
 }
 
+/// When a call arrived, as [`ArrivalLayer`] saw it; now when the layer is not installed.
+pub(crate) fn arrival<T>(request: &Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<Arrived>()
+        .map_or_else(Instant::now, |a| a.0)
+}
+
+/// The instant a call reached the server, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+struct Arrived(Instant);
+
+/// Stamps each call with its arrival. Installed outermost, its `call` runs before tonic
+/// starts the timer that cancels a call at its `grpc-timeout` (tonic answers that CANCELLED):
+/// a deadline counted from this instant expires no later than tonic's, so a service that
+/// waits until it can answer DEADLINE_EXCEEDED itself, naming what it was waiting for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ArrivalLayer;
+
+impl<S> tower::Layer<S> for ArrivalLayer {
+    type Service = Arrival<S>;
+
+    fn layer(&self, inner: S) -> Arrival<S> {
+        Arrival(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Arrival<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for Arrival<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        req.extensions_mut().insert(Arrived(Instant::now()));
+        self.0.call(req)
+    }
+}
+
 /// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H M S m u n).
 pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
     let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -45,6 +93,41 @@ pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Ins
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads the arrival a call carries, after the time its service starts work on it.
+    struct Echo;
+
+    impl tower::Service<http::Request<()>> for Echo {
+        type Response = (Instant, Instant);
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<(Instant, Instant), Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<()>) -> Self::Future {
+            let started = Instant::now();
+            std::thread::sleep(Duration::from_millis(2));
+            let request = Request::from_http(req);
+            std::future::ready(Ok((arrival(&request), started)))
+        }
+    }
+
+    #[test]
+    fn a_call_carries_the_instant_it_passed_the_arrival_layer() {
+        use tower::{Layer, Service};
+        let mut stamped = ArrivalLayer.layer(Echo);
+        let before = Instant::now();
+        let (arrived, started) = stamped.call(http::Request::new(())).into_inner().unwrap();
+        assert!(
+            before <= arrived && arrived <= started,
+            "stamped before the service ran"
+        );
+        // Without the layer, a call's arrival is when it is asked for.
+        let (arrived, started) = Echo.call(http::Request::new(())).into_inner().unwrap();
+        assert!(arrived > started);
+    }
 
     #[test]
     fn the_deadline_comes_from_grpc_timeout() {
