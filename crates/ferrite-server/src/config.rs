@@ -212,9 +212,12 @@ pub struct ModelsConfig {
     pub repository: PathBuf,
     /// Path of `libonnxruntime.so`. Unset: `ORT_DYLIB_PATH`, then the project's `.venv`.
     pub onnxruntime_library: Option<PathBuf>,
-    /// How often the repository is checked for new, changed or removed models (hot reload).
-    /// 0 turns hot reload off.
+    /// How often the repository is checked for new, changed or removed models (hot reload),
+    /// in the control modes that poll. 0 turns hot reload off.
     pub poll_interval_s: f64,
+    /// Who changes what is served once the server runs: the repository's files, the
+    /// load/unload RPCs, both, or neither (Triton's `--model-control-mode`).
+    pub control_mode: ModelControlMode,
 }
 
 impl Default for ModelsConfig {
@@ -223,7 +226,69 @@ impl Default for ModelsConfig {
             repository: PathBuf::from("models"),
             onnxruntime_library: None,
             poll_interval_s: 2.0,
+            control_mode: ModelControlMode::default(),
         }
+    }
+}
+
+/// `models.control_mode`. Every mode loads all the repository's models at start.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelControlMode {
+    /// What is loaded at start stays; the load/unload RPCs are refused.
+    None,
+    /// The repository is polled every `poll_interval_s` (which must be more than 0); the
+    /// load/unload RPCs are refused.
+    Poll,
+    /// Only the load/unload RPCs change what is served; the repository is not polled.
+    Explicit,
+    /// Both: polled every `poll_interval_s` (0: not polled) and the RPCs are allowed.
+    #[default]
+    PollAndExplicit,
+}
+
+impl ModelControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelControlMode::None => "none",
+            ModelControlMode::Poll => "poll",
+            ModelControlMode::Explicit => "explicit",
+            ModelControlMode::PollAndExplicit => "poll_and_explicit",
+        }
+    }
+
+    /// Whether the load/unload RPCs may change what is served.
+    pub fn allows_rpcs(self) -> bool {
+        matches!(
+            self,
+            ModelControlMode::Explicit | ModelControlMode::PollAndExplicit
+        )
+    }
+}
+
+impl ModelsConfig {
+    /// How often the repository is polled; `None`: never.
+    pub fn poll_every(&self) -> Option<std::time::Duration> {
+        match self.control_mode {
+            ModelControlMode::None | ModelControlMode::Explicit => None,
+            ModelControlMode::Poll | ModelControlMode::PollAndExplicit => {
+                (self.poll_interval_s > 0.0).then(|| std::time::Duration::from_secs_f64(self.poll_interval_s))
+            }
+        }
+    }
+
+    /// Refuses settings that contradict each other; the message names the keys.
+    pub fn check(&self) -> Result<(), String> {
+        let poll = self.poll_interval_s;
+        if !(poll >= 0.0 && poll.is_finite()) {
+            return Err(format!(
+                "models.poll_interval_s = {poll} must be a number of seconds, 0 or more"
+            ));
+        }
+        if self.control_mode == ModelControlMode::Poll && poll == 0.0 {
+            return Err("models.control_mode = \"poll\" needs models.poll_interval_s > 0 (it is 0)".into());
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +460,7 @@ mod tests {
         assert_eq!(c.models.repository, PathBuf::from("models"));
         assert_eq!(c.models.onnxruntime_library, None);
         assert_eq!(c.models.poll_interval_s, 2.0);
+        assert_eq!(c.models.control_mode, ModelControlMode::PollAndExplicit);
         assert_eq!(c.features.repository, PathBuf::from("features"));
         assert_eq!(c.features.redis_connect_timeout_ms.get(), 200);
         assert_eq!(c.features.redis_response_timeout_ms.get(), 50);
@@ -428,6 +494,37 @@ mod tests {
             err.contains("redis_response_timeout_ms") && err.contains("nonzero"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_model_control_mode_decides_polling_and_the_load_rpcs() {
+        let mode = |text: &str| Config::from_toml(&format!("[models]\n{text}\n")).map(|c| c.models);
+        let every = Some(std::time::Duration::from_secs(2));
+        let cases = [
+            ("", every, true),
+            ("control_mode = \"poll_and_explicit\"", every, true),
+            ("control_mode = \"poll\"", every, false),
+            ("control_mode = \"explicit\"", None, true),
+            ("control_mode = \"none\"", None, false),
+            (
+                "control_mode = \"poll_and_explicit\"\npoll_interval_s = 0",
+                None,
+                true,
+            ),
+        ];
+        for (text, polls, rpcs) in cases {
+            let m = mode(text).unwrap();
+            m.check().unwrap();
+            assert_eq!(m.poll_every(), polls, "{text}");
+            assert_eq!(m.control_mode.allows_rpcs(), rpcs, "{text}");
+        }
+        let err = mode("control_mode = \"poll\"\npoll_interval_s = 0")
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(err.contains("models.poll_interval_s > 0"), "{err}");
+        let err = mode("control_mode = \"manual\"").unwrap_err();
+        assert!(err.contains("manual") && err.contains("explicit"), "{err}");
     }
 
     #[test]

@@ -122,11 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     ] {
         anyhow::ensure!(dir.is_dir(), "{key} = {} is not a directory", dir.display());
     }
-    let poll = config.models.poll_interval_s;
-    anyhow::ensure!(
-        poll >= 0.0 && poll.is_finite(),
-        "models.poll_interval_s = {poll} must be a number of seconds, 0 or more"
-    );
+    config.models.check().map_err(anyhow::Error::msg)?;
     let onnx_runtime = OnnxRuntime::get(config.models.onnxruntime_library.as_deref())?;
     telemetry::prometheus();
     let models = Arc::new(ModelRepository::new(
@@ -242,13 +238,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .add_service(SearchServiceServer::new(services::search::Search::new(search)));
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
-    let poll = state.config.models.poll_interval_s;
-    if poll > 0.0 {
-        tokio::spawn(watch_models(
-            state.models.clone(),
-            std::time::Duration::from_secs_f64(poll),
-            until_stopped(),
-        ));
+    if let Some(every) = state.config.models.poll_every() {
+        tokio::spawn(watch_models(state.models.clone(), every, until_stopped()));
     }
     // The recommendations and pricing pipelines' catalogues: built once before the server says
     // it is ready (a failure is logged, and calls get UNAVAILABLE or the fallback until a

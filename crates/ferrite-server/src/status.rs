@@ -29,6 +29,9 @@ pub enum ApiError {
     /// A catalog item named by the caller is not in the index.
     #[error("{0}")]
     UnknownItem(String),
+    /// A model load or unload asked for while `models.control_mode` does not allow it.
+    #[error("{0}")]
+    ModelControlDisabled(String),
 }
 
 impl From<ApiError> for Status {
@@ -48,6 +51,7 @@ impl From<ApiError> for Status {
             ) => Status::internal(message),
             ApiError::Model(ModelError::Overloaded(_)) => Status::resource_exhausted(message),
             ApiError::Model(ModelError::DeadlineExceeded(_)) => Status::deadline_exceeded(message),
+            ApiError::ModelControlDisabled(_) => Status::failed_precondition(message),
             ApiError::Feature(FeatureError::MissingColumn { .. } | FeatureError::Offline { .. }) => {
                 Status::failed_precondition(message)
             }

@@ -1264,3 +1264,84 @@ async fn an_input_with_both_raw_and_typed_contents_is_refused_naming_it() {
     kserve.model_infer(req).await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn load_and_unload_are_refused_unless_the_control_mode_allows_them() {
+    use ferrite_proto::ferrite::v1::admin_service_client::AdminServiceClient;
+    use ferrite_proto::ferrite::v1::{LoadModelRequest, UnloadModelRequest};
+    use ferrite_server::config::ModelControlMode;
+
+    let repo = logreg_copy("fraud_logreg", |c| c);
+    let load = || RepositoryModelLoadRequest {
+        model_name: "fraud_logreg".into(),
+        ..Default::default()
+    };
+    let unload = || RepositoryModelUnloadRequest {
+        model_name: "fraud_logreg".into(),
+        ..Default::default()
+    };
+    for mode in [ModelControlMode::None, ModelControlMode::Poll] {
+        let (server, mut kserve) = serve_repo(repo.path(), |c| {
+            c.models.control_mode = mode;
+            c.models.poll_interval_s = 60.0;
+        })
+        .await;
+        let mut admin = AdminServiceClient::connect(format!("http://{}", server.grpc_addr()))
+            .await
+            .unwrap();
+        let refusals = [
+            kserve.repository_model_load(load()).await.unwrap_err(),
+            kserve.repository_model_unload(unload()).await.unwrap_err(),
+            admin
+                .load_model(LoadModelRequest {
+                    name: "fraud_logreg".into(),
+                })
+                .await
+                .unwrap_err(),
+            admin
+                .unload_model(UnloadModelRequest {
+                    name: "fraud_logreg".into(),
+                })
+                .await
+                .unwrap_err(),
+        ];
+        for status in refusals {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{mode:?}: {status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("models.control_mode = \"{}\"", mode.as_str()))
+                    && status
+                        .message()
+                        .contains("set models.control_mode = \"explicit\""),
+                "{}",
+                status.message()
+            );
+        }
+        // Still served: the refused unload changed nothing.
+        kserve.model_infer(request("", &[vec![0.0; 8]])).await.unwrap();
+        server.shutdown().await.unwrap();
+    }
+
+    // explicit: the RPCs load what was dropped into the repository (it is not polled).
+    let (server, mut kserve) = serve_repo(repo.path(), |c| {
+        c.models.control_mode = ModelControlMode::Explicit;
+    })
+    .await;
+    let v3 = repo.path().join("fraud_logreg/3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::copy(
+        repo.path().join("fraud_logreg/2/model.onnx"),
+        v3.join("model.onnx"),
+    )
+    .unwrap();
+    kserve.repository_model_load(load()).await.unwrap();
+    let answer = kserve
+        .model_infer(request("", &[vec![0.0; 8]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.model_version, "3");
+    kserve.repository_model_unload(unload()).await.unwrap();
+    server.shutdown().await.unwrap();
+}

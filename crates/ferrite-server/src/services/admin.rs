@@ -81,6 +81,7 @@ impl AdminService for Admin {
         &self,
         req: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelResponse>, Status> {
+        super::model_control(&self.state, "unload")?;
         self.state
             .models
             .unload(&req.into_inner().name)

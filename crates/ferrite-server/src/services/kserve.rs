@@ -405,6 +405,7 @@ impl GrpcInferenceService for KServe {
         &self,
         req: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        super::model_control(&self.state, "unload")?;
         self.state
             .models
             .unload(&req.into_inner().model_name)

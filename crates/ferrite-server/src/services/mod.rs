@@ -17,12 +17,27 @@ use crate::status::ApiError;
 /// Loads (or reloads) a model off the async workers: loading reads files and runs a warm-up.
 /// Shared by the KServe repository extension and the admin service.
 pub(crate) async fn load_model(state: &AppState, name: String) -> Result<(), Status> {
+    model_control(state, "load")?;
     let models = state.models.clone();
     tokio::task::spawn_blocking(move || models.load(&name))
         .await
         .map_err(|e| Status::internal(format!("load task failed: {e}")))?
         .map_err(ApiError::from)?;
     Ok(())
+}
+
+/// Refuses a model load or unload (`what`) unless `models.control_mode` allows them.
+pub(crate) fn model_control(state: &AppState, what: &str) -> Result<(), Status> {
+    let mode = state.config.models.control_mode;
+    if mode.allows_rpcs() {
+        return Ok(());
+    }
+    Err(ApiError::ModelControlDisabled(format!(
+        "model {what} refused: model control is disabled (models.control_mode = \"{}\"); \
+         set models.control_mode = \"explicit\" or \"poll_and_explicit\" to load and unload models through the API",
+        mode.as_str()
+    ))
+    .into())
 }
 
 /// When a call arrived, as [`ArrivalLayer`] saw it; now when the layer is not installed.
