@@ -46,11 +46,22 @@ pub struct AppState {
     /// The scoring pipelines declared in `pipelines.directory`.
     pub pipelines: ferrite_pipelines::Engine,
     ready: AtomicBool,
+    /// Becomes true when the server begins to stop.
+    stopping: watch::Receiver<bool>,
 }
 
 impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the server has begun to stop: a call that could stay open indefinitely
+    /// (an idle stream) ends then, instead of holding the shutdown for its grace period.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
     }
 }
 
@@ -169,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
 
+    let (stop, stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         config,
         started: Instant::now(),
@@ -177,8 +189,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         features,
         pipelines,
         ready: AtomicBool::new(false),
+        stopping: stopped.clone(),
     });
-    let (stop, stopped) = watch::channel(false);
     let until_stopped = move || {
         let mut stopped = stopped.clone();
         async move {

@@ -1345,3 +1345,42 @@ async fn load_and_unload_are_refused_unless_the_control_mode_allows_them() {
     kserve.repository_model_unload(unload()).await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_stream_ends_when_the_server_stops_instead_of_holding_the_shutdown() {
+    let (server, channel) = common::start_with({
+        let mut config = common::test_config();
+        // Far longer than the hang guard below: a stream holding the shutdown fails the test.
+        config.server.shutdown_grace_s = 3600;
+        config
+    })
+    .await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request("1", &rows(&expected()["features"])))
+        .await
+        .unwrap();
+    let mut answers = kserve
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    assert_eq!(first.error_message, "");
+    // The stream now sits idle: the client keeps its sending side open.
+
+    let guard = std::time::Duration::from_secs(60);
+    let shutdown = tokio::spawn(server.shutdown());
+    let end = tokio::time::timeout(guard, answers.message())
+        .await
+        .expect("the stream ended when the server stopped");
+    let status = end.expect_err("the stream ends saying why");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{}", status.message());
+    tokio::time::timeout(guard, shutdown)
+        .await
+        .expect("the shutdown completed without waiting out the grace period")
+        .unwrap()
+        .unwrap();
+    drop(tx);
+}

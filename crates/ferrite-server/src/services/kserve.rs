@@ -315,11 +315,13 @@ impl GrpcInferenceService for KServe {
     ) -> Result<Response<AnswerStream>, Status> {
         // The stream's deadline bounds each of its requests.
         let deadline = super::deadline(&req, super::arrival(&req));
+        let stopping = self.state.stopping();
         Ok(Response::new(Box::pin(stream_answers(
             self.state.clone(),
             self.pipeline_stats.clone(),
             req.into_inner(),
             deadline,
+            stopping,
         ))))
     }
 
@@ -421,16 +423,26 @@ const STREAM_IN_FLIGHT: usize = 64;
 
 /// Answers each streamed request, in order; a failed request yields an `error_message`
 /// answer and the stream goes on, as Triton's streaming API does. Up to `STREAM_IN_FLIGHT`
-/// requests run at once.
+/// requests run at once. When the server begins to stop (`stopping`), no further request is
+/// read: those in flight are answered, then the stream ends with UNAVAILABLE, so that an
+/// idle stream does not hold the shutdown for its whole grace period.
 fn stream_answers(
     state: Arc<AppState>,
     stats: Arc<PipelineStats>,
     requests: Streaming<ModelInferRequest>,
     deadline: Option<Instant>,
+    stopping: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> impl Stream<Item = Result<ModelStreamInferResponse, Status>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marks_stop = stopped.clone();
+    let stopping = async move {
+        stopping.await;
+        marks_stop.store(true, Ordering::Release);
+    };
     tokio::spawn(async move {
         let mut answers = requests
+            .take_until(Box::pin(stopping))
             .map(move |item| {
                 let state = state.clone();
                 let stats = stats.clone();
@@ -455,6 +467,14 @@ fn stream_answers(
             if tx.send(answer).await.is_err() || end {
                 return;
             }
+        }
+        if stopped.load(Ordering::Acquire) {
+            let _ = tx
+                .send(Err(Status::unavailable(
+                    "the server is shutting down: this stream takes no more requests; \
+                     open a new one (to another server) for the rest",
+                )))
+                .await;
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
