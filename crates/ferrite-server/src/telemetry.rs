@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -80,8 +81,171 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // Another recorder may already be installed (e.g. by a test harness); this one then
         // still renders what is recorded through it, which is nothing, rather than failing.
         let _ = metrics::set_global_recorder(recorder);
+        start_upkeep(handle.clone());
         handle
     })
+}
+
+/// How often the recorder's upkeep runs. Every histogram sample is kept in the recorder, one
+/// per call, until an upkeep (or a scrape) folds it into the buckets: without this, memory
+/// grew with every call until someone scraped `/metrics`. What it holds is now at most the
+/// samples of one period.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many background upkeeps have finished in this process (for tests: wait for the next).
+pub fn upkeep_runs() -> u64 {
+    UPKEEP_RUNS.load(Ordering::Acquire)
+}
+
+/// One thread for the process, not a task: the recorder is process-wide and outlives any one
+/// server's runtime.
+fn start_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+                UPKEEP_RUNS.fetch_add(1, Ordering::Release);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histogram samples are folded only when /metrics is scraped");
+    }
+}
+
+/// The Prometheus text of the standard process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, ...), read from `/proc/self`. Written by hand because the
+/// recorder's counters hold integers and CPU seconds are fractional. Empty where `/proc` is
+/// missing; a file that cannot be read leaves its lines out.
+pub fn process_metrics() -> String {
+    let mut out = String::new();
+    let Some(stat) = process::Stat::read() else {
+        return out;
+    };
+    let mut write = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    write(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        stat.cpu_seconds(),
+    );
+    if let Some(bytes) = process::resident_bytes() {
+        write(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            bytes as f64,
+        );
+    }
+    write(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        stat.virtual_bytes as f64,
+    );
+    if let Some(start) = stat.start_time_seconds() {
+        write(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            start,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        write(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds.count() as f64,
+        );
+    }
+    write(
+        "process_threads",
+        "gauge",
+        "Number of OS threads in the process.",
+        stat.threads as f64,
+    );
+    out
+}
+
+/// A small reader of `/proc/self` (Linux).
+pub mod process {
+    /// The kernel reports CPU and start times in clock ticks of `USER_HZ`, which is 100 on
+    /// every Linux architecture's user-space ABI (Prometheus' own process collector assumes
+    /// the same); reading `sysconf(_SC_CLK_TCK)` would need `unsafe`, which this crate forbids.
+    const USER_HZ: f64 = 100.0;
+
+    /// The fields of `/proc/self/stat` the metrics use.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Stat {
+        pub utime_ticks: u64,
+        pub stime_ticks: u64,
+        pub threads: u64,
+        pub start_ticks: u64,
+        pub virtual_bytes: u64,
+    }
+
+    impl Stat {
+        pub fn read() -> Option<Stat> {
+            Stat::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)
+        }
+
+        /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) sits in
+        /// parentheses and may hold spaces or parentheses itself, so fields are counted from
+        /// the last `)`.
+        pub fn parse(text: &str) -> Option<Stat> {
+            let rest = &text[text.rfind(')')? + 1..];
+            // `rest` starts at field 3 (state): field n is at index n - 3.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+            Some(Stat {
+                utime_ticks: field(14)?,
+                stime_ticks: field(15)?,
+                threads: field(20)?,
+                start_ticks: field(22)?,
+                virtual_bytes: field(23)?,
+            })
+        }
+
+        /// User and system CPU time, seconds.
+        pub fn cpu_seconds(&self) -> f64 {
+            (self.utime_ticks + self.stime_ticks) as f64 / USER_HZ
+        }
+
+        /// When the process started, seconds since the Unix epoch: boot time plus the
+        /// start's ticks since boot.
+        pub fn start_time_seconds(&self) -> Option<f64> {
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            let boot: u64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("btime "))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(boot as f64 + self.start_ticks as f64 / USER_HZ)
+        }
+    }
+
+    /// Resident memory (`VmRSS` of `/proc/self/status`), bytes.
+    pub fn resident_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kb * 1024)
+    }
 }
 
 /// Serves `GET /metrics` until `shutdown` resolves.
@@ -94,10 +258,9 @@ pub async fn serve_metrics(
         "/metrics",
         axum::routing::get(move || async move {
             handle.run_upkeep();
-            (
-                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                handle.render(),
-            )
+            let mut text = handle.render();
+            text.push_str(&process_metrics());
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
@@ -233,5 +396,50 @@ mod tests {
         assert_eq!(grpc_code(&headers), tonic::Code::Ok);
         headers.insert("grpc-status", "3".parse().unwrap());
         assert_eq!(grpc_code(&headers), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn proc_stat_fields_are_counted_from_the_last_parenthesis() {
+        // A command name with a space and a parenthesis, as a process may name itself.
+        let text = "4242 (tokio-rt (w) 1) S 1 4242 4242 0 -1 4194560 2000 0 0 0 \
+                    250 130 0 0 20 0 17 0 98765 123456789 3000 18446744073709551615";
+        let stat = process::Stat::parse(text).unwrap();
+        assert_eq!(
+            stat,
+            process::Stat {
+                utime_ticks: 250,
+                stime_ticks: 130,
+                threads: 17,
+                start_ticks: 98765,
+                virtual_bytes: 123456789,
+            }
+        );
+        assert_eq!(stat.cpu_seconds(), 3.8);
+        assert_eq!(process::Stat::parse("4242 (cut short) S 1 2"), None);
+    }
+
+    #[test]
+    fn process_metrics_read_this_process() {
+        let text = process_metrics();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+                .parse()
+                .unwrap();
+            assert!(value >= 0.0, "{name} {value}");
+        }
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+        let rss = process::resident_bytes().unwrap();
+        assert!(rss > 1024 * 1024, "a test process holds more than 1 MiB: {rss}");
     }
 }

@@ -239,3 +239,49 @@ async fn a_bad_config_is_refused_before_anything_listens() {
         .expect("missing repository");
     assert!(err.to_string().contains("/nonexistent/models"), "{err}");
 }
+
+/// A value of an unlabelled series in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn process_metrics_are_exported_and_cpu_time_grows() {
+    let (server, _channel) = start().await;
+    let text = scrape(&server).await;
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter"),
+        "{text}"
+    );
+    let rss = sample(&text, "process_resident_memory_bytes").expect("resident memory");
+    assert!(rss > 1e6, "a server holds more than 1 MB: {rss}");
+    let started = sample(&text, "process_start_time_seconds").expect("start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started > 1.6e9 && started <= now + 1.0, "{started} vs now {now}");
+    let before = sample(&text, "process_cpu_seconds_total").expect("CPU seconds");
+
+    // Burn CPU until the counter moves (it counts in 10 ms ticks); bounded in rounds.
+    let mut after = before;
+    for _ in 0..200 {
+        tokio::task::spawn_blocking(|| {
+            let mut x = 0u64;
+            for i in 0..2_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            x
+        })
+        .await
+        .unwrap();
+        after = sample(&scrape(&server).await, "process_cpu_seconds_total").unwrap();
+        if after > before {
+            break;
+        }
+    }
+    assert!(after > before, "CPU seconds stayed at {before}");
+    server.shutdown().await.unwrap();
+}
