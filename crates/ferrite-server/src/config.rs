@@ -1,6 +1,7 @@
 //! The one TOML configuration file. Every field has a default, unknown keys are refused,
 //! and every key is documented in the README.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -165,6 +166,15 @@ pub struct ServerConfig {
     /// Async worker threads of `ferrite serve`; 0 is one per CPU core. Read by the binary
     /// when it builds its runtime.
     pub worker_threads: usize,
+    /// Calls one gRPC service may have in flight; beyond it calls are answered
+    /// RESOURCE_EXHAUSTED at once (not queued). Health and reflection are exempt.
+    pub max_in_flight: NonZeroUsize,
+    /// Per-service overrides of `max_in_flight`, by full service name
+    /// (e.g. `"inference.GRPCInferenceService" = 256`).
+    pub max_in_flight_by_service: BTreeMap<String, NonZeroUsize>,
+    /// Largest request message a call may send, bytes; a larger one is answered
+    /// RESOURCE_EXHAUSTED.
+    pub max_message_bytes: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -174,6 +184,10 @@ impl Default for ServerConfig {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_grace_s: 10,
             worker_threads: 0,
+            max_in_flight: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
+            max_in_flight_by_service: BTreeMap::new(),
+            // Above `search.max_image_bytes` (10 MiB), so an image call meets that limit first.
+            max_message_bytes: NonZeroUsize::new(16 * 1024 * 1024).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -455,6 +469,9 @@ mod tests {
         assert_eq!(c.server.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.server.shutdown_grace_s, 10);
         assert_eq!(c.server.worker_threads, 0);
+        assert_eq!(c.server.max_in_flight.get(), 512);
+        assert!(c.server.max_in_flight_by_service.is_empty());
+        assert_eq!(c.server.max_message_bytes.get(), 16 * 1024 * 1024);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.models.repository, PathBuf::from("models"));
@@ -494,6 +511,21 @@ mod tests {
             err.contains("redis_response_timeout_ms") && err.contains("nonzero"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn in_flight_limits_are_read_per_service() {
+        let c = Config::from_toml(
+            "[server]\nmax_in_flight = 64\n[server.max_in_flight_by_service]\n\"inference.GRPCInferenceService\" = 8\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_in_flight.get(), 64);
+        assert_eq!(
+            c.server.max_in_flight_by_service["inference.GRPCInferenceService"].get(),
+            8
+        );
+        let err = Config::from_toml("[server]\nmax_in_flight = 0\n").unwrap_err();
+        assert!(err.contains("max_in_flight") && err.contains("nonzero"), "{err}");
     }
 
     #[test]

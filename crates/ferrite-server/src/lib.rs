@@ -5,6 +5,7 @@
 //! (`ferrite-models`, `ferrite-features`, `ferrite-search`); domain errors become gRPC
 //! statuses in `status.rs` alone. It owns no model, feature or index logic.
 
+mod admission;
 pub mod config;
 mod experiments;
 mod kserve_convert;
@@ -65,6 +66,14 @@ impl AppState {
     }
 }
 
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Calls still in flight when `server.shutdown_grace_s` expired, which the exit cuts;
+    /// 0 when every call finished.
+    pub cut_calls: usize,
+}
+
 /// A started server. Dropping it does not stop it: call [`RunningServer::shutdown`].
 pub struct RunningServer {
     grpc_addr: SocketAddr,
@@ -73,6 +82,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     metrics: JoinHandle<std::io::Result<()>>,
+    admission: admission::AdmissionLayer,
 }
 
 impl RunningServer {
@@ -91,8 +101,8 @@ impl RunningServer {
     }
 
     /// Stops accepting calls, lets in-flight calls finish (up to `server.shutdown_grace_s`),
-    /// then returns.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    /// then returns how many were still running (and are cut when the process exits).
+    pub async fn shutdown(self) -> anyhow::Result<Stopped> {
         self.state.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         let experiments = self.state.pipelines.experiments().cloned();
@@ -103,6 +113,7 @@ impl RunningServer {
             (grpc, metrics)
         })
         .await;
+        let mut cut_calls = 0;
         match drained {
             Ok((grpc, metrics)) => {
                 grpc.context("gRPC server task")?.context("gRPC server")?;
@@ -111,16 +122,20 @@ impl RunningServer {
                     .context("metrics server")?;
                 tracing::info!("server stopped");
             }
-            Err(_) => tracing::warn!(
-                grace_s = grace.as_secs(),
-                "in-flight calls still running after the grace period"
-            ),
+            Err(_) => {
+                cut_calls = self.admission.calls_in_flight();
+                tracing::warn!(
+                    grace_s = grace.as_secs(),
+                    cut_calls,
+                    "in-flight calls still running after the grace period (server.shutdown_grace_s): they are cut"
+                );
+            }
         }
         if let Some(x) = experiments {
             // Writes out the exposure log's last records (blocking file writes).
             let _ = tokio::task::spawn_blocking(move || x.shutdown()).await;
         }
-        Ok(())
+        Ok(Stopped { cut_calls })
     }
 }
 
@@ -136,6 +151,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.models.check().map_err(anyhow::Error::msg)?;
     let onnx_runtime = OnnxRuntime::get(config.models.onnxruntime_library.as_deref())?;
     telemetry::prometheus();
+    // After the recorder: the layer registers its series.
+    let admission = admission_layer(&config)?;
     let models = Arc::new(ModelRepository::new(
         config.models.repository.clone(),
         onnx_runtime.clone(),
@@ -224,30 +241,40 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .await?;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let max_message = state.config.server.max_message_bytes.get();
 
     let router = tonic::transport::Server::builder()
         // Outermost, so that a call's arrival is taken before tonic starts its deadline timer.
         .layer(services::ArrivalLayer)
         .layer(telemetry::GrpcMetricsLayer::default())
+        .layer(admission.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GrpcInferenceServiceServer::new(services::kserve::KServe::new(
-            state.clone(),
-        )))
-        .add_service(FeatureServiceServer::new(services::features::Features::new(
-            state.clone(),
-        )))
-        .add_service(AdminServiceServer::new(services::admin::Admin::new(
-            state.clone(),
-        )))
-        .add_service(ScoringServiceServer::new(services::scoring::Scoring::new(
-            state.clone(),
-        )))
-        .add_service(ExperimentServiceServer::new(
-            services::experiments::ExperimentsApi::new(state.clone()),
-        ))
-        .add_service(SearchServiceServer::new(services::search::Search::new(search)));
+        .add_service(
+            GrpcInferenceServiceServer::new(services::kserve::KServe::new(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            FeatureServiceServer::new(services::features::Features::new(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(services::admin::Admin::new(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            ScoringServiceServer::new(services::scoring::Scoring::new(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            ExperimentServiceServer::new(services::experiments::ExperimentsApi::new(state.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            SearchServiceServer::new(services::search::Search::new(search))
+                .max_decoding_message_size(max_message),
+        );
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
     if let Some(every) = state.config.models.poll_every() {
@@ -274,7 +301,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         stop,
         grpc,
         metrics,
+        admission,
     })
+}
+
+/// The in-flight limits of every served service (`server.max_in_flight`, its per-service
+/// overrides) and the message size limit the refusals name.
+fn admission_layer(config: &Config) -> anyhow::Result<admission::AdmissionLayer> {
+    use tonic::server::NamedService;
+    let services = [
+        <GrpcInferenceServiceServer<services::kserve::KServe> as NamedService>::NAME,
+        <FeatureServiceServer<services::features::Features> as NamedService>::NAME,
+        <AdminServiceServer<services::admin::Admin> as NamedService>::NAME,
+        <ScoringServiceServer<services::scoring::Scoring> as NamedService>::NAME,
+        <ExperimentServiceServer<services::experiments::ExperimentsApi> as NamedService>::NAME,
+        <SearchServiceServer<services::search::Search> as NamedService>::NAME,
+    ];
+    admission::AdmissionLayer::new(
+        &services,
+        config.server.max_in_flight.get(),
+        &config.server.max_in_flight_by_service,
+        config.server.max_message_bytes.get(),
+    )
 }
 
 /// Hot reload: checks the model repository every `every` until `stop` resolves.

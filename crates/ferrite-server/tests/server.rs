@@ -215,7 +215,8 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
 
     drop(tx);
     assert!(responses.message().await.unwrap().is_none());
-    shutdown.await.unwrap().unwrap();
+    let stopped = shutdown.await.unwrap().unwrap();
+    assert_eq!(stopped.cut_calls, 0, "every call finished within the grace period");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
@@ -284,4 +285,147 @@ async fn process_metrics_are_exported_and_cpu_time_grows() {
     }
     assert!(after > before, "CPU seconds stayed at {before}");
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_at_its_in_flight_limit_refuses_at_once_until_a_call_ends() {
+    use ferrite_proto::inference::ModelInferRequest;
+    let mut config = common::test_config();
+    config.server.max_in_flight_by_service.insert(
+        "inference.GRPCInferenceService".into(),
+        std::num::NonZeroUsize::MIN,
+    );
+    let (server, channel) = common::start_with(config).await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+
+    // An open ModelStreamInfer stream holds the service's one slot while it is open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<ModelInferRequest>(1);
+    let mut held = kserve
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let err = kserve.server_live(ServerLiveRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("server.max_in_flight_by_service")
+            && err.message().contains("inference.GRPCInferenceService")
+            && err.message().contains("= 1"),
+        "{}",
+        err.message()
+    );
+    // Other services, and health, are not held back by it.
+    AdminServiceClient::new(channel.clone())
+        .get_server_info(GetServerInfoRequest {})
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "inference.GRPCInferenceService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    let text = scrape(&server).await;
+    let value = |prefix: &str, labels: &[&str]| {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} {labels:?} in:\n{text}"))
+    };
+    let service = "service=\"inference.GRPCInferenceService\"";
+    assert!(value("ferrite_grpc_rejected_total", &[service, "reason=\"in_flight\""]) >= 1.0);
+    // Tests share the process-wide recorder: other servers' calls may add to the gauge.
+    assert!(value("ferrite_grpc_in_flight", &[service]) >= 1.0);
+
+    // The held call ends: its slot is free again (the server drops the finished stream just
+    // after the client sees its end, so a few tries, bounded).
+    drop(tx);
+    assert!(held.message().await.unwrap().is_none());
+    let mut answer = Err(tonic::Status::unknown("not tried"));
+    for _ in 0..100 {
+        answer = kserve.server_live(ServerLiveRequest {}).await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(answer.unwrap().into_inner().live);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversize_request_is_resource_exhausted_naming_the_limit() {
+    use ferrite_proto::inference::ModelInferRequest;
+    let mut config = common::test_config();
+    config.server.max_message_bytes = std::num::NonZeroUsize::new(1024).unwrap();
+    let (server, channel) = common::start_with(config).await;
+    let mut kserve = GrpcInferenceServiceClient::new(channel.clone());
+    let oversize = || ModelInferRequest {
+        model_name: "fraud_txn_gbdt".into(),
+        raw_input_contents: vec![vec![0u8; 4096]],
+        ..Default::default()
+    };
+    let named = |s: &tonic::Status| {
+        s.code() == tonic::Code::ResourceExhausted
+            && s.message().contains("server.max_message_bytes")
+            && s.message().contains("1024 bytes")
+    };
+
+    // Unary: the status comes in the answer's headers.
+    let err = kserve.model_infer(oversize()).await.unwrap_err();
+    assert!(named(&err), "{err:?}");
+
+    // A stream: the status comes in its trailers.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(oversize()).await.unwrap();
+    let mut answers = kserve
+        .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = answers.message().await.unwrap_err();
+    assert!(named(&err), "{err:?}");
+
+    // Under the limit, calls are served.
+    assert!(
+        kserve
+            .server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shutdown_that_cuts_calls_says_how_many() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+
+    let mut config = common::test_config();
+    config.server.shutdown_grace_s = 0;
+    let (server, channel) = common::start_with(config).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    })
+    .await
+    .unwrap();
+    let mut open = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(open.message().await.unwrap().is_some());
+
+    let stopped = server.shutdown().await.unwrap();
+    assert_eq!(stopped.cut_calls, 1, "the open stream is cut");
+    drop(tx);
 }

@@ -238,7 +238,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = ferrite_server::start(config).await?;
             signal.await?;
             tracing::info!("shutting down: draining in-flight calls");
-            server.shutdown().await
+            let stopped = server.shutdown().await?;
+            // A stop that cut calls is not a clean exit: a supervisor should see it.
+            anyhow::ensure!(
+                stopped.cut_calls == 0,
+                "{} calls were still in flight when the grace period (server.shutdown_grace_s) expired; they were cut",
+                stopped.cut_calls
+            );
+            Ok(())
         }
         Command::Validate(args) => {
             let config = args.config()?;
