@@ -335,6 +335,12 @@ pub struct FeaturesConfig {
     pub max_values_per_read: NonZeroUsize,
     /// How far ahead of the server's clock a pushed event time may be, in seconds.
     pub max_clock_skew_s: u64,
+    /// How often the online store's health is checked (its gRPC health and
+    /// `ferrite_online_store_up` follow it), in ms. A call that finds the store unavailable
+    /// also starts a check at once.
+    pub health_interval_ms: NonZeroU64,
+    /// How long one health check may take before the store counts as down, in ms.
+    pub health_timeout_ms: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -365,6 +371,8 @@ impl Default for FeaturesConfig {
             max_entities_per_read: count(limits.max_entities),
             max_values_per_read: count(limits.max_values),
             max_clock_skew_s: (limits.max_clock_skew / 1_000_000) as u64,
+            health_interval_ms: NonZeroU64::new(1000).unwrap_or(NonZeroU64::MIN),
+            health_timeout_ms: NonZeroU64::new(500).unwrap_or(NonZeroU64::MIN),
         }
     }
 }
@@ -472,6 +480,8 @@ mod tests {
         assert_eq!(c.server.max_in_flight.get(), 512);
         assert!(c.server.max_in_flight_by_service.is_empty());
         assert_eq!(c.server.max_message_bytes.get(), 16 * 1024 * 1024);
+        assert_eq!(c.features.health_interval_ms.get(), 1000);
+        assert_eq!(c.features.health_timeout_ms.get(), 500);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.models.repository, PathBuf::from("models"));

@@ -11,6 +11,7 @@ mod experiments;
 mod kserve_convert;
 mod services;
 pub mod status;
+mod store_health;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -52,8 +53,9 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Started, not shutting down, and the online store answering.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.features.health.is_up()
     }
 
     /// Resolves once the server has begun to stop: a call that could stay open indefinitely
@@ -192,7 +194,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }
     // Start-up, not a request: reading the models' small metadata files here is fine.
     pipelines.preload();
-    let features = Arc::new(services::features::FeatureState { registry, store });
+    let store_up = Arc::new(store_health::StoreHealth::new(store.kind()));
+    let features = Arc::new(services::features::FeatureState {
+        registry,
+        store,
+        health: store_up,
+    });
 
     let (grpc_listener, grpc_addr) = telemetry::bind(config.server.grpc_addr, "gRPC").await?;
     let (metrics_listener, metrics_addr) = telemetry::bind(config.server.metrics_addr, "metrics").await?;
@@ -277,6 +284,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         );
     let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming(grpc_listener), until_stopped()));
     let metrics = tokio::spawn(telemetry::serve_metrics(metrics_listener, until_stopped()));
+    let features_cfg = &state.config.features;
+    let reporter = health.clone();
+    tokio::spawn(store_health::watch(
+        state.features.store.clone(),
+        state.features.health.clone(),
+        Duration::from_millis(features_cfg.health_interval_ms.get()),
+        Duration::from_millis(features_cfg.health_timeout_ms.get()),
+        move |up| {
+            let reporter = reporter.clone();
+            async move {
+                type Served = FeatureServiceServer<services::features::Features>;
+                match up {
+                    true => reporter.set_serving::<Served>().await,
+                    false => reporter.set_not_serving::<Served>().await,
+                }
+            }
+        },
+        until_stopped(),
+    ));
     if let Some(every) = state.config.models.poll_every() {
         tokio::spawn(watch_models(state.models.clone(), every, until_stopped()));
     }

@@ -216,7 +216,10 @@ async fn shutdown_lets_an_open_stream_finish_and_refuses_new_connections() {
     drop(tx);
     assert!(responses.message().await.unwrap().is_none());
     let stopped = shutdown.await.unwrap().unwrap();
-    assert_eq!(stopped.cut_calls, 0, "every call finished within the grace period");
+    assert_eq!(
+        stopped.cut_calls, 0,
+        "every call finished within the grace period"
+    );
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still accepting after shutdown"
@@ -428,4 +431,70 @@ async fn a_shutdown_that_cuts_calls_says_how_many() {
     let stopped = server.shutdown().await.unwrap();
     assert_eq!(stopped.cut_calls, 1, "the open stream is cut");
     drop(tx);
+}
+
+#[tokio::test]
+async fn feature_service_health_follows_the_online_store() {
+    use ferrite_server::config::OnlineStoreKind;
+    let mut redis = ferrite_test_support::RedisServer::start();
+    let mut config = common::test_config();
+    config.features.online_store = OnlineStoreKind::Redis;
+    config.features.redis_url = redis.url();
+    config.features.health_interval_ms = std::num::NonZeroU64::new(100).unwrap();
+    let (server, channel) = common::start_with(config).await;
+
+    let status = |service: &'static str| {
+        let channel = channel.clone();
+        async move {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let ready = || {
+        let channel = channel.clone();
+        async move {
+            GrpcInferenceServiceClient::new(channel)
+                .server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        }
+    };
+    let store_up = || async { sample(&scrape(&server).await, "ferrite_online_store_up{store=\"redis\"}") };
+    // Waits (bounded) for the feature service's health to become `want`.
+    let wait_for = |want: ServingStatus| async move {
+        for _ in 0..300 {
+            if status("ferrite.v1.FeatureService").await == want as i32 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the feature service's health never became {want:?}");
+    };
+    let serving = ServingStatus::Serving as i32;
+
+    assert_eq!(status("ferrite.v1.FeatureService").await, serving);
+    assert!(ready().await);
+    assert_eq!(store_up().await, Some(1.0));
+
+    redis.stop();
+    wait_for(ServingStatus::NotServing).await;
+    assert!(!ready().await, "ServerReady while the online store is down");
+    assert_eq!(store_up().await, Some(0.0));
+    // Scoring answers its flagged fallbacks without features: it stays SERVING.
+    assert_eq!(status("ferrite.v1.ScoringService").await, serving);
+    assert_eq!(status("inference.GRPCInferenceService").await, serving);
+
+    redis.restart();
+    wait_for(ServingStatus::Serving).await;
+    assert!(ready().await);
+    assert_eq!(store_up().await, Some(1.0));
+    server.shutdown().await.unwrap();
 }

@@ -16,6 +16,16 @@ use crate::status::ApiError;
 pub struct FeatureState {
     pub registry: Arc<Registry>,
     pub store: Arc<dyn OnlineStore>,
+    /// The store's health as the background check last saw it.
+    pub health: Arc<crate::store_health::StoreHealth>,
+}
+
+impl FeatureState {
+    /// A domain error as the API answers it; an unavailable store also starts a health check.
+    fn failed(&self, e: FeatureError) -> ApiError {
+        self.health.saw(&e);
+        ApiError::from(e)
+    }
 }
 
 pub struct Features {
@@ -226,7 +236,7 @@ impl FeatureService for Features {
             let mut answer = Columns::new(refs.iter().map(FeatureRef::dtype).collect(), rows);
             serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
                 .await
-                .map_err(ApiError::from)?;
+                .map_err(|e| fs.failed(e))?;
             return Ok(Response::new(pb::GetOnlineFeaturesResponse {
                 feature_names,
                 results: Vec::new(),
@@ -239,7 +249,7 @@ impl FeatureService for Features {
         };
         serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(|e| fs.failed(e))?;
         Ok(Response::new(pb::GetOnlineFeaturesResponse {
             feature_names,
             results: answer.rows,
@@ -291,20 +301,20 @@ impl FeatureService for Features {
                     .await
                     .map_err(|e| Status::internal(format!("offline push task failed: {e}")))?;
             let checked = written.map_err(ApiError::from)?;
-            return finish_push(fs.store.as_ref(), &view, checked).await;
+            return finish_push(fs, &view, checked).await;
         }
-        finish_push(fs.store.as_ref(), &view, checked).await
+        finish_push(fs, &view, checked).await
     }
 }
 
 async fn finish_push(
-    store: &dyn OnlineStore,
+    fs: &FeatureState,
     view: &ferrite_features::FeatureView,
     checked: Vec<serving::CheckedRow>,
 ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
-    let report = serving::push_online(store, view, checked)
+    let report = serving::push_online(fs.store.as_ref(), view, checked)
         .await
-        .map_err(ApiError::from)?;
+        .map_err(|e| fs.failed(e))?;
     Ok(Response::new(pb::PushFeaturesResponse {
         written: report.written,
         rejected: report.rejected.len() as u64,
