@@ -606,6 +606,9 @@ enum Op {
     },
     /// A varint longer than ten bytes.
     OverlongVarint(Index),
+    /// One field's value replaced by a hostile one of the same wire type, at any depth of
+    /// nested messages (the message still parses: it reaches the handler).
+    Replace(Index, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -649,7 +652,135 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(at, number, len)| Op::HugeLength { at, number, len }),
         (any::<Index>(), 1u8..64, any::<Index>()).prop_map(|(from, len, to)| Op::Duplicate { from, len, to }),
         any::<Index>().prop_map(Op::OverlongVarint),
+        (any::<Index>(), any::<u64>()).prop_map(|(i, c)| Op::Replace(i, c)),
+        (any::<Index>(), any::<u64>()).prop_map(|(i, c)| Op::Replace(i, c)),
+        (any::<Index>(), any::<u64>()).prop_map(|(i, c)| Op::Replace(i, c)),
     ]
+}
+
+/// A field as it lies in a message: where it starts, where its value starts and ends, and
+/// its wire type.
+struct WireField {
+    start: usize,
+    value: std::ops::Range<usize>,
+    number: u32,
+    wire: u8,
+}
+
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The fields of `bytes` read as a message, or None if it is not well-formed wire data.
+fn wire_fields(bytes: &[u8]) -> Option<Vec<WireField>> {
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let start = pos;
+        let key = read_varint(bytes, &mut pos)?;
+        let (number, wire) = (u32::try_from(key >> 3).ok()?, (key & 7) as u8);
+        let value_start = pos;
+        match wire {
+            0 => {
+                read_varint(bytes, &mut pos)?;
+            }
+            1 => pos += 8,
+            5 => pos += 4,
+            2 => {
+                let len = usize::try_from(read_varint(bytes, &mut pos)?).ok()?;
+                pos = pos.checked_add(len)?;
+            }
+            _ => return None,
+        }
+        if number == 0 || pos > bytes.len() {
+            return None;
+        }
+        let value = if wire == 2 {
+            let mut p = value_start;
+            read_varint(bytes, &mut p)?;
+            p..pos
+        } else {
+            value_start..pos
+        };
+        fields.push(WireField {
+            start,
+            value,
+            number,
+            wire,
+        });
+    }
+    Some(fields)
+}
+
+/// Replaces one field of `bytes` (chosen by `pick`, then by `choice` at deeper levels).
+fn replace_field(bytes: &mut Vec<u8>, pick: usize, choice: u64, depth: u32) {
+    let Some(fields) = wire_fields(bytes) else {
+        return;
+    };
+    if fields.is_empty() {
+        return;
+    }
+    let f = &fields[pick % fields.len()];
+    let mut tape_data = [choice, choice >> 17, choice >> 33, choice.rotate_left(29)];
+    tape_data[0] %= 1 << 20;
+    let mut tape = Tape {
+        data: &tape_data,
+        pos: 0,
+    };
+    let mut value = Vec::new();
+    match f.wire {
+        0 => {
+            let v = match tape.below(4) {
+                0..=2 => tape.pick(INTS),
+                _ => tape.next() as i64,
+            };
+            put_varint(&mut value, v as u64);
+        }
+        1 => value.extend_from_slice(&tape.pick(FLOATS).to_le_bytes()),
+        5 => value.extend_from_slice(&(tape.pick(FLOATS) as f32).to_le_bytes()),
+        _ => {
+            let inner = &bytes[f.value.clone()];
+            let nested = depth < 6
+                && !inner.is_empty()
+                && wire_fields(inner).is_some_and(|x| !x.is_empty())
+                && !choice.is_multiple_of(4);
+            let payload = if nested {
+                let mut inner = inner.to_vec();
+                replace_field(
+                    &mut inner,
+                    (choice >> 8) as usize,
+                    choice.rotate_right(11),
+                    depth + 1,
+                );
+                inner
+            } else {
+                match tape.below(6) {
+                    0 => Vec::new(),
+                    1 => {
+                        // Many copies of the old value: a long repeated run or a huge string.
+                        let n = tape.pick(&[100usize, 3000]);
+                        inner.repeat(n.min(MESSAGE_BUDGET / inner.len().max(1)))
+                    }
+                    _ => gen_string(&mut tape),
+                }
+            };
+            put_varint(&mut value, payload.len() as u64);
+            value.extend_from_slice(&payload);
+        }
+    }
+    let mut field = Vec::new();
+    put_tag(&mut field, f.number, f.wire);
+    field.extend_from_slice(&value);
+    bytes.splice(f.start..f.value.end, field);
 }
 
 /// A position in `0..=len`.
@@ -719,6 +850,7 @@ fn apply(bytes: &mut Vec<u8>, op: &Op) {
             let p = at(i, len);
             bytes.splice(p..p, [0x08].into_iter().chain([0xff; 11]).chain([0x01]));
         }
+        Op::Replace(i, choice) => replace_field(bytes, i.index(usize::MAX), *choice, 0),
         _ => {}
     }
 }
