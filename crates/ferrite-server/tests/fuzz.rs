@@ -1365,7 +1365,13 @@ async fn assert_serving(channel: Channel) -> Result<(), String> {
 
 /// The repository's models, pipelines (generous budgets), features (the sample data
 /// materialized), experiments and a small search index, in scratch directories.
-async fn fuzz_server() -> (ferrite_server::RunningServer, Channel, usize) {
+/// The server, its channel, the index's dimension, and the scratch directories it uses.
+async fn fuzz_server() -> (
+    ferrite_server::RunningServer,
+    Channel,
+    usize,
+    Vec<std::path::PathBuf>,
+) {
     let mut config = common::test_config();
     config.models.poll_interval_s = 0.0;
     let pipelines = common::scratch_dir("fuzz-pipelines");
@@ -1396,6 +1402,14 @@ async fn fuzz_server() -> (ferrite_server::RunningServer, Channel, usize) {
             .await
             .unwrap();
     }
+    let scratch = vec![
+        config.pipelines.directory.clone(),
+        config.features.data_dir.clone().unwrap_or_default(),
+        config.features.embedded_path.clone(),
+        config.experiments.state_dir.clone(),
+        config.experiments.exposures_dir.clone(),
+        config.search.index_dir.parent().unwrap().to_path_buf(),
+    ];
     let (server, _) = common::start_with(config).await;
     let channel = wide_channel(server.grpc_addr()).await;
 
@@ -1425,7 +1439,7 @@ async fn fuzz_server() -> (ferrite_server::RunningServer, Channel, usize) {
         .reload_index(pb::ReloadIndexRequest {})
         .await
         .expect("the fuzz index loads");
-    (server, channel, dim)
+    (server, channel, dim, scratch)
 }
 
 /// A channel that accepts response headers up to 16 MiB rather than hyper's (and gRPC
@@ -1495,7 +1509,7 @@ fn every_rpc_answers_random_and_mutated_requests_with_a_status() {
         .enable_all()
         .build()
         .unwrap();
-    let (server, channel, dim) = runtime.block_on(fuzz_server());
+    let (server, channel, dim, scratch) = runtime.block_on(fuzz_server());
     let schema = Schema::load();
     let images = Images::make();
     let generator = Generator {
@@ -1660,6 +1674,12 @@ fn every_rpc_answers_random_and_mutated_requests_with_a_status() {
     }
     if let Err(e) = runtime.block_on(server.shutdown()) {
         failures.push(format!("shutdown: {e:#}"));
+    }
+    // The copies and stores (tens of MB) go, unless something failed and they may tell why.
+    if failures.is_empty() {
+        for dir in scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     eprintln!(
         "fuzz: seed {seed}, {cases} cases per RPC, {calls} calls in {:.1} s",
