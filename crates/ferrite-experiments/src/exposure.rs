@@ -1,11 +1,16 @@
 //! The exposure log: one record per call that ran a variant, written to rotating Parquet files
 //! by a background thread so that logging never waits on the disk.
 //!
-//! Files are `exposures-<start>-<seq>.parquet` in one directory. The file being filled is
-//! rewritten whole (to a hidden temporary name, then renamed over the old one) at each flush,
-//! so a reader listing the directory only ever sees complete files, and a crash loses at most
-//! one flush interval. A file is closed and the next sequence number begun after
-//! `rotate_rows` rows or `rotate_interval_secs` seconds, which also bounds the rewrite cost.
+//! Files are `exposures-<start>-<seq>.parquet` in one directory, one per segment: a segment
+//! closes after `rotate_rows` rows or `rotate_interval_secs` seconds (and at shutdown). While
+//! a segment is open, each flush writes only the rows that arrived since the last one, as a
+//! part `exposures-<start>-<seq>-part<k>.parquet`; closing the segment writes its rows as one
+//! file and removes its parts. Every file is written to a hidden temporary name and renamed,
+//! so a reader listing the directory only ever sees complete files; [`exposure_files`] skips
+//! the parts of a segment whose whole file exists (a crash between the two leaves no double
+//! count). A crash loses at most one flush interval, and each row is written twice at most:
+//! the cost of logging does not grow with the segment (rewriting the open file whole at every
+//! flush did: at 400 calls/s it cost the server about 60 µs of CPU per call).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +25,9 @@ mod files;
 mod redis_sink;
 
 use files::write_file;
-pub use files::{civil_from_days, exposure_files, file_name, now_micros, read_records, to_frame, utc_stamp};
+pub use files::{
+    civil_from_days, exposure_files, file_name, now_micros, part_name, read_records, to_frame, utc_stamp,
+};
 pub use redis_sink::{RedisStreamConfig, STREAM_ERRORS_METRIC, fields as stream_fields};
 
 /// The counter of records dropped because the queue was full.
@@ -74,7 +81,7 @@ impl Default for ExposureLogConfig {
             queue_capacity: 65_536,
             flush_interval_ms: 1_000,
             rotate_rows: 100_000,
-            rotate_interval_secs: 3_600,
+            rotate_interval_secs: 600,
             redis: None,
         }
     }
@@ -235,7 +242,8 @@ impl ExposureWriter {
         while let Ok(Message::Record(r)) = self.receiver.try_recv() {
             self.state.push(*r);
         }
-        self.state.flush()
+        self.state.flush()?;
+        self.state.close_segment()
     }
 }
 
@@ -246,8 +254,10 @@ struct WriterState {
     started: i64,
     seq: u64,
     rows: Vec<ExposureRecord>,
-    /// Rows already in the file on disk (a flush with nothing new writes nothing).
+    /// Rows already on disk in this segment's parts (a flush with nothing new writes nothing).
     written: usize,
+    /// Parts written in this segment.
+    parts: u64,
     sink: Option<redis_sink::RedisSink>,
     /// Rows already sent to the Redis Stream.
     streamed: usize,
@@ -263,6 +273,7 @@ impl WriterState {
             seq: 0,
             rows: Vec::new(),
             written: 0,
+            parts: 0,
             streamed: 0,
             file_opened: None,
         }
@@ -279,17 +290,45 @@ impl WriterState {
         {
             self.flush_logged();
             if self.written == self.rows.len() {
-                self.rotate();
+                self.close_segment_logged();
             }
         }
     }
 
-    fn rotate(&mut self) {
+    fn close_segment_logged(&mut self) {
+        if let Err(e) = self.close_segment() {
+            metrics::counter!(WRITE_ERRORS_METRIC).increment(1);
+            tracing::warn!(error = %e, rows = self.rows.len(), "exposure log: closing a file failed; its parts stay");
+        }
+    }
+
+    /// Writes the segment's rows as one file, removes its parts and begins the next segment.
+    /// When the whole file cannot be written the parts stay (they hold the same rows).
+    fn close_segment(&mut self) -> Result<(), ExposureError> {
+        let result = if self.parts > 1 {
+            let whole = write_file(&self.config.dir, &file_name(self.started, self.seq), &self.rows);
+            if whole.is_ok() {
+                for k in 0..self.parts {
+                    let part = self.config.dir.join(part_name(self.started, self.seq, k));
+                    let _ = std::fs::remove_file(part);
+                }
+            }
+            whole
+        } else if self.parts == 1 {
+            // One part holds every row already: renamed, not rewritten.
+            let part = self.config.dir.join(part_name(self.started, self.seq, 0));
+            let whole = self.config.dir.join(file_name(self.started, self.seq));
+            std::fs::rename(&part, &whole).map_err(|e| io_error(&whole, e))
+        } else {
+            Ok(())
+        };
         self.seq += 1;
         self.rows.clear();
         self.written = 0;
+        self.parts = 0;
         self.streamed = 0;
         self.file_opened = None;
+        result
     }
 
     fn flush_logged(&mut self) {
@@ -299,8 +338,8 @@ impl WriterState {
         }
     }
 
-    /// Sends new rows to the Redis Stream (when set), then writes the current file whole if
-    /// it has rows not yet on disk.
+    /// Sends new rows to the Redis Stream (when set), then writes the rows not yet on disk as
+    /// the segment's next part.
     fn flush(&mut self) -> Result<(), ExposureError> {
         if let Some(sink) = self.sink.as_mut() {
             sink.send(&self.rows[self.streamed..]);
@@ -309,8 +348,9 @@ impl WriterState {
         if self.rows.len() == self.written {
             return Ok(());
         }
-        let name = file_name(self.started, self.seq);
-        write_file(&self.config.dir, &name, &self.rows)?;
+        let name = part_name(self.started, self.seq, self.parts);
+        write_file(&self.config.dir, &name, &self.rows[self.written..])?;
+        self.parts += 1;
         self.written = self.rows.len();
         Ok(())
     }

@@ -77,10 +77,40 @@ fn flush_writes_what_was_queued_while_the_log_runs() {
         log.log(r.clone());
     }
     log.flush();
-    // The open file is rewritten whole: still one file, now with every row.
-    assert_eq!(exposure_files(dir.path()).unwrap().len(), 1);
+    // Each flush writes only the new rows, as a part of the open file.
+    assert_eq!(exposure_files(dir.path()).unwrap().len(), 2);
     assert_eq!(read_all(dir.path()), sent);
-    drop(log);
+    // Closing it (here at shutdown) leaves one file with every row, and no part.
+    log.shutdown().unwrap();
+    assert_eq!(names(dir.path()).len(), 1, "{:?}", names(dir.path()));
+    assert_eq!(read_all(dir.path()), sent);
+}
+
+#[test]
+fn a_part_is_not_read_twice_when_its_whole_file_exists() {
+    // A crash after the whole file was renamed into place and before its parts were removed.
+    let dir = tempfile::tempdir().unwrap();
+    let log = ExposureLog::start(config(dir.path())).unwrap();
+    let sent = records(6);
+    for r in &sent[..3] {
+        log.log(r.clone());
+    }
+    log.flush();
+    for r in &sent[3..] {
+        log.log(r.clone());
+    }
+    log.flush();
+    let parts = names(dir.path());
+    let kept: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|n| std::fs::read(dir.path().join(n)).unwrap())
+        .collect();
+    log.shutdown().unwrap();
+    for (n, bytes) in parts.iter().zip(kept) {
+        std::fs::write(dir.path().join(n), bytes).unwrap();
+    }
+    assert_eq!(names(dir.path()).len(), 3);
+    assert_eq!(read_all(dir.path()), sent);
 }
 
 #[test]

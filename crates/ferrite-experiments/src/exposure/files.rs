@@ -11,6 +11,20 @@ pub fn file_name(started_micros: i64, seq: u64) -> String {
     format!("exposures-{}-{seq:06}.parquet", utc_stamp(started_micros))
 }
 
+/// Part `k` of segment `seq`: `exposures-<start>-<seq>-part<k>.parquet`.
+pub fn part_name(started_micros: i64, seq: u64, k: u64) -> String {
+    format!(
+        "exposures-{}-{seq:06}-part{k:06}.parquet",
+        utc_stamp(started_micros)
+    )
+}
+
+/// The whole file a part belongs to, when `name` is a part's.
+fn whole_of(name: &str) -> Option<String> {
+    let (stem, _) = name.strip_suffix(".parquet")?.rsplit_once("-part")?;
+    Some(format!("{stem}.parquet"))
+}
+
 pub(super) fn write_file(dir: &Path, name: &str, rows: &[ExposureRecord]) -> Result<(), ExposureError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -56,7 +70,8 @@ pub fn to_frame(rows: &[ExposureRecord]) -> PolarsResult<DataFrame> {
     ])
 }
 
-/// The exposure files in `dir`, in name order (temporary files are skipped).
+/// The exposure files in `dir`, in name order (temporary files are skipped, and so are the
+/// parts of a segment whose whole file is there).
 pub fn exposure_files(dir: &Path) -> Result<Vec<PathBuf>, ExposureError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
@@ -66,6 +81,11 @@ pub fn exposure_files(dir: &Path) -> Result<Vec<PathBuf>, ExposureError> {
             files.push(path);
         }
     }
+    // A part whose segment's whole file exists holds rows that file holds too.
+    files.retain(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        whole_of(name).is_none_or(|whole| !dir.join(whole).exists())
+    });
     files.sort();
     Ok(files)
 }
