@@ -100,8 +100,11 @@ pub(crate) struct ShadowRows<'a> {
 }
 
 impl Experiments {
-    /// Starts the shadow runner (a task on the current runtime, at most `shadow_queue` jobs
-    /// waiting; more are dropped and counted).
+    /// Starts the shadow runner (at most `shadow_queue` jobs waiting; more are dropped and
+    /// counted). It runs on a thread of its own at the lowest scheduling priority (nice 19),
+    /// with its own single-threaded runtime: on a busy machine the primary path's calls take
+    /// the CPU first and the shadows wait (then fill the queue and are dropped), instead of
+    /// sharing the server's workers with them.
     pub fn new(
         assigner: Arc<Assigner>,
         canaries: Arc<CanaryController>,
@@ -111,11 +114,30 @@ impl Experiments {
     ) -> Arc<Experiments> {
         let (shadows, mut jobs) = ShadowQueue::new("experiments", shadow_queue);
         let log = exposures.clone();
-        tokio::spawn(async move {
-            while let Some(job) = jobs.recv().await {
-                run_shadow(&models, log.as_deref(), job).await;
-            }
-        });
+        let runner = std::thread::Builder::new()
+            .name("shadow-runner".into())
+            .spawn(move || {
+                // The thread's own nice value (Linux: priorities are per thread); the threads
+                // its runtime starts inherit it.
+                if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+                    tracing::warn!(error = %e, "shadow runner: priority not lowered");
+                }
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "shadow runner: no runtime; shadow jobs are dropped");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    while let Some(job) = jobs.recv().await {
+                        run_shadow(&models, log.as_deref(), job).await;
+                    }
+                });
+            });
+        if let Err(e) = runner {
+            tracing::error!(error = %e, "shadow runner not started; shadow jobs are dropped");
+        }
         Arc::new(Experiments {
             assigner,
             canaries,
