@@ -181,6 +181,13 @@ impl Shared {
         })
     }
 
+    /// Rewrites a status as a client can read it: tonic's OUT_OF_RANGE for an oversize
+    /// request message as RESOURCE_EXHAUSTED, and a message too long for a header shortened.
+    fn rewrite_status(&self, headers: &mut http::HeaderMap) {
+        self.rewrite_oversize(headers);
+        shorten_message(headers);
+    }
+
     /// Rewrites tonic's OUT_OF_RANGE for an oversize request message as RESOURCE_EXHAUSTED.
     fn rewrite_oversize(&self, headers: &mut http::HeaderMap) {
         let out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
@@ -208,6 +215,40 @@ impl Shared {
         headers.remove("grpc-message");
         let _ = rewritten.add_header(headers);
     }
+}
+
+/// The longest status message sent, in bytes before percent-encoding. Messages quote the
+/// caller's values (a model, view or experiment name); a value of many KiB would make the
+/// `grpc-message` header too large for common clients (16 KiB by default in gRPC core and
+/// hyper), which then see a protocol error instead of the status, or lose the connection.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Shortens a `grpc-message` over [`MAX_STATUS_MESSAGE`] bytes, saying how much was left out.
+fn shorten_message(headers: &mut http::HeaderMap) {
+    let too_long = headers
+        .get("grpc-message")
+        .is_some_and(|v| v.len() > MAX_STATUS_MESSAGE);
+    if !too_long {
+        return;
+    }
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    let message = status.message();
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return;
+    }
+    let mut cut = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let shortened = format!(
+        "{}… ({} more bytes left out)",
+        &message[..cut],
+        message.len() - cut
+    );
+    headers.remove("grpc-message");
+    let _ = tonic::Status::new(status.code(), shortened).add_header(headers);
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -243,7 +284,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
-            shared.rewrite_oversize(response.headers_mut());
+            shared.rewrite_status(response.headers_mut());
             Ok(response.map(|body| SlotBody {
                 inner: body,
                 shared: Some(shared),
@@ -282,7 +323,7 @@ where
         };
         Poll::Ready(Some(Ok(match frame.into_trailers() {
             Ok(mut trailers) => {
-                shared.rewrite_oversize(&mut trailers);
+                shared.rewrite_status(&mut trailers);
                 Frame::trailers(trailers)
             }
             Err(frame) => frame,
@@ -348,6 +389,37 @@ mod tests {
         let err = AdmissionLayer::new(&["a.A"], 1, &overrides, 1).err().unwrap();
         let text = err.to_string();
         assert!(text.contains("no.Such") && text.contains("a.A"), "{text}");
+    }
+
+    #[test]
+    fn a_status_message_too_long_for_a_header_is_shortened() {
+        let mut headers = http::HeaderMap::new();
+        let long = format!("model {:?} is not in the repository", "q".repeat(20_000));
+        tonic::Status::not_found(long).add_header(&mut headers).unwrap();
+        shorten_message(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(
+            status.message().starts_with("model \"qqq"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().ends_with("more bytes left out)"),
+            "{}",
+            status.message()
+        );
+        assert!(headers.get("grpc-message").unwrap().len() < 2 * MAX_STATUS_MESSAGE);
+        // A short one is left as it is.
+        let mut headers = http::HeaderMap::new();
+        tonic::Status::not_found("no model \"x\"")
+            .add_header(&mut headers)
+            .unwrap();
+        shorten_message(&mut headers);
+        assert_eq!(
+            tonic::Status::from_header_map(&headers).unwrap().message(),
+            "no model \"x\""
+        );
     }
 
     #[test]
