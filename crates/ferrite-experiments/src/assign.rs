@@ -202,6 +202,12 @@ impl Assigner {
         self.by_target.load().get(target).map(|c| c.config.clone())
     }
 
+    /// The request field the experiment on `target` is keyed on, if one runs on it (without
+    /// copying the whole config: it is asked on every call).
+    pub fn unit_of(&self, target: &str) -> Option<String> {
+        self.by_target.load().get(target).map(|c| c.config.unit.clone())
+    }
+
     /// Every experiment, in name order.
     pub fn experiments(&self) -> Vec<ExperimentConfig> {
         let mut all: Vec<_> = self.by_target.load().values().map(|c| c.config.clone()).collect();

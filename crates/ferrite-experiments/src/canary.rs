@@ -80,7 +80,9 @@ impl Run {
     }
 
     /// What the window says about a running canary: roll back, promote, or nothing.
-    fn judge(&self, w: &Window, state: &CanaryState, now_ms: u64) -> Option<(f64, String)> {
+    /// `on_canary`: the request just observed was the canary's (only those move its p99, which
+    /// is read from the histogram only then: it is the costly part of a judgement).
+    fn judge(&self, w: &Window, state: &CanaryState, now_ms: u64, on_canary: bool) -> Option<(f64, String)> {
         let c = &self.canary;
         let rate = w.canary.error_rate();
         if w.canary.requests >= c.min_requests && rate > c.max_error_rate && w.sprt.rejects(c.alpha) {
@@ -96,8 +98,10 @@ impl Run {
                 ),
             ));
         }
-        if let (Some(budget), Some(p99)) = (c.p99_budget_ms, w.step.canary_p99_ms())
+        if let Some(budget) = c.p99_budget_ms
+            && on_canary
             && w.step.canary.requests >= c.min_requests
+            && let Some(p99) = w.step.canary_p99_ms()
             && p99 > budget
         {
             return Some((0.0, format!("p99 {p99:.1} ms > p99_budget_ms {budget}")));
@@ -216,7 +220,7 @@ impl CanaryController {
         let verdict = {
             let mut w = run.window.lock().expect("not poisoned");
             w.observe(on_canary, ok, latency);
-            run.judge(&w, &state, now)
+            run.judge(&w, &state, now, on_canary)
         };
         if let Some((to_share, reason)) = verdict {
             let status = match to_share {

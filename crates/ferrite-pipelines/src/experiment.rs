@@ -158,7 +158,7 @@ impl Experiments {
             name: model.name.clone(),
             version: model.version.clone(),
         };
-        let Some(experiment) = self.assigner.experiment(&pipeline.name) else {
+        let Some(unit_field) = self.assigner.unit_of(&pipeline.name) else {
             return vec![
                 Route {
                     choice: configured,
@@ -170,13 +170,13 @@ impl Experiments {
         };
         let column = input
             .entities
-            .get(&experiment.unit)
-            .or_else(|| input.fields.get(&experiment.unit));
+            .get(&unit_field)
+            .or_else(|| input.fields.get(&unit_field));
         (0..rows)
             .map(|row| {
                 let unit = match column.and_then(|c| c.get(row)) {
                     Some(v) => unit_string(v),
-                    None if experiment.unit == "request_id" || experiment.unit == "transaction_id" => {
+                    None if unit_field == "request_id" || unit_field == "transaction_id" => {
                         input.request_ids.get(row).cloned().unwrap_or_default()
                     }
                     None => String::new(),
@@ -206,7 +206,7 @@ impl Experiments {
     /// The route of a one-unit call (recommendations, pricing) under an experiment on
     /// `pipeline`; `None` when no experiment runs on it.
     pub(crate) fn route_one(&self, pipeline: &Pipeline, input: &CallInput) -> Option<Route> {
-        self.assigner.experiment(&pipeline.name)?;
+        self.assigner.unit_of(&pipeline.name)?;
         self.routes(pipeline, input, 1)
             .pop()
             .filter(|r| r.assignment.is_some())
