@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# What an experiment costs a fraud call, in one alternated run: three `ferrite serve`
+# processes on one Redis (the sample data materialized once), the same fraud pipeline and
+# model, driven in turn by `ferrite bench --rpc score-fraud` at the same open-loop rate:
+#   plain   no experiment;
+#   ab      experiments/fraud_challenger.toml as an A/A split (95 % stable, 5 % canary, both on
+#           fraud_txn_gbdt v1; exposure log on): assignment, the canary's bookkeeping and the
+#           exposure record, on the same model;
+#   shadow  the same plus a shadow variant (v2, the challenger, on a copy of every call, after
+#           the answer).
+# Each leg reads the server process's CPU time from /proc (its Redis apart: the same reads on
+# every side) and the host's steal. Printed: per side the calls, p50/p99, server CPU per call,
+# then the experiment's CPU per call (ab - plain) and the shadow's p99 against ab's.
+# Every load is bounded in count and time; loopback only.
+#   ROUNDS (3), RATE (calls/s, 400), LEG_S (8), CONCURRENCY (64), FERRITE_BIN (a built
+#   binary; default: cargo build --release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+OUT="${1:-$(mktemp -d -t ferrite-experiments.XXXXXX)}"
+mkdir -p "$OUT/legs"
+OUT=$(cd "$OUT" && pwd)
+DATA="$PWD/features/data"
+ROUNDS="${ROUNDS:-3}"
+RATE="${RATE:-400}"
+LEG_S="${LEG_S:-8}"
+CONCURRENCY="${CONCURRENCY:-64}"
+if [ -n "${FERRITE_BIN:-}" ]; then
+  bin=$FERRITE_BIN
+else
+  cargo build --release --locked -p ferrite >&2
+  bin="$CARGO_TARGET_DIR/release/ferrite"
+fi
+[ -f models/fraud_txn_gbdt/2/model.onnx ] || {
+  echo "models/fraud_txn_gbdt/2 is missing: bash scripts/setup.sh trains it" >&2
+  exit 1
+}
+source scripts/bench_lib.sh
+peer_run_setup
+
+REDIS_PORT=$(port)
+redis "$REDIS_PORT" "$OUT/redis.log"
+sleep 0.5
+
+# One config per side; the experiments' canary state in each side's own directory (not the
+# shared Redis: each side runs its own experiment).
+config() { # side, experiments directory ("" for none)
+  write_config "$OUT/$1.toml" <<CFG
+data_dir = "$DATA"
+online_store = "redis"
+redis_url = "redis://127.0.0.1:$REDIS_PORT/0"
+[pipelines]
+directory = "$PWD/pipelines"
+[experiments]
+directory = "${2:-$OUT/none}"
+state_store = "embedded"
+state_dir = "$OUT/$1-state"
+exposures_dir = "$OUT/$1-exposures"
+CFG
+}
+mkdir -p "$OUT/none" "$OUT/ab-experiments" "$OUT/shadow-experiments"
+# An A/A split (both arms on version 1, as the shipped 95/5 canary): what the side costs
+# beyond plain is the experiment's own work, not a different model.
+sed 's/^model_version = 2$/model_version = 1/' experiments/fraud_challenger.toml >"$OUT/ab-experiments/fraud_challenger.toml"
+# The shadow side: the same split, and v2 (the challenger) runs as a shadow on every call.
+awk '/^\[canary\]/ { print "[[variants]]\nname = \"shadow\"\nmodel_version = 2\nkind = \"shadow\"\n" } { print }' \
+  "$OUT/ab-experiments/fraud_challenger.toml" >"$OUT/shadow-experiments/fraud_challenger.toml"
+config plain ""
+config ab "$OUT/ab-experiments"
+config shadow "$OUT/shadow-experiments"
+
+echo "==> materialize into Redis :$REDIS_PORT" >&2
+"$bin" materialize --quiet --config "$OUT/plain.toml" --start 2020-01-01 --end 2028-01-01
+
+declare -A addr pid
+for side in plain ab shadow; do
+  mkdir -p "$OUT/$side"
+  OUT="$OUT/$side" serve "$OUT/$side.toml"
+  addr[$side]=$ADDR
+  pid[$side]=$server
+  pids+=("$server")
+  server=""
+done
+echo "plain ${addr[plain]} (pid ${pid[plain]}), ab ${addr[ab]} (pid ${pid[ab]}), shadow ${addr[shadow]} (pid ${pid[shadow]})" >&2
+
+leg_no=0
+for round in $(seq 1 "$ROUNDS"); do
+  for side in plain ab shadow; do
+    leg_no=$((leg_no + 1))
+    json=$(printf '%s/legs/%03d-%s.json' "$OUT" "$leg_no" "$side")
+    echo "==> round $round: $side at $RATE/s for $LEG_S s" >&2
+    on_client_cpus "$bin" bench --addr "${addr[$side]}" --rpc score-fraud \
+      --transactions "$DATA/transactions.parquet" --keys 30000 --rate "$RATE" \
+      --concurrency "$CONCURRENCY" --requests $((RATE * LEG_S)) --duration-s "$LEG_S" \
+      --warmup 100 --client-threads 1 --server-pid "${pid[$side]}" --json "$json" |
+      grep -E '^(run|  +server CPU|host|  error)' >&2 || true
+  done
+done
+
+echo
+echo "Experiments on the fraud pipeline ($(nproc) CPUs, client, servers and Redis on one machine, loopback; open loop $RATE/s, concurrency $CONCURRENCY, $ROUNDS rounds of $LEG_S s legs alternated plain/ab/shadow; $(date -u +%F))"
+.venv/bin/python - "$OUT/legs" <<'PY'
+import json, sys
+from collections import defaultdict
+from pathlib import Path
+
+legs = defaultdict(list)
+for f in sorted(Path(sys.argv[1]).glob("*.json")):
+    side = f.stem.split("-", 1)[1]
+    report = json.loads(f.read_text())
+    run = report["run"]
+    run["steal"] = ((report.get("host") or {}).get("cpu") or {}).get("steal_pct", 0.0)
+    legs[side].append(run)
+
+def pooled(side):
+    runs = legs[side]
+    calls = sum(r["ok"] + r["errors"] for r in runs)
+    cpu = sum(r["server_cpu"]["cpu_s"] for r in runs)
+    p99s = sorted(r["latency_us"]["p99"] for r in runs)
+    p50s = sorted(r["latency_us"]["p50"] for r in runs)
+    steal = sum(r["steal"] for r in runs) / len(runs)
+    return {
+        "calls": calls,
+        "errors": sum(r["errors"] for r in runs),
+        "p50": p50s[len(p50s) // 2],
+        "p99": p99s[len(p99s) // 2],
+        "cpu_us": 1e6 * cpu / max(calls, 1),
+        "steal": steal,
+    }
+
+rows = {s: pooled(s) for s in ("plain", "ab", "shadow")}
+print(f"{'side':<8}{'calls':>8}{'errors':>8}{'p50 µs':>10}{'p99 µs':>10}{'CPU µs/call':>13}{'steal %':>9}")
+for s, r in rows.items():
+    print(f"{s:<8}{r['calls']:>8}{r['errors']:>8}{r['p50']:>10.0f}{r['p99']:>10.0f}{r['cpu_us']:>13.1f}{r['steal']:>9.1f}")
+print(f"experiment (ab - plain): {rows['ab']['cpu_us'] - rows['plain']['cpu_us']:+.1f} µs server CPU per call "
+      f"(plain pipeline {rows['plain']['cpu_us']:.1f} µs)")
+print(f"shadow variant: p99 {rows['shadow']['p99'] / rows['ab']['p99']:.2f}x the same experiment without it "
+      f"(median of the rounds' p99s); CPU per call {rows['shadow']['cpu_us'] / rows['ab']['cpu_us']:.2f}x")
+PY
+echo "results in $OUT" >&2
