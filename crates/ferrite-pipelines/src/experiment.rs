@@ -206,7 +206,6 @@ impl Experiments {
     /// The route of a one-unit call (recommendations, pricing) under an experiment on
     /// `pipeline`; `None` when no experiment runs on it.
     pub(crate) fn route_one(&self, pipeline: &Pipeline, input: &CallInput) -> Option<Route> {
-        self.assigner.unit_of(&pipeline.name)?;
         self.routes(pipeline, input, 1)
             .pop()
             .filter(|r| r.assignment.is_some())
