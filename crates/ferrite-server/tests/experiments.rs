@@ -44,15 +44,7 @@ fn models_dir() -> PathBuf {
 /// The shipped fraud pipeline alone, with a budget a debug build keeps on a busy machine.
 fn pipelines_dir() -> PathBuf {
     let dir = scratch_dir("exp-pipelines");
-    let text = std::fs::read_to_string(repo_root().join("pipelines/fraud.toml")).unwrap();
-    let text: Vec<String> = text
-        .lines()
-        .map(|l| match l.starts_with("budget_ms") {
-            true => "budget_ms = 10000".to_string(),
-            false => l.to_string(),
-        })
-        .collect();
-    std::fs::write(dir.join("fraud.toml"), text.join("\n")).unwrap();
+    ferrite_test_support::copy_pipeline(&dir, "fraud", 10_000);
     dir
 }
 
@@ -509,16 +501,7 @@ async fn recommendations_and_prices_route_through_experiments() {
     config.experiments.directory = experiments;
     config.experiments.state_dir = scratch_dir("exp-state");
     config.experiments.exposures_dir = scratch_dir("exp-exposures");
-    let registry = config.features.registry().unwrap();
-    {
-        let store = ferrite_features::online::open(&config.features.store_config())
-            .await
-            .unwrap();
-        let end = 1_790_812_800_000_000;
-        ferrite_features::materialize::materialize(&registry, store.as_ref(), &[], 0, end, false)
-            .await
-            .unwrap();
-    }
+    common::materialize_sample(&config).await;
     let (server, channel) = start_with(config).await;
     let mut scoring = ScoringServiceClient::new(channel.clone());
     let mut admin = ExperimentServiceClient::new(channel.clone());

@@ -1391,17 +1391,7 @@ async fn fuzz_server() -> (
     config.experiments.exposures_dir = common::scratch_dir("fuzz-exposures");
     let index_dir = common::scratch_dir("fuzz-search").join("index");
     config.search.index_dir = index_dir.clone();
-    {
-        let registry = config.features.registry().unwrap();
-        let store = ferrite_features::online::open(&config.features.store_config())
-            .await
-            .unwrap();
-        // The end of the sample data's last day.
-        let end = 1_790_812_800_000_000;
-        ferrite_features::materialize::materialize(&registry, store.as_ref(), &[], 0, end, false)
-            .await
-            .unwrap();
-    }
+    common::materialize_sample(&config).await;
     let scratch = vec![
         config.pipelines.directory.clone(),
         config.features.data_dir.clone().unwrap_or_default(),

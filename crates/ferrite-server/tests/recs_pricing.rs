@@ -23,17 +23,7 @@ async fn server() -> (ferrite_server::RunningServer, tonic::transport::Channel) 
     ferrite_test_support::copy_pipelines(&pipelines, 60_000, |l| Some(l.to_string()));
     let mut config = test_config();
     config.pipelines.directory = pipelines;
-    let registry = config.features.registry().unwrap();
-    {
-        let store = ferrite_features::online::open(&config.features.store_config())
-            .await
-            .unwrap();
-        // The end of the sample data's last day.
-        let end = 1_790_812_800_000_000;
-        ferrite_features::materialize::materialize(&registry, store.as_ref(), &[], 0, end, false)
-            .await
-            .unwrap();
-    }
+    common::materialize_sample(&config).await;
     start_with(config).await
 }
 

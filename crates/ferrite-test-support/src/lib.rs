@@ -28,17 +28,28 @@ pub fn repo_root() -> PathBuf {
 pub fn copy_pipelines(dir: &Path, budget_ms: u64, edit: impl Fn(&str) -> Option<String>) {
     for entry in std::fs::read_dir(repo_root().join("pipelines")).expect("pipelines/ exists") {
         let path = entry.expect("a readable directory entry").path();
-        let text = std::fs::read_to_string(&path).expect("a readable pipeline file");
-        let lines: Vec<String> = text
-            .lines()
-            .filter_map(|l| match l.starts_with("budget_ms") {
-                true => Some(format!("budget_ms = {budget_ms}")),
-                false => edit(l),
-            })
-            .collect();
-        let name = path.file_name().expect("a file name");
-        std::fs::write(dir.join(name), lines.join("\n")).expect("the copy is written");
+        copy_pipeline_file(&path, dir, budget_ms, &edit);
     }
+}
+
+/// Copies the repository's `pipelines/<name>.toml` alone into `dir`, its `budget_ms` set to
+/// `budget_ms`.
+pub fn copy_pipeline(dir: &Path, name: &str, budget_ms: u64) {
+    let path = repo_root().join("pipelines").join(format!("{name}.toml"));
+    copy_pipeline_file(&path, dir, budget_ms, &|l| Some(l.to_string()));
+}
+
+fn copy_pipeline_file(path: &Path, dir: &Path, budget_ms: u64, edit: &dyn Fn(&str) -> Option<String>) {
+    let text = std::fs::read_to_string(path).expect("a readable pipeline file");
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| match l.starts_with("budget_ms") {
+            true => Some(format!("budget_ms = {budget_ms}")),
+            false => edit(l),
+        })
+        .collect();
+    let name = path.file_name().expect("a file name");
+    std::fs::write(dir.join(name), lines.join("\n")).expect("the copy is written");
 }
 
 /// The project virtualenv's Python, which the set-up scripts create with a pinned

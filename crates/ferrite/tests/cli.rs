@@ -749,18 +749,7 @@ fn two_serve_processes_on_one_redis_agree_on_a_canary_rollback() {
     .unwrap();
     let pipelines = dir.path().join("pipelines");
     std::fs::create_dir_all(&pipelines).unwrap();
-    let fraud = std::fs::read_to_string(root.join("pipelines/fraud.toml")).unwrap();
-    let fraud: Vec<&str> = fraud
-        .lines()
-        .map(|l| {
-            if l.starts_with("budget_ms") {
-                "budget_ms = 10000"
-            } else {
-                l
-            }
-        })
-        .collect();
-    std::fs::write(pipelines.join("fraud.toml"), fraud.join("\n")).unwrap();
+    ferrite_test_support::copy_pipeline(&pipelines, "fraud", 10_000);
     let experiments = dir.path().join("experiments");
     std::fs::create_dir_all(&experiments).unwrap();
     std::fs::write(

@@ -18,6 +18,22 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The end of the sample data's last day (µs): what the tests materialize up to.
+#[allow(dead_code)]
+pub const SAMPLE_END_US: i64 = 1_790_812_800_000_000;
+
+/// Materializes every view of the sample data into `config`'s online store, to its last day.
+#[allow(dead_code)]
+pub async fn materialize_sample(config: &Config) {
+    let registry = config.features.registry().unwrap();
+    let store = ferrite_features::online::open(&config.features.store_config())
+        .await
+        .unwrap();
+    ferrite_features::materialize::materialize(&registry, store.as_ref(), &[], 0, SAMPLE_END_US, false)
+        .await
+        .unwrap();
+}
+
 /// A fresh directory that outlives the test (servers may still hold files in it at exit).
 pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
     tempfile::Builder::new()
