@@ -1,5 +1,5 @@
 //! `inference.GRPCInferenceService`, the KServe v2 Open Inference Protocol with Triton's
-//! model-config and repository extensions. Methods not written here answer UNIMPLEMENTED.
+//! model-config and repository extensions. Every method of the service is served.
 //!
 //! A declared scoring pipeline is served as a model of its own name (unless a loaded model
 //! has that name): entity ids and request fields in, one row per element of the first
