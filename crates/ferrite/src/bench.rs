@@ -146,6 +146,11 @@ pub struct RunReport {
     pub sent: u64,
     pub ok: u64,
     pub errors: u64,
+    /// Closed loop: calls still in flight when `--duration-s` ended, cut at the bound. Not
+    /// errors (the server never answered with one) and not in the latency figures (their
+    /// latency is unknown); counted apart so that a short run does not report failures the
+    /// server never made.
+    pub cut: u64,
     /// Answers (for score-fraud-batch: transactions) that said they were a fallback, not a
     /// model output.
     pub fallbacks: u64,
@@ -220,7 +225,7 @@ impl Report {
         let line = |r: &RunReport| {
             let rate = r.target_rate.map(|x| format!(" at {x}/s")).unwrap_or_default();
             format!(
-                "{:<14} {:<6}{} c={} conns={}  sent={} ok={} err={} fallback={} skipped={}  {:.0} rps  \
+                "{:<14} {:<6}{} c={} conns={}  sent={} ok={} err={} cut={} fallback={} skipped={}  {:.0} rps  \
                  p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs{}\n",
                 r.rpc,
                 r.mode,
@@ -230,6 +235,7 @@ impl Report {
                 r.sent,
                 r.ok,
                 r.errors,
+                r.cut,
                 r.fallbacks,
                 r.skipped,
                 r.rps,
@@ -492,6 +498,8 @@ struct Tally {
     histogram: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    /// Calls cut off by the end of the run (see `RunReport::cut`).
+    cut: u64,
     fallbacks: u64,
     values: u64,
     present: u64,
@@ -505,6 +513,7 @@ impl Tally {
             histogram,
             ok: 0,
             errors: BTreeMap::new(),
+            cut: 0,
             fallbacks: 0,
             values: 0,
             present: 0,
@@ -530,6 +539,7 @@ impl Tally {
             .add(&other.histogram)
             .expect("histograms share bounds");
         self.ok += other.ok;
+        self.cut += other.cut;
         self.fallbacks += other.fallbacks;
         self.values += other.values;
         self.present += other.present;
@@ -597,6 +607,7 @@ impl Leg {
             sent: self.sent,
             ok: tally.ok,
             errors,
+            cut: tally.cut,
             fallbacks: tally.fallbacks,
             present_pct: (tally.values > 0).then(|| 100.0 * tally.present as f64 / tally.values as f64),
             skipped: self.skipped,
@@ -670,14 +681,12 @@ async fn closed_loop(
             {
                 let key = keys.next();
                 let t0 = Instant::now();
-                // A call that outlives the run's deadline is cut off and counted as such.
-                let outcome = match tokio::time::timeout_at(deadline, rpc.call(&channel, key)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(tonic::Status::deadline_exceeded(
-                        "benchmark ended before the answer",
-                    )),
-                };
-                tally.record(t0.elapsed(), outcome);
+                // A call that outlives the run's bound is cut off and counted apart: neither
+                // an error nor a latency.
+                match tokio::time::timeout_at(deadline, rpc.call(&channel, key)).await {
+                    Ok(outcome) => tally.record(t0.elapsed(), outcome),
+                    Err(_) => tally.cut += 1,
+                }
             }
             tally
         }));
@@ -686,7 +695,7 @@ async fn closed_loop(
     for w in workers {
         total.merge(w.await?);
     }
-    let sent = total.ok + total.errors.values().sum::<u64>();
+    let sent = total.ok + total.errors.values().sum::<u64>() + total.cut;
     Ok((total, sent, 0))
 }
 

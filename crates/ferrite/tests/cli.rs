@@ -416,6 +416,19 @@ async fn the_duration_bound_stops_a_run_before_its_count() {
     let report = bench::run(&a).await.unwrap();
     // 100 calls/s for 0.5 s schedules 50 calls.
     assert_eq!(report.run.sent + report.run.skipped, 50, "{:?}", report.run);
+
+    // Closed loop: 16 callers are almost always mid-call when the bound ends the run; those
+    // calls are counted as cut, never as errors the server did not make.
+    a.rate = None;
+    a.concurrency = 16;
+    a.duration_s = 0.3;
+    let report = bench::run(&a).await.unwrap();
+    let run = &report.run;
+    assert_eq!(run.errors, 0, "{run:?}");
+    assert!(run.errors_by_code.is_empty(), "{run:?}");
+    assert_eq!(run.ok + run.cut, run.sent, "{run:?}");
+    assert!(run.cut <= 16, "at most one cut call per caller: {run:?}");
+    assert!(report.to_text().contains(&format!(" cut={} ", run.cut)));
     server.shutdown().await.unwrap();
 }
 
