@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Soak: a mixed workload at 80 % of its measured maximum rate for 10 minutes against one
+# `ferrite serve` on the embedded store with the shipped models, pipelines and experiments.
+#   bash scripts/soak.sh [OUT]
+# 1. Maximum: the five RPCs below run together in closed loops (CONCURRENCY callers each) for
+#    MAX_S seconds; each one's calls/s is its share of the mixed maximum.
+# 2. Soak: the same five together in open loops at SHARE (0.8) of those rates, in windows of
+#    WINDOW_S seconds (one `ferrite bench` per RPC and window, so that each window has its own
+#    p99) for SOAK_S seconds; the server's resident memory is read from /proc every second.
+#    Nobody scrapes /metrics during the soak: memory must stay flat without it.
+# 3. benches/soak/summarize.py prints errors, p99 per window and RSS growth after the warm-up
+#    (WARMUP_S), exits 1 when a goal is missed (any error, RSS growth >= 5 %), and draws the
+#    RSS curve and the p99s into OUT/soak.png when the chart's virtualenv exists
+#    (~/.cache/ferrite-peers/soak, benches/soak/requirements.txt; never installed by CI).
+# Loopback only; every load is bounded in time and count. Needs a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+OUT="${1:-$(mktemp -d -t ferrite-soak.XXXXXX)}"
+mkdir -p "$OUT/windows"
+OUT=$(cd "$OUT" && pwd)
+SOAK_S="${SOAK_S:-600}"
+WINDOW_S="${WINDOW_S:-30}"
+WARMUP_S="${WARMUP_S:-60}"
+MAX_S="${MAX_S:-15}"
+SHARE="${SHARE:-0.8}"
+CONCURRENCY="${CONCURRENCY:-4}"
+RPCS="${RPCS:-features model-infer-gbdt score-fraud recommend price}"
+bin="${FERRITE_BIN:-$CARGO_TARGET_DIR/release/ferrite}"
+[ -n "${FERRITE_BIN:-}" ] || cargo build --release --locked -p ferrite >&2
+source scripts/bench_lib.sh
+
+# The shipped config (its relative paths made absolute: they are read from the config's
+# folder), with every path the server writes moved into OUT.
+sed -E -e "s#^(repository|directory|index_dir) = \"([^/][^\"]*)\"#\1 = \"$PWD/\2\"#" \
+  -e "s|^embedded_path = .*|embedded_path = \"$OUT/online\"|" \
+  -e "s|^state_dir = .*|state_dir = \"$OUT/experiments\"|" \
+  -e "s|^exposures_dir = .*|exposures_dir = \"$OUT/exposures\"|" \
+  -e "s|^poll_interval_s = .*|poll_interval_s = 0|" \
+  ferrite.toml >"$OUT/ferrite.toml"
+"$bin" materialize-incremental --config "$OUT/ferrite.toml" >"$OUT/materialize.log" 2>&1
+server=""
+sampler=""
+cleanup() {
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  return 0
+}
+trap cleanup EXIT
+serve "$OUT/ferrite.toml"
+echo "server pid $server at $ADDR" >&2
+
+# The load of one RPC; extra arguments are passed on.
+load() { # rpc json args...
+  local rpc=$1 json=$2
+  shift 2
+  local keys=2000
+  [ "$rpc" = price ] && keys=500
+  on_client_cpus "$bin" bench --addr "$ADDR" --rpc "$rpc" --keys "$keys" --warmup 20 \
+    --json "$json" "$@" >/dev/null
+}
+
+echo "==> maximum: ${RPCS// /, } together, closed loops of $CONCURRENCY callers, ${MAX_S} s" >&2
+jobs_=()
+for rpc in $RPCS; do
+  load "$rpc" "$OUT/max-$rpc.json" --concurrency "$CONCURRENCY" --requests 100000000 --duration-s "$MAX_S" &
+  jobs_+=($!)
+done
+for j in "${jobs_[@]}"; do wait "$j"; done
+
+rate_of() { # rpc -> SHARE x its maximum calls/s
+  .venv/bin/python -c 'import json,sys; print(round(float(sys.argv[2]) * json.load(open(sys.argv[1]))["run"]["rps"], 1))' \
+    "$OUT/max-$1.json" "$SHARE"
+}
+for rpc in $RPCS; do echo "$rpc $(rate_of "$rpc")"; done >"$OUT/rates.txt"
+echo "rates (calls/s):" >&2
+cat "$OUT/rates.txt" >&2
+
+# Resident memory, one line a second: seconds since the soak started, kB.
+start=$(date +%s.%N)
+(
+  while kill -0 "$server" 2>/dev/null; do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null) || break
+    awk -v s="$start" -v n="$(date +%s.%N)" -v r="$rss" 'BEGIN { printf "%.1f %s\n", n - s, r }'
+    sleep 1
+  done
+) >"$OUT/rss.txt" &
+sampler=$!
+
+windows=$(( (SOAK_S + WINDOW_S - 1) / WINDOW_S ))
+echo "==> soak: $windows windows of ${WINDOW_S} s at ${SHARE} of the maximum" >&2
+for w in $(seq 1 "$windows"); do
+  jobs_=()
+  while read -r rpc rate; do
+    requests=$(.venv/bin/python -c "import math; print(math.ceil($rate * $WINDOW_S) + 1)")
+    load "$rpc" "$OUT/windows/$w-$rpc.json" --rate "$rate" --concurrency 64 \
+      --requests "$requests" --duration-s "$WINDOW_S" &
+    jobs_+=($!)
+  done <"$OUT/rates.txt"
+  for j in "${jobs_[@]}"; do wait "$j"; done
+  echo "window $w/$windows done" >&2
+done
+kill "$sampler" 2>/dev/null || true
+sampler=""
+stop
+
+chart=()
+[ -x "$HOME/.cache/ferrite-peers/soak/bin/python" ] && chart=(--chart "$OUT/soak.png")
+py="$HOME/.cache/ferrite-peers/soak/bin/python"
+[ -x "$py" ] || py=.venv/bin/python
+"$py" benches/soak/summarize.py "$OUT" --window-s "$WINDOW_S" --warmup-s "$WARMUP_S" "${chart[@]}"
