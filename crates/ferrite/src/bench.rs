@@ -6,6 +6,7 @@
 //! that stalls is charged for the calls queued behind the stall (no coordinated omission).
 //! Both stop at `--requests` calls or `--duration-s` seconds, whichever comes first.
 
+mod feast;
 mod fraud;
 mod host;
 mod procs;
@@ -82,7 +83,8 @@ pub struct BenchArgs {
     /// Seed for the key sequence.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Also measure the empty-RPC floor (the health check) first, with the same settings.
+    /// Also measure the empty-RPC floor (the gRPC health check; for the Feast RPCs, Feast's
+    /// `GET /health`) first, with the same settings.
     #[arg(long)]
     pub with_floor: bool,
     /// With `--with-floor`: alternate the floor and the run this many times, each leg with
@@ -113,6 +115,9 @@ pub struct BenchArgs {
     /// transactions.parquet); key k sends the k-th, wrapping around.
     #[arg(long, default_value = "features/data/transactions.parquet")]
     pub transactions: PathBuf,
+    /// The feature definitions (`*.toml`) that name the features `feast-features` asks for.
+    #[arg(long, default_value = "features")]
+    pub feature_repo: PathBuf,
     /// The images `visual-search` sends (JPEG, PNG or WebP files).
     #[arg(long, default_value = "data/photos")]
     pub images: PathBuf,
@@ -394,6 +399,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     } else {
         None
     };
+    let feast = if args.rpc.is_feast() {
+        let (addr, repo) = (args.addr, args.feature_repo.clone());
+        let client = tokio::task::spawn_blocking(move || feast::FeastClient::new(addr, &repo)).await??;
+        Some(Arc::new(client))
+    } else {
+        None
+    };
     let channels: Vec<Arc<Target>> = connect(args)
         .await?
         .into_iter()
@@ -404,6 +416,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 args.batch,
                 transactions.clone(),
                 queries.clone(),
+                feast.clone(),
             ))
         })
         .collect();
@@ -451,7 +464,7 @@ async fn alternated(
             leg_args.warmup = 0;
         }
         let before = host::CpuTimes::now();
-        let f = measure(&leg_args, Rpc::Health, channels).await?;
+        let f = measure(&leg_args, args.rpc.floor(), channels).await?;
         let r = measure(&leg_args, args.rpc, channels).await?;
         rounds.push(Round {
             floor_us: percentiles(&f.tally.histogram),
@@ -472,13 +485,25 @@ async fn alternated(
         run.expect("one round at least"),
     );
     Ok((
-        Some(floor.report(args, Rpc::Health)),
+        Some(floor.report(args, args.rpc.floor())),
         run.report(args, args.rpc),
         rounds,
     ))
 }
 
 async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Channel>> {
+    if args.rpc.is_feast() {
+        // HTTP/1.1: the Feast client opens its own connections. Fail now, as a gRPC target
+        // does, if nothing listens; the gRPC channel is never used.
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(args.addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|c| c.map_err(anyhow::Error::from))
+            .with_context(|| format!("cannot connect to {}", args.addr))?;
+        return Ok(vec![
+            Endpoint::from_shared(format!("http://{}", args.addr))?.connect_lazy(),
+        ]);
+    }
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         let channel = Endpoint::from_shared(format!("http://{}", args.addr))?

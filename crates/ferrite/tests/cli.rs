@@ -34,6 +34,7 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         model: None,
         transactions: repo_root().join("features/data/transactions.parquet"),
         images: repo_root().join("data/photos"),
+        feature_repo: repo_root().join("features"),
         queries: None,
         top_k: 10,
         filter_category: Vec::new(),
@@ -430,6 +431,124 @@ async fn the_duration_bound_stops_a_run_before_its_count() {
     assert!(run.cut <= 16, "at most one cut call per caller: {run:?}");
     assert!(report.to_text().contains(&format!(" cut={} ", run.cut)));
     server.shutdown().await.unwrap();
+}
+
+/// A stand-in for Feast's feature server (`feast serve`) on loopback: `GET /health`, and
+/// `POST /get-online-features` answering Feast's JSON for one user (the entity key column, then
+/// 30 features of which 27 present: two not found, and one `PRESENT` but null, as Feast
+/// answers a user it has no row for), except every tenth call, answered 500, and a request that
+/// is not the one `--rpc features` makes (as JSON), answered 400.
+async fn fake_feast() -> std::net::SocketAddr {
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let calls = std::sync::Arc::new(AtomicU64::new(0));
+    let features = move |headers: axum::http::HeaderMap, body: String| {
+        let calls = calls.clone();
+        async move {
+            let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let names: Vec<&str> = request["features"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f.as_str()).collect())
+                .unwrap_or_default();
+            let users = request["entities"]["user_id"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            // FastAPI refuses a body it is not told is JSON.
+            let expected = headers
+                .get("content-type")
+                .is_some_and(|t| t == "application/json")
+                && names.len() == 30
+                && names[..24].iter().all(|n| n.starts_with("user_stats:"))
+                && names[24..].iter().all(|n| n.starts_with("user_profile:"))
+                && names.contains(&"user_stats:txn_count_1h")
+                && users.len() == 1
+                && users[0]
+                    .as_i64()
+                    .is_some_and(|id| id > 1_000_000 && id <= 1_001_000);
+            if !expected {
+                return (StatusCode::BAD_REQUEST, format!("unexpected request {body}"));
+            }
+            if calls.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal Server Error".to_string(),
+                );
+            }
+            let mut feature_names = vec![serde_json::json!("user_id")];
+            let mut results = vec![
+                serde_json::json!({"values": [users[0]], "statuses": ["PRESENT"], "event_timestamps": ["1970-01-01T00:00:00Z"]}),
+            ];
+            for (i, name) in names.iter().enumerate() {
+                feature_names.push(name.split(':').nth(1).unwrap().into());
+                let (value, status) = match i {
+                    0 | 1 => (serde_json::Value::Null, "NOT_FOUND"),
+                    2 => (serde_json::Value::Null, "PRESENT"),
+                    _ => (serde_json::json!(1.5), "PRESENT"),
+                };
+                results.push(serde_json::json!({"values": [value], "statuses": [status], "event_timestamps": ["2026-08-01T00:00:00Z"]}));
+            }
+            let answer =
+                serde_json::json!({"metadata": {"feature_names": feature_names}, "results": results});
+            (StatusCode::OK, answer.to_string())
+        }
+    };
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { StatusCode::OK }))
+        .route("/get-online-features", axum::routing::post(features));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// `--rpc feast-features` drives Feast's HTTP feature server with the call `--rpc features`
+/// makes: answers other than 200 are errors, the share of values present is read from the
+/// statuses and values (the entity key not counted), and the floor is Feast's own `GET /health`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feast_features_calls_feasts_http_server_and_counts_its_errors() {
+    let mut a = args(fake_feast().await);
+    a.rpc = Rpc::FeastFeatures;
+    a.concurrency = 8;
+    a.requests = 200;
+    // Warm-up calls would take some of the server's every-tenth 500s.
+    a.warmup = 0;
+    let report = bench::run(&a).await.unwrap();
+    let run = &report.run;
+    assert_eq!(
+        (run.ok, run.errors, run.sent, run.cut),
+        (180, 20, 200, 0),
+        "{run:?}"
+    );
+    // gRPC's name for an HTTP 500.
+    assert_eq!(run.errors_by_code.get("Unknown"), Some(&20), "{run:?}");
+    assert_eq!(run.present_pct, Some(90.0), "{run:?}");
+    let text = report.to_text();
+    assert!(
+        text.contains("feast-features") && text.contains("values present 90.0 %"),
+        "{text}"
+    );
+
+    // Open loop and the floor: Feast's GET /health, alternated with the reads.
+    a.rate = Some(200.0);
+    a.requests = 40;
+    // As many in flight as a leg sends: none skipped, however slow the machine.
+    a.concurrency = 64;
+    a.with_floor = true;
+    a.rounds = 2;
+    let report = bench::run(&a).await.unwrap();
+    let floor = report.floor.as_ref().unwrap();
+    assert_eq!(floor.rpc, "feast-health");
+    assert_eq!((floor.ok, floor.errors), (40, 0), "{floor:?}");
+    assert_eq!(report.run.ok + report.run.errors, 40, "{:?}", report.run);
+    assert_eq!(report.run.errors, 4, "{:?}", report.run);
+
+    // Nothing listening: the same clear error as a gRPC target's.
+    a.addr = format!("127.0.0.1:{}", ferrite_test_support::free_port())
+        .parse()
+        .unwrap();
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(format!("{err:#}").contains("cannot connect"), "{err:#}");
 }
 
 #[tokio::test]

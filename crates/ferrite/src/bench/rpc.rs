@@ -19,6 +19,7 @@ use ferrite_proto::inference::{ModelInferRequest, ServerLiveRequest};
 use prost::Message;
 use prost::bytes::Bytes;
 
+use super::feast::FeastClient;
 use super::fraud::{FraudAnswer, FraudBatchAnswer, MetaAt, Transactions};
 use super::search::Queries;
 
@@ -70,6 +71,17 @@ pub enum Rpc {
     VisualSearch,
     /// VisualSearch with an embedding: the rows of `--queries` (a float32 `.npy`).
     VisualSearchEmbedding,
+    /// Feast's feature server (`feast serve`), not Ferrite: `POST /get-online-features` over
+    /// HTTP/1.1 with keep-alive, as JSON, for the call `features` makes: the same 30 features
+    /// (`user_stats:*` and `user_profile:*` as `--feature-repo` defines them, named
+    /// `view:feature`) of user 1,000,000 + key. An answer other than 200 is an error, counted
+    /// under gRPC's code for its HTTP status (a 500 is `Unknown`); a value counts as present
+    /// when its status is `PRESENT` and it is not null (Feast answers a user it has no row for
+    /// with `PRESENT` nulls). One connection per call in flight (`--connections`
+    /// does not apply); `--with-floor` alternates it with `feast-health`.
+    FeastFeatures,
+    /// Feast's feature server: `GET /health`, its empty call (the floor of `feast-features`).
+    FeastHealth,
 }
 
 /// What the load generator reads from an answer.
@@ -100,6 +112,23 @@ impl Rpc {
             Rpc::Price => "price",
             Rpc::VisualSearch => "visual-search",
             Rpc::VisualSearchEmbedding => "visual-search-embedding",
+            Rpc::FeastFeatures => "feast-features",
+            Rpc::FeastHealth => "feast-health",
+        }
+    }
+
+    /// Whether the RPC is an HTTP/1.1 call to Feast's feature server rather than gRPC.
+    pub fn is_feast(self) -> bool {
+        matches!(self, Rpc::FeastFeatures | Rpc::FeastHealth)
+    }
+
+    /// The empty call `--with-floor` alternates the RPC with: the gRPC health check, or for
+    /// Feast's feature server its own `GET /health`.
+    pub fn floor(self) -> Rpc {
+        if self.is_feast() {
+            Rpc::FeastHealth
+        } else {
+            Rpc::Health
         }
     }
 
@@ -229,6 +258,17 @@ impl Rpc {
                     ..Outcome::default()
                 });
             }
+            Rpc::FeastFeatures | Rpc::FeastHealth => {
+                let feast = target
+                    .feast
+                    .as_deref()
+                    .ok_or_else(|| tonic::Status::failed_precondition("no Feast client made"))?;
+                return if self == Rpc::FeastFeatures {
+                    feast.features(key).await
+                } else {
+                    feast.health().await
+                };
+            }
             Rpc::ScoreFraud | Rpc::ScoreFraudBatch => {
                 let transactions = target
                     .transactions
@@ -316,7 +356,7 @@ fn infer_request(model: &str, input: &str, width: u64, key: u64, batch: usize) -
     }
 }
 
-/// Where calls go: one HTTP/2 connection, the model to call (for the model RPCs, instead of
+/// Where calls go: one HTTP/2 connection (for the Feast RPCs: an HTTP/1.1 client), the model to call (for the model RPCs, instead of
 /// the RPC's default) and the rows per model request, and the connection's inference stream
 /// once a streaming RPC opened it.
 pub struct Target {
@@ -330,6 +370,8 @@ pub struct Target {
     transactions: Option<Arc<Transactions>>,
     /// The search RPCs' queries, shared by every connection.
     queries: Option<Arc<Queries>>,
+    /// The Feast RPCs' HTTP client (its own pool of connections).
+    feast: Option<Arc<FeastClient>>,
 }
 
 impl Target {
@@ -339,6 +381,7 @@ impl Target {
         batch: usize,
         transactions: Option<Arc<Transactions>>,
         queries: Option<Arc<Queries>>,
+        feast: Option<Arc<FeastClient>>,
     ) -> Self {
         Target {
             channel,
@@ -348,6 +391,7 @@ impl Target {
             unary: Default::default(),
             transactions,
             queries,
+            feast,
         }
     }
 }
