@@ -188,16 +188,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         pipelines = ?pipeline_set.pipelines.keys().collect::<Vec<_>>(),
         "scoring pipelines ready"
     );
-    let mut pipelines = ferrite_pipelines::Engine::new(store.clone(), models.clone(), pipeline_set);
+    // Every call's store: an outage a call sees starts a health check at once.
+    let store_up = Arc::new(store_health::StoreHealth::new(store.kind()));
+    let served: Arc<dyn ferrite_features::OnlineStore> =
+        Arc::new(store_health::Reporting::new(store.clone(), store_up.clone()));
+    let mut pipelines = ferrite_pipelines::Engine::new(served.clone(), models.clone(), pipeline_set);
     if let Some(x) = experiments::start(&config, &models).await? {
         pipelines = pipelines.with_experiments(x);
     }
     // Start-up, not a request: reading the models' small metadata files here is fine.
     pipelines.preload();
-    let store_up = Arc::new(store_health::StoreHealth::new(store.kind()));
     let features = Arc::new(services::features::FeatureState {
         registry,
-        store,
+        store: served,
         health: store_up,
     });
 

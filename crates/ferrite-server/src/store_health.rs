@@ -3,7 +3,8 @@
 //!
 //! A background task asks the store (`OnlineStore::health`: a Redis PING) every
 //! `features.health_interval_ms`, each check bounded by `features.health_timeout_ms`; a call
-//! that finds the store unavailable starts a check at once instead of waiting for the next.
+//! that finds the store unavailable (a feature read, a push, a pipeline's read: every one goes
+//! through [`Reporting`]) starts a check at once instead of waiting for the next.
 //! A check, not a failed call, decides: one slow read does not take the service out.
 //!
 //! While the store is down, `ferrite.v1.FeatureService` is NOT_SERVING (its reads cannot be
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ferrite_features::{FeatureError, OnlineStore};
+use ferrite_features::online::{ReadRow, RowKey, WriteOutcome, WriteRow};
+use ferrite_features::{FeatureError, Micros, OnlineStore};
 use tokio::sync::Notify;
 
 /// The store's last known state, shared by the checker and the request path.
@@ -55,6 +57,53 @@ impl StoreHealth {
     fn record(&self, up: bool) -> bool {
         self.gauge.set(if up { 1.0 } else { 0.0 });
         self.up.swap(up, Ordering::AcqRel) != up
+    }
+}
+
+/// The online store as the server's calls use it: each error it answers is shown to
+/// [`StoreHealth::saw`], so that an outage seen by any caller starts a check at once.
+pub struct Reporting {
+    inner: Arc<dyn OnlineStore>,
+    health: Arc<StoreHealth>,
+}
+
+impl Reporting {
+    pub fn new(inner: Arc<dyn OnlineStore>, health: Arc<StoreHealth>) -> Self {
+        Reporting { inner, health }
+    }
+
+    fn seen<T>(&self, result: Result<T, FeatureError>) -> Result<T, FeatureError> {
+        if let Err(e) = &result {
+            self.health.saw(e);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl OnlineStore for Reporting {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn health(&self) -> Result<(), FeatureError> {
+        self.inner.health().await
+    }
+
+    async fn read(&self, keys: &[RowKey]) -> Result<Vec<Option<ReadRow>>, FeatureError> {
+        self.seen(self.inner.read(keys).await)
+    }
+
+    async fn write(&self, rows: Vec<WriteRow>) -> Result<Vec<WriteOutcome>, FeatureError> {
+        self.seen(self.inner.write(rows).await)
+    }
+
+    async fn watermark(&self, view: &str) -> Result<Option<Micros>, FeatureError> {
+        self.seen(self.inner.watermark(view).await)
+    }
+
+    async fn set_watermark(&self, view: &str, ts: Micros) -> Result<(), FeatureError> {
+        self.seen(self.inner.set_watermark(view, ts).await)
     }
 }
 

@@ -433,6 +433,60 @@ async fn a_shutdown_that_cuts_calls_says_how_many() {
     drop(tx);
 }
 
+/// Waits (bounded: 6 s) for the feature service's gRPC health to become `want`.
+async fn wait_for_feature_health(channel: &tonic::transport::Channel, want: ServingStatus) {
+    for _ in 0..300 {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "ferrite.v1.FeatureService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == want as i32 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the feature service's health never became {want:?}");
+}
+
+#[tokio::test]
+async fn a_pipeline_call_that_finds_the_store_down_starts_a_health_check_at_once() {
+    use ferrite_proto::ferrite::v1::ScoreFraudRequest;
+    use ferrite_proto::ferrite::v1::score_fraud_request::{Merchant, User};
+    use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
+    use ferrite_server::config::OnlineStoreKind;
+    let mut redis = ferrite_test_support::RedisServer::start();
+    let mut config = common::test_config();
+    config.features.online_store = OnlineStoreKind::Redis;
+    config.features.redis_url = redis.url();
+    // No periodic check within the test: only a call's failure can start one.
+    config.features.health_interval_ms = std::num::NonZeroU64::new(600_000).unwrap();
+    let (server, channel) = common::start_with(config).await;
+
+    redis.stop();
+    let answer = ScoringServiceClient::new(channel.clone())
+        .score_fraud(ScoreFraudRequest {
+            transaction_id: "t-1".into(),
+            user: Some(User::UserIdInt(1)),
+            merchant: Some(Merchant::MerchantId("2000007".into())),
+            amount: 10.0,
+            currency: "EUR".into(),
+            device_type: "ios".into(),
+            event_time_us: 1_790_000_000_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect("a store outage is answered by the pipeline's fallback")
+        .into_inner();
+    let meta = answer.meta.expect("meta");
+    assert!(meta.fallback, "{meta:?}");
+    wait_for_feature_health(&channel, ServingStatus::NotServing).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn feature_service_health_follows_the_online_store() {
     use ferrite_server::config::OnlineStoreKind;
@@ -468,16 +522,7 @@ async fn feature_service_health_follows_the_online_store() {
         }
     };
     let store_up = || async { sample(&scrape(&server).await, "ferrite_online_store_up{store=\"redis\"}") };
-    // Waits (bounded) for the feature service's health to become `want`.
-    let wait_for = |want: ServingStatus| async move {
-        for _ in 0..300 {
-            if status("ferrite.v1.FeatureService").await == want as i32 {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        panic!("the feature service's health never became {want:?}");
-    };
+    let wait_for = |want: ServingStatus| wait_for_feature_health(&channel, want);
     let serving = ServingStatus::Serving as i32;
 
     assert_eq!(status("ferrite.v1.FeatureService").await, serving);

@@ -20,14 +20,6 @@ pub struct FeatureState {
     pub health: Arc<crate::store_health::StoreHealth>,
 }
 
-impl FeatureState {
-    /// A domain error as the API answers it; an unavailable store also starts a health check.
-    fn failed(&self, e: FeatureError) -> ApiError {
-        self.health.saw(&e);
-        ApiError::from(e)
-    }
-}
-
 pub struct Features {
     state: Arc<AppState>,
 }
@@ -236,7 +228,7 @@ impl FeatureService for Features {
             let mut answer = Columns::new(refs.iter().map(FeatureRef::dtype).collect(), rows);
             serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
                 .await
-                .map_err(|e| fs.failed(e))?;
+                .map_err(ApiError::from)?;
             return Ok(Response::new(pb::GetOnlineFeaturesResponse {
                 feature_names,
                 results: Vec::new(),
@@ -249,7 +241,7 @@ impl FeatureService for Features {
         };
         serving::read_online_features(registry, store, &refs, &entities, &context, now, &mut answer)
             .await
-            .map_err(|e| fs.failed(e))?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(pb::GetOnlineFeaturesResponse {
             feature_names,
             results: answer.rows,
@@ -314,7 +306,7 @@ async fn finish_push(
 ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
     let report = serving::push_online(fs.store.as_ref(), view, checked)
         .await
-        .map_err(|e| fs.failed(e))?;
+        .map_err(ApiError::from)?;
     Ok(Response::new(pb::PushFeaturesResponse {
         written: report.written,
         rejected: report.rejected.len() as u64,
