@@ -96,3 +96,17 @@ wait_for() {
   echo "$1: no \"$2\"" >&2
   return 1
 }
+
+# A process and all its descendants (a peer's worker processes), one pid a line:
+# `proc_tree PID… | sort -un | paste -sd,` is a `--server-pid` list.
+proc_tree() {
+  local p
+  for p in "$@"; do
+    echo "$p"
+    # shellcheck disable=SC2046
+    proc_tree $(cat /proc/"$p"/task/*/children 2>/dev/null)
+  done
+}
+
+# A free loopback port from the peer's Python ($py), for scripts that run a peer stack.
+peer_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -59,18 +59,9 @@ fi
 source scripts/bench_lib.sh
 py="$PEER_VENV/bin/python"
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { peer_port; }
 peer_run_setup
 
-# A process and all its descendants (gunicorn's and MLServer's workers), one pid a line.
-tree() {
-  local p
-  for p in "$@"; do
-    echo "$p"
-    # shellcheck disable=SC2046
-    tree $(cat /proc/"$p"/task/*/children 2>/dev/null)
-  done
-}
 
 FERRITE_REDIS=$(port)
 redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
@@ -143,9 +134,9 @@ echo "==> Ferrite: serve" >&2
 serve "$OUT/ferrite.toml"
 FERRITE_ADDR=$ADDR
 sleep 2 # every server up; let their start-up work settle
-FERRITE_PIDS=$(tree "$server" "$ferrite_redis" | sort -un | paste -sd,)
-FEAST_PIDS=$(tree "$feast" "$feast_redis" | sort -un | paste -sd,)
-MLS_PIDS=$(tree "$mlserver" | sort -un | paste -sd,)
+FERRITE_PIDS=$(proc_tree "$server" "$ferrite_redis" | sort -un | paste -sd,)
+FEAST_PIDS=$(proc_tree "$feast" "$feast_redis" | sort -un | paste -sd,)
+MLS_PIDS=$(proc_tree "$mlserver" | sort -un | paste -sd,)
 {
   echo "Ferrite  $FERRITE_ADDR  pids $FERRITE_PIDS"
   echo "Feast    $FEAST_ADDR  pids $FEAST_PIDS"

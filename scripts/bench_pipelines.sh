@@ -44,20 +44,11 @@ cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
 py="$PEER_VENV/bin/python"
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { peer_port; }
 
 peer_run_setup
 
 
-# A process and all its descendants (MLServer's inference workers), one pid a line.
-tree() {
-  local p
-  for p in "$@"; do
-    echo "$p"
-    # shellcheck disable=SC2046
-    tree $(cat /proc/"$p"/task/*/children 2>/dev/null)
-  done
-}
 
 FERRITE_REDIS=$(port)
 redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
@@ -110,12 +101,12 @@ pids+=("$glue")
 wait_for "$OUT/glue.log" "glue listening" "$glue"
 sleep 2 # MLServer's workers are up once the model loaded; let them settle
 PEER_ADDR="127.0.0.1:$GLUE_PORT"
-PEER_PIDS=$(tree "$glue" "$mlserver" "$peer_redis" | sort -un | paste -sd,)
+PEER_PIDS=$(proc_tree "$glue" "$mlserver" "$peer_redis" | sort -un | paste -sd,)
 
 echo "==> Ferrite: serve" >&2
 serve "$OUT/ferrite.toml"
 FERRITE_ADDR=$ADDR
-FERRITE_PIDS=$(tree "$server" "$ferrite_redis" | sort -un | paste -sd,)
+FERRITE_PIDS=$(proc_tree "$server" "$ferrite_redis" | sort -un | paste -sd,)
 echo "Ferrite at $FERRITE_ADDR (pids $FERRITE_PIDS); peer at $PEER_ADDR (pids $PEER_PIDS)" >&2
 # Same inputs on both sides: the peer's vectors against Ferrite's for the first transactions.
 parity="parity not checked"

@@ -35,7 +35,7 @@ peer=benches/peers/recs_pricing
 cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
 py="$PEER_VENV/bin/python"
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { peer_port; }
 
 peer_run_setup
 

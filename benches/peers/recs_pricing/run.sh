@@ -27,7 +27,7 @@ command -v redis-server >/dev/null || { echo "redis-server is not on PATH" >&2; 
 cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { peer_port; }
 peer_run_setup
 
 echo "==> Ferrite: materialize $DATA into an embedded store ($OUT/online)" >&2

@@ -49,7 +49,7 @@ CAT="$OUT/catalog"
   { echo "no peer virtualenv at $PEER_VENV: see $peer/README.md" >&2; exit 1; }
 cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port() { peer_port; }
 now() { date +%s.%N; }
 peer_run_setup
 
