@@ -108,4 +108,4 @@ chart=()
 [ -x "$HOME/.cache/ferrite-peers/soak/bin/python" ] && chart=(--chart "$OUT/soak.png")
 py="$HOME/.cache/ferrite-peers/soak/bin/python"
 [ -x "$py" ] || py=.venv/bin/python
-"$py" benches/soak/summarize.py "$OUT" --window-s "$WINDOW_S" --warmup-s "$WARMUP_S" "${chart[@]}"
+"$py" benches/soak/summarize.py "$OUT" --window-s "$WINDOW_S" --warmup-s "$WARMUP_S" --share "$SHARE" "${chart[@]}"

@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--window-s", type=float, required=True)
     ap.add_argument("--warmup-s", type=float, required=True)
     ap.add_argument("--chart", type=Path)
+    ap.add_argument("--share", type=float, default=0.8, help="the load's share of the maximum (for the chart's title)")
     a = ap.parse_args()
 
     rates = {}
@@ -147,7 +148,9 @@ def draw(a, samples, numbers, windows, rpcs):
     lo = min(kb for _, kb in samples) / 1024
     hi = max(kb for _, kb in samples) / 1024
     top.set_ylim(0, hi * 1.15 if hi > 0 else 1)
-    top.set_title(f"ferrite serve, mixed load at 80 % of its maximum (RSS {lo:.0f}-{hi:.0f} MiB)", fontsize=10)
+    top.set_title(
+        f"ferrite serve, mixed load at {100 * a.share:.0f} % of its maximum (RSS {lo:.0f}-{hi:.0f} MiB)", fontsize=10
+    )
     for rpc in rpcs:
         pts = [((w - 0.5) * a.window_s / 60, r["latency_us"]["p99"] / 1000) for w, r in windows[rpc] if r]
         bottom.plot([x for x, _ in pts], [y for _, y in pts], marker=".", lw=1, label=rpc)
