@@ -15,7 +15,6 @@ use ferrite_proto::ferrite::v1::experiment_service_client::ExperimentServiceClie
 use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
 use ferrite_server::Config;
 use ferrite_test_support::{RedisServer, repo_root};
-use pb::score_fraud_request::{Merchant, User};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -70,13 +69,8 @@ fn setup(experiment: &str) -> Setup {
 fn transaction(user: i64, amount: f64) -> pb::ScoreFraudRequest {
     pb::ScoreFraudRequest {
         transaction_id: format!("t-{user}-{amount}"),
-        user: Some(User::UserIdInt(user)),
-        merchant: Some(Merchant::MerchantId("2000007".into())),
         amount,
-        currency: "EUR".into(),
-        device_type: "ios".into(),
-        event_time_us: 1_790_000_000_000_000,
-        ..Default::default()
+        ..common::transaction(user)
     }
 }
 

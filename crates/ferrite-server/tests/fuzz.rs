@@ -901,17 +901,9 @@ fn ints(v: &[i64]) -> pb::ValueList {
 }
 
 fn transaction(user: i64) -> pb::ScoreFraudRequest {
-    use pb::score_fraud_request::{Merchant, User};
     pb::ScoreFraudRequest {
-        transaction_id: format!("t-{user}"),
-        user: Some(User::UserIdInt(user)),
-        merchant: Some(Merchant::MerchantId("2000007".into())),
-        amount: 42.5,
-        currency: "EUR".into(),
-        device_type: "ios".into(),
-        event_time_us: 1_790_000_000_000_000,
         include_latency: true,
-        ..Default::default()
+        ..common::transaction(user)
     }
 }
 

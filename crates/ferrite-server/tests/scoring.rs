@@ -4,26 +4,13 @@
 
 mod common;
 
-use common::{scrape, start};
+use common::{scrape, start, transaction};
 use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
 use ferrite_proto::inference::RepositoryModelUnloadRequest;
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use pb::score_fraud_request::{Merchant, User};
 use tonic::Code;
-
-fn transaction(user: i64) -> pb::ScoreFraudRequest {
-    pb::ScoreFraudRequest {
-        transaction_id: format!("t-{user}"),
-        user: Some(User::UserIdInt(user)),
-        merchant: Some(Merchant::MerchantId("2000007".into())),
-        amount: 42.5,
-        currency: "EUR".into(),
-        device_type: "ios".into(),
-        event_time_us: 1_790_000_000_000_000,
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn score_fraud_answers_a_decision_with_its_model_and_latency() {

@@ -433,18 +433,22 @@ async fn a_shutdown_that_cuts_calls_says_how_many() {
     drop(tx);
 }
 
+/// The gRPC health of `service`.
+async fn health_status(channel: &tonic::transport::Channel, service: &str) -> i32 {
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
 /// Waits (bounded: 6 s) for the feature service's gRPC health to become `want`.
 async fn wait_for_feature_health(channel: &tonic::transport::Channel, want: ServingStatus) {
     for _ in 0..300 {
-        let status = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: "ferrite.v1.FeatureService".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == want as i32 {
+        if health_status(channel, "ferrite.v1.FeatureService").await == want as i32 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -454,8 +458,6 @@ async fn wait_for_feature_health(channel: &tonic::transport::Channel, want: Serv
 
 #[tokio::test]
 async fn a_pipeline_call_that_finds_the_store_down_starts_a_health_check_at_once() {
-    use ferrite_proto::ferrite::v1::ScoreFraudRequest;
-    use ferrite_proto::ferrite::v1::score_fraud_request::{Merchant, User};
     use ferrite_proto::ferrite::v1::scoring_service_client::ScoringServiceClient;
     use ferrite_server::config::OnlineStoreKind;
     let mut redis = ferrite_test_support::RedisServer::start();
@@ -468,16 +470,7 @@ async fn a_pipeline_call_that_finds_the_store_down_starts_a_health_check_at_once
 
     redis.stop();
     let answer = ScoringServiceClient::new(channel.clone())
-        .score_fraud(ScoreFraudRequest {
-            transaction_id: "t-1".into(),
-            user: Some(User::UserIdInt(1)),
-            merchant: Some(Merchant::MerchantId("2000007".into())),
-            amount: 10.0,
-            currency: "EUR".into(),
-            device_type: "ios".into(),
-            event_time_us: 1_790_000_000_000_000,
-            ..Default::default()
-        })
+        .score_fraud(common::transaction(1))
         .await
         .expect("a store outage is answered by the pipeline's fallback")
         .into_inner();
@@ -497,19 +490,7 @@ async fn feature_service_health_follows_the_online_store() {
     config.features.health_interval_ms = std::num::NonZeroU64::new(100).unwrap();
     let (server, channel) = common::start_with(config).await;
 
-    let status = |service: &'static str| {
-        let channel = channel.clone();
-        async move {
-            HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-        }
-    };
+    let status = |service: &'static str| health_status(&channel, service);
     let ready = || {
         let channel = channel.clone();
         async move {

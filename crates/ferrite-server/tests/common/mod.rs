@@ -34,6 +34,23 @@ pub async fn materialize_sample(config: &Config) {
         .unwrap();
 }
 
+/// A sample transaction of user `user` (a known merchant, in EUR, inside the sample data's
+/// time range) for ScoreFraud.
+#[allow(dead_code)]
+pub fn transaction(user: i64) -> ferrite_proto::ferrite::v1::ScoreFraudRequest {
+    use ferrite_proto::ferrite::v1::score_fraud_request::{Merchant, User};
+    ferrite_proto::ferrite::v1::ScoreFraudRequest {
+        transaction_id: format!("t-{user}"),
+        user: Some(User::UserIdInt(user)),
+        merchant: Some(Merchant::MerchantId("2000007".into())),
+        amount: 42.5,
+        currency: "EUR".into(),
+        device_type: "ios".into(),
+        event_time_us: 1_790_000_000_000_000,
+        ..Default::default()
+    }
+}
+
 /// A fresh directory that outlives the test (servers may still hold files in it at exit).
 pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
     tempfile::Builder::new()
