@@ -3,6 +3,8 @@
 # processes on one Redis (the sample data materialized once), the same fraud pipeline and
 # model, driven in turn by `ferrite bench --rpc score-fraud` at the same open-loop rate:
 #   plain   no experiment;
+#   assign  the experiment of `ab` without its exposure log: assignment and the canary's
+#           bookkeeping alone;
 #   ab      experiments/fraud_challenger.toml as an A/A split (95 % stable, 5 % canary, both on
 #           fraud_txn_gbdt v1; exposure log on): assignment, the canary's bookkeeping and the
 #           exposure record, on the same model;
@@ -10,7 +12,8 @@
 #           the answer).
 # Each leg reads the server process's CPU time from /proc (its Redis apart: the same reads on
 # every side) and the host's steal. Printed: per side the calls, p50/p99, server CPU per call,
-# then the experiment's CPU per call (ab - plain) and the shadow's p99 against ab's.
+# then what assignment (assign - plain) and the exposure log (ab - assign) add to a call's CPU
+# and the shadow's p99 against ab's.
 # Every load is bounded in count and time; loopback only.
 #   ROUNDS (3), RATE (calls/s, 400), LEG_S (8), CONCURRENCY (64), FERRITE_BIN (a built
 #   binary; default: cargo build --release).
@@ -44,7 +47,7 @@ sleep 0.5
 
 # One config per side; the experiments' canary state in each side's own directory (not the
 # shared Redis: each side runs its own experiment).
-config() { # side, experiments directory ("" for none)
+config() { # side, experiments directory ("" for none), exposure log directory ("" for none)
   write_config "$OUT/$1.toml" <<CFG
 data_dir = "$DATA"
 online_store = "redis"
@@ -55,7 +58,7 @@ directory = "$PWD/pipelines"
 directory = "${2:-$OUT/none}"
 state_store = "embedded"
 state_dir = "$OUT/$1-state"
-exposures_dir = "$OUT/$1-exposures"
+exposures_dir = "${3-$OUT/$1-exposures}"
 CFG
 }
 mkdir -p "$OUT/none" "$OUT/ab-experiments" "$OUT/shadow-experiments"
@@ -66,6 +69,7 @@ sed 's/^model_version = 2$/model_version = 1/' experiments/fraud_challenger.toml
 awk '/^\[canary\]/ { print "[[variants]]\nname = \"shadow\"\nmodel_version = 2\nkind = \"shadow\"\n" } { print }' \
   "$OUT/ab-experiments/fraud_challenger.toml" >"$OUT/shadow-experiments/fraud_challenger.toml"
 config plain ""
+config assign "$OUT/ab-experiments" ""
 config ab "$OUT/ab-experiments"
 config shadow "$OUT/shadow-experiments"
 
@@ -73,7 +77,7 @@ echo "==> materialize into Redis :$REDIS_PORT" >&2
 "$bin" materialize --quiet --config "$OUT/plain.toml" --start 2020-01-01 --end 2028-01-01
 
 declare -A addr pid
-for side in plain ab shadow; do
+for side in plain assign ab shadow; do
   mkdir -p "$OUT/$side"
   OUT="$OUT/$side" serve "$OUT/$side.toml"
   addr[$side]=$ADDR
@@ -81,11 +85,11 @@ for side in plain ab shadow; do
   pids+=("$server")
   server=""
 done
-echo "plain ${addr[plain]} (pid ${pid[plain]}), ab ${addr[ab]} (pid ${pid[ab]}), shadow ${addr[shadow]} (pid ${pid[shadow]})" >&2
+echo "plain ${addr[plain]} (pid ${pid[plain]}), assign ${addr[assign]} (pid ${pid[assign]}), ab ${addr[ab]} (pid ${pid[ab]}), shadow ${addr[shadow]} (pid ${pid[shadow]})" >&2
 
 leg_no=0
 for round in $(seq 1 "$ROUNDS"); do
-  for side in plain ab shadow; do
+  for side in plain assign ab shadow; do
     leg_no=$((leg_no + 1))
     json=$(printf '%s/legs/%03d-%s.json' "$OUT" "$leg_no" "$side")
     echo "==> round $round: $side at $RATE/s for $LEG_S s" >&2
@@ -98,7 +102,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "Experiments on the fraud pipeline ($(nproc) CPUs, client, servers and Redis on one machine, loopback; open loop $RATE/s, concurrency $CONCURRENCY, $ROUNDS rounds of $LEG_S s legs alternated plain/ab/shadow; $(date -u +%F))"
+echo "Experiments on the fraud pipeline ($(nproc) CPUs, client, servers and Redis on one machine, loopback; open loop $RATE/s, concurrency $CONCURRENCY, $ROUNDS rounds of $LEG_S s legs alternated plain/assign/ab/shadow; $(date -u +%F))"
 .venv/bin/python - "$OUT/legs" <<'PY'
 import json, sys
 from collections import defaultdict
@@ -128,12 +132,14 @@ def pooled(side):
         "steal": steal,
     }
 
-rows = {s: pooled(s) for s in ("plain", "ab", "shadow")}
+rows = {s: pooled(s) for s in ("plain", "assign", "ab", "shadow")}
 print(f"{'side':<8}{'calls':>8}{'errors':>8}{'p50 µs':>10}{'p99 µs':>10}{'CPU µs/call':>13}{'steal %':>9}")
 for s, r in rows.items():
     print(f"{s:<8}{r['calls']:>8}{r['errors']:>8}{r['p50']:>10.0f}{r['p99']:>10.0f}{r['cpu_us']:>13.1f}{r['steal']:>9.1f}")
-print(f"experiment (ab - plain): {rows['ab']['cpu_us'] - rows['plain']['cpu_us']:+.1f} µs server CPU per call "
-      f"(plain pipeline {rows['plain']['cpu_us']:.1f} µs)")
+cpu = {s: r["cpu_us"] for s, r in rows.items()}
+print(f"assignment (assign - plain): {cpu['assign'] - cpu['plain']:+.1f} µs server CPU per call; "
+      f"exposure log (ab - assign): {cpu['ab'] - cpu['assign']:+.1f} µs; "
+      f"both (ab - plain): {cpu['ab'] - cpu['plain']:+.1f} µs (plain pipeline {cpu['plain']:.1f} µs)")
 print(f"shadow variant: p99 {rows['shadow']['p99'] / rows['ab']['p99']:.2f}x the same experiment without it "
       f"(median of the rounds' p99s); CPU per call {rows['shadow']['cpu_us'] / rows['ab']['cpu_us']:.2f}x")
 PY

@@ -30,8 +30,11 @@ pub(super) fn write_file(dir: &Path, name: &str, rows: &[ExposureRecord]) -> Res
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut df = to_frame(rows).map_err(|e| io_error(&path, e))?;
     let file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
+    // Serial: a part holds about a second's rows; encoding its columns in Polars' thread pool
+    // took the same instructions (callgrind, BENCHMARKS.md §8) and woke two more threads.
     let written = ParquetWriter::new(file)
         .with_compression(ParquetCompression::Snappy)
+        .set_parallel(false)
         .finish(&mut df);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
