@@ -4,9 +4,11 @@
 //! Files are `exposures-<start>-<seq>.parquet` in one directory, one per segment: a segment
 //! closes after `rotate_rows` rows or `rotate_interval_secs` seconds (and at shutdown). While
 //! a segment is open, each flush writes only the rows that arrived since the last one, as a
-//! part `exposures-<start>-<seq>-part<k>.parquet`; closing the segment writes its rows as one
-//! file and removes its parts. Every file is written to a hidden temporary name and renamed,
-//! so a reader listing the directory only ever sees complete files; [`exposure_files`] skips
+//! part `exposures-<start>-<seq>-part<k>.parquet`, and those rows leave memory; closing the
+//! segment merges its parts into one file and removes them. Memory holds at most one flush
+//! interval's rows, whatever the segment's size (a segment's 100,000 rows held until its
+//! close are tens of MB). Every file is written to a hidden temporary name and renamed, so a
+//! reader listing the directory only ever sees complete files; [`exposure_files`] skips
 //! the parts of a segment whose whole file exists (a crash between the two leaves no double
 //! count). A crash loses at most one flush interval, and each row is written twice at most:
 //! the cost of logging does not grow with the segment (rewriting the open file whole at every
@@ -29,10 +31,10 @@ use serde::Deserialize;
 mod files;
 mod redis_sink;
 
-use files::write_file;
 pub use files::{
     civil_from_days, exposure_files, file_name, now_micros, part_name, read_records, to_frame, utc_stamp,
 };
+use files::{merge_parts, write_file};
 pub use redis_sink::{RedisStreamConfig, STREAM_ERRORS_METRIC, fields as stream_fields};
 
 /// The counter of records dropped because the queue was full.
@@ -267,19 +269,20 @@ impl ExposureWriter {
     }
 }
 
-/// The file being filled and its rows.
+/// The segment being filled and its rows not yet in a part.
 struct WriterState {
     config: ExposureLogConfig,
     /// Start time of this writer (µs), in every file name it writes.
     started: i64,
     seq: u64,
+    /// Rows not yet written to a part (a flush with none writes nothing).
     rows: Vec<ExposureRecord>,
-    /// Rows already on disk in this segment's parts (a flush with nothing new writes nothing).
-    written: usize,
+    /// Rows in this segment, in its parts and in `rows`.
+    segment_rows: usize,
     /// Parts written in this segment.
     parts: u64,
     sink: Option<redis_sink::RedisSink>,
-    /// Rows already sent to the Redis Stream.
+    /// Rows of `rows` already sent to the Redis Stream.
     streamed: usize,
     file_opened: Option<Instant>,
 }
@@ -292,7 +295,7 @@ impl WriterState {
             started: now_micros(),
             seq: 0,
             rows: Vec::new(),
-            written: 0,
+            segment_rows: 0,
             parts: 0,
             streamed: 0,
             file_opened: None,
@@ -304,12 +307,13 @@ impl WriterState {
             self.file_opened = Some(Instant::now());
         }
         self.rows.push(record);
+        self.segment_rows += 1;
         let age = self.file_opened.map_or(Duration::ZERO, |t| t.elapsed());
-        if self.rows.len() >= self.config.rotate_rows
+        if self.segment_rows >= self.config.rotate_rows
             || age >= Duration::from_secs(self.config.rotate_interval_secs)
         {
             self.flush_logged();
-            if self.written == self.rows.len() {
+            if self.rows.is_empty() {
                 self.close_segment_logged();
             }
         }
@@ -318,18 +322,21 @@ impl WriterState {
     fn close_segment_logged(&mut self) {
         if let Err(e) = self.close_segment() {
             metrics::counter!(WRITE_ERRORS_METRIC).increment(1);
-            tracing::warn!(error = %e, rows = self.rows.len(), "exposure log: closing a file failed; its parts stay");
+            tracing::warn!(error = %e, rows = self.segment_rows, "exposure log: closing a file failed; its parts stay");
         }
     }
 
-    /// Writes the segment's rows as one file, removes its parts and begins the next segment.
-    /// When the whole file cannot be written the parts stay (they hold the same rows).
+    /// Merges the segment's parts into one file, removes them and begins the next segment
+    /// (called once every row is in a part). When the whole file cannot be written the parts
+    /// stay (they hold the same rows).
     fn close_segment(&mut self) -> Result<(), ExposureError> {
         let result = if self.parts > 1 {
-            let whole = write_file(&self.config.dir, &file_name(self.started, self.seq), &self.rows);
+            let parts: Vec<PathBuf> = (0..self.parts)
+                .map(|k| self.config.dir.join(part_name(self.started, self.seq, k)))
+                .collect();
+            let whole = merge_parts(&self.config.dir, &file_name(self.started, self.seq), &parts);
             if whole.is_ok() {
-                for k in 0..self.parts {
-                    let part = self.config.dir.join(part_name(self.started, self.seq, k));
+                for part in parts {
                     let _ = std::fs::remove_file(part);
                 }
             }
@@ -343,8 +350,7 @@ impl WriterState {
             Ok(())
         };
         self.seq += 1;
-        self.rows.clear();
-        self.written = 0;
+        self.segment_rows = 0;
         self.parts = 0;
         self.streamed = 0;
         self.file_opened = None;
@@ -359,19 +365,20 @@ impl WriterState {
     }
 
     /// Sends new rows to the Redis Stream (when set), then writes the rows not yet on disk as
-    /// the segment's next part.
+    /// the segment's next part and lets them go.
     fn flush(&mut self) -> Result<(), ExposureError> {
         if let Some(sink) = self.sink.as_mut() {
             sink.send(&self.rows[self.streamed..]);
             self.streamed = self.rows.len();
         }
-        if self.rows.len() == self.written {
+        if self.rows.is_empty() {
             return Ok(());
         }
         let name = part_name(self.started, self.seq, self.parts);
-        write_file(&self.config.dir, &name, &self.rows[self.written..])?;
+        write_file(&self.config.dir, &name, &self.rows)?;
         self.parts += 1;
-        self.written = self.rows.len();
+        self.rows.clear();
+        self.streamed = 0;
         Ok(())
     }
 }
@@ -417,5 +424,58 @@ mod tests {
         };
         let e = validate(&config).unwrap_err().to_string();
         assert!(e.contains("rotate_rows = 0"), "{e}");
+    }
+
+    fn record(i: usize) -> ExposureRecord {
+        ExposureRecord {
+            time: 1_700_000_000_000_000 + i as i64,
+            experiment: "e".into(),
+            variant: if i.is_multiple_of(2) { "a" } else { "b" }.into(),
+            unit_id: format!("u{i}"),
+            request_id: format!("r{i}"),
+            model: "m".into(),
+            model_version: "1".into(),
+            score: Some(i as f64 / 10.0),
+            decision: None,
+            latency_us: i as i64,
+            fallback: false,
+            forced: i.is_multiple_of(3),
+        }
+    }
+
+    #[test]
+    fn a_flushed_part_leaves_memory_and_the_close_merges_the_parts_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = WriterState::new(ExposureLogConfig {
+            dir: dir.path().to_path_buf(),
+            ..ExposureLogConfig::default()
+        });
+        for chunk in [0..7, 7..8, 8..20] {
+            for i in chunk {
+                state.push(record(i));
+            }
+            state.flush().unwrap();
+            assert!(state.rows.is_empty(), "rows in a part stay in memory");
+        }
+        assert_eq!((state.parts, state.segment_rows), (3, 20));
+        state.close_segment().unwrap();
+        let files = exposure_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let parts_left = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("-part")
+            })
+            .count();
+        assert_eq!(parts_left, 0);
+        assert_eq!(
+            read_records(&files[0]).unwrap(),
+            (0..20).map(record).collect::<Vec<_>>()
+        );
+        assert_eq!((state.parts, state.segment_rows, state.seq), (0, 0, 1));
     }
 }

@@ -26,16 +26,38 @@ fn whole_of(name: &str) -> Option<String> {
 }
 
 pub(super) fn write_file(dir: &Path, name: &str, rows: &[ExposureRecord]) -> Result<(), ExposureError> {
+    let mut df = to_frame(rows).map_err(|e| io_error(&dir.join(name), e))?;
+    write_frame(dir, name, &mut df)
+}
+
+/// Writes the rows of `parts` (exposure files, in order) as one file `name`.
+pub(super) fn merge_parts(dir: &Path, name: &str, parts: &[PathBuf]) -> Result<(), ExposureError> {
+    let mut merged: Option<DataFrame> = None;
+    for part in parts {
+        let file = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
+        let df = ParquetReader::new(file).finish().map_err(|e| io_error(part, e))?;
+        match merged.as_mut() {
+            None => merged = Some(df),
+            Some(m) => {
+                m.vstack_mut_owned(df).map_err(|e| io_error(part, e))?;
+            }
+        }
+    }
+    let mut df = merged.unwrap_or_else(DataFrame::empty);
+    df.rechunk_mut();
+    write_frame(dir, name, &mut df)
+}
+
+fn write_frame(dir: &Path, name: &str, df: &mut DataFrame) -> Result<(), ExposureError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut df = to_frame(rows).map_err(|e| io_error(&path, e))?;
     let file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
     // Serial: a part holds about a second's rows; encoding its columns in Polars' thread pool
     // took the same instructions (callgrind, BENCHMARKS.md §8) and woke two more threads.
     let written = ParquetWriter::new(file)
         .with_compression(ParquetCompression::Snappy)
         .set_parallel(false)
-        .finish(&mut df);
+        .finish(df);
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(io_error(&tmp, e));
