@@ -30,35 +30,52 @@ pub(super) fn write_file(dir: &Path, name: &str, rows: &[ExposureRecord]) -> Res
     write_frame(dir, name, &mut df)
 }
 
-/// Writes the rows of `parts` (exposure files, in order) as one file `name`.
+/// Writes the rows of `parts` (exposure files, in order) as one file `name`, a part at a time
+/// (each part a row group): memory holds one part, not the segment.
 pub(super) fn merge_parts(dir: &Path, name: &str, parts: &[PathBuf]) -> Result<(), ExposureError> {
-    let mut merged: Option<DataFrame> = None;
-    for part in parts {
-        let file = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
-        let df = ParquetReader::new(file).finish().map_err(|e| io_error(part, e))?;
-        match merged.as_mut() {
-            None => merged = Some(df),
-            Some(m) => {
-                m.vstack_mut_owned(df).map_err(|e| io_error(part, e))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let merged = (|| -> Result<(), ExposureError> {
+        let mut file = Some(std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?);
+        let mut writer = None;
+        for part in parts {
+            let input = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
+            let df = ParquetReader::new(input).finish().map_err(|e| io_error(part, e))?;
+            if let Some(file) = file.take() {
+                let batched = parquet_writer(file)
+                    .batched(df.schema())
+                    .map_err(|e| io_error(&tmp, e))?;
+                writer = Some(batched);
+            }
+            if let Some(w) = writer.as_mut() {
+                w.write_batch(&df).map_err(|e| io_error(&tmp, e))?;
             }
         }
+        match writer {
+            Some(w) => w.finish().map(|_| ()).map_err(|e| io_error(&tmp, e)),
+            None => Ok(()),
+        }
+    })();
+    if let Err(e) = merged {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let mut df = merged.unwrap_or_else(DataFrame::empty);
-    df.rechunk_mut();
-    write_frame(dir, name, &mut df)
+    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
+}
+
+// Serial: a part holds about a second's rows; encoding its columns in Polars' thread pool
+// took the same instructions (callgrind, BENCHMARKS.md §8) and woke two more threads.
+fn parquet_writer(file: std::fs::File) -> ParquetWriter<std::fs::File> {
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Snappy)
+        .set_parallel(false)
 }
 
 fn write_frame(dir: &Path, name: &str, df: &mut DataFrame) -> Result<(), ExposureError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-    // Serial: a part holds about a second's rows; encoding its columns in Polars' thread pool
-    // took the same instructions (callgrind, BENCHMARKS.md §8) and woke two more threads.
-    let written = ParquetWriter::new(file)
-        .with_compression(ParquetCompression::Snappy)
-        .set_parallel(false)
-        .finish(df);
-    if let Err(e) = written {
+    if let Err(e) = parquet_writer(file).finish(df) {
         let _ = std::fs::remove_file(&tmp);
         return Err(io_error(&tmp, e));
     }
