@@ -166,6 +166,13 @@ pub struct ServerConfig {
     /// Async worker threads of `ferrite serve`; 0 is one per CPU core. Read by the binary
     /// when it builds its runtime.
     pub worker_threads: usize,
+    /// Threads of `ferrite serve` for blocking work (model runs too long for an async worker,
+    /// blocking store reads and writes); beyond them such work waits its turn. 0 is four per
+    /// CPU core, at least 8. Unbounded (tokio allows 512), each burst of slow calls started
+    /// a thread per call in flight, each with its own allocator heap, and resident memory rose
+    /// in steps with the thread count (BENCHMARKS.md §9). Read by the binary when it builds
+    /// its runtime.
+    pub blocking_threads: usize,
     /// Calls one gRPC service may have in flight; beyond it calls are answered
     /// RESOURCE_EXHAUSTED at once (not queued). Health and reflection are exempt.
     pub max_in_flight: NonZeroUsize,
@@ -184,6 +191,7 @@ impl Default for ServerConfig {
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
             shutdown_grace_s: 10,
             worker_threads: 0,
+            blocking_threads: 0,
             max_in_flight: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
             max_in_flight_by_service: BTreeMap::new(),
             // Above `search.max_image_bytes` (10 MiB), so an image call meets that limit first.
@@ -477,6 +485,7 @@ mod tests {
         assert_eq!(c.server.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.server.shutdown_grace_s, 10);
         assert_eq!(c.server.worker_threads, 0);
+        assert_eq!(c.server.blocking_threads, 0);
         assert_eq!(c.server.max_in_flight.get(), 512);
         assert!(c.server.max_in_flight_by_service.is_empty());
         assert_eq!(c.server.max_message_bytes.get(), 16 * 1024 * 1024);

@@ -145,18 +145,35 @@ fn main() -> anyhow::Result<()> {
         serial_candle_math();
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    let threads = match &cli.command {
-        Command::Bench(args) => args.client_threads,
+    let (threads, blocking) = match &cli.command {
+        Command::Bench(args) => (args.client_threads, 0),
         // Read here only to size the runtime; `run` reads it again and reports any error.
-        Command::Serve {
-            config: Some(path), ..
-        } => Config::from_file(path).map_or(0, |c| c.server.worker_threads),
-        _ => 0,
+        Command::Serve { config, .. } => {
+            let server = config
+                .as_ref()
+                .and_then(|path| Config::from_file(path).ok())
+                .map(|c| c.server)
+                .unwrap_or_default();
+            (server.worker_threads, blocking_threads(server.blocking_threads))
+        }
+        _ => (0, 0),
     };
     if threads > 0 {
         runtime.worker_threads(threads);
     }
+    if blocking > 0 {
+        runtime.max_blocking_threads(blocking);
+    }
     runtime.enable_all().build()?.block_on(run(cli))
+}
+
+/// `server.blocking_threads`, 0 resolved: four per CPU core, at least 8.
+fn blocking_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(8)
 }
 
 /// A server runs many small inferences at once, so each candle model runs its matrix products
