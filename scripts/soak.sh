@@ -76,12 +76,13 @@ for rpc in $RPCS; do echo "$rpc $(rate_of "$rpc")"; done >"$OUT/rates.txt"
 echo "rates (calls/s):" >&2
 cat "$OUT/rates.txt" >&2
 
-# Resident memory, one line a second: seconds since the soak started, kB.
+# Resident memory, one line a second: seconds since the soak started, then kB resident in
+# all, of it anonymous (the heap) and file-backed (mapped files), then the server's threads.
 start=$(date +%s.%N)
 (
   while kill -0 "$server" 2>/dev/null; do
-    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status" 2>/dev/null) || break
-    awk -v s="$start" -v n="$(date +%s.%N)" -v r="$rss" 'BEGIN { printf "%.1f %s\n", n - s, r }'
+    mem=$(awk '/^(VmRSS|RssAnon|RssFile|Threads):/ {printf "%s ", $2}' "/proc/$server/status" 2>/dev/null) || break
+    awk -v s="$start" -v n="$(date +%s.%N)" -v m="$mem" 'BEGIN { printf "%.1f %s\n", n - s, m }'
     sleep 1
   done
 ) >"$OUT/rss.txt" &

@@ -85,7 +85,8 @@ def main():
     samples = []
     for line in (a.out / "rss.txt").read_text().split("\n"):
         parts = line.split()
-        if len(parts) == 2:
+        # seconds, kB resident[, kB anonymous, kB file-backed, threads]
+        if len(parts) >= 2:
             samples.append((float(parts[0]), int(parts[1])))
     end = samples[-1][0] if samples else 0.0
     after_warmup = median_kb(samples, a.warmup_s, a.warmup_s + 60)
