@@ -1,9 +1,11 @@
-//! EfficientNet-Lite0 with its real ImageNet weights, served by the candle backend through the
-//! model repository (`models/image_embedder`), against PyTorch's answers for the same crops
-//! (`tests/data/efficientnet/reference.json`, made by `scripts/efficientnet_reference.py`).
+//! EfficientNet-Lite0 with its real ImageNet weights, served through the model repository by
+//! both backends: candle (`models/image_embedder`) and ONNX Runtime
+//! (`models/image_embedder_onnx`, the same weights as an ONNX graph), each against PyTorch's
+//! answers for the same crops (`tests/data/efficientnet/reference.json`, made by
+//! `scripts/efficientnet_reference.py`).
 //!
-//! Needs the converted weights (`models/image_embedder/1/model.safetensors`), which
-//! `scripts/setup.sh` makes.
+//! Needs the set-up's files (`models/image_embedder/1/model.safetensors` and
+//! `models/image_embedder_onnx/1/model.onnx`), which `scripts/setup.sh` makes.
 
 use std::path::{Path, PathBuf};
 
@@ -66,25 +68,25 @@ fn references() -> Vec<Reference> {
         .collect()
 }
 
-fn repository() -> ModelRepository {
+/// The repository with `model` loaded.
+fn repository(model: &str) -> ModelRepository {
     let repo = ModelRepository::new(manifest().join("../../models"), OnnxRuntime::get(None).unwrap());
-    repo.load("image_embedder")
-        .expect("image_embedder loads (weights made by scripts/setup.sh)");
+    if let Err(e) = repo.load(model) {
+        panic!("{model} loads (its file is made by scripts/setup.sh): {e}");
+    }
     repo
 }
 
-/// Runs images (concatenated NCHW values) as one request; returns (embeddings, logits) rows.
-async fn run(repo: &ModelRepository, inputs: &[&[f32]]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+/// Runs images (concatenated NCHW values) through `model` as one request; returns
+/// (embeddings, logits) rows.
+async fn run(repo: &ModelRepository, model: &str, inputs: &[&[f32]]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let values = inputs.concat();
     let image = Tensor::new(
         "image",
         vec![inputs.len(), 3, IMAGE_SIZE, IMAGE_SIZE],
         TensorData::Fp32(values),
     );
-    let (_, outputs) = repo
-        .infer("image_embedder", "", vec![image.unwrap()])
-        .await
-        .unwrap();
+    let (_, outputs) = repo.infer(model, "", vec![image.unwrap()]).await.unwrap();
     let rows = |t: &Tensor, width: usize| {
         assert_eq!(t.shape, [inputs.len(), width], "{}", t.name);
         let TensorData::Fp32(v) = &t.data else {
@@ -112,35 +114,53 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[tokio::test]
-async fn classes_and_embeddings_equal_pytorchs_and_a_batch_equals_single_images() {
-    let repo = repository();
+async fn candle_classes_and_embeddings_equal_pytorchs_and_a_batch_equals_single_images() {
+    equals_pytorch("image_embedder").await;
+}
+
+#[tokio::test]
+async fn onnx_classes_and_embeddings_equal_pytorchs_and_a_batch_equals_single_images() {
+    equals_pytorch("image_embedder_onnx").await;
+}
+
+/// `model`'s top-5 classes are PyTorch's, with the same logits (within 1e-3) and the same
+/// embedding (within 1e-4); a batch of the images gives what each gave alone.
+async fn equals_pytorch(model: &str) {
+    let repo = repository(model);
     let references = references();
     let mut singles = Vec::new();
     for r in &references {
-        let (embedding, logits) = run(&repo, &[&r.input]).await;
+        let (embedding, logits) = run(&repo, model, &[&r.input]).await;
         let (embedding, logits) = (&embedding[0], &logits[0]);
         assert_eq!(
             top5(logits),
             r.top5,
-            "{}: top-5 classes against PyTorch's",
+            "{model} {}: top-5 classes against PyTorch's",
             r.name
         );
         let picked: Vec<f32> = r.top5.iter().map(|&c| logits[c]).collect();
         assert!(
             max_abs_diff(&picked, &r.top5_logits) <= 1e-3,
-            "{}: {picked:?} vs {:?}",
+            "{model} {}: {picked:?} vs {:?}",
             r.name,
             r.top5_logits
         );
         let diff = max_abs_diff(embedding, &r.embedding);
-        println!("{}: top-5 {:?}, embedding max |diff| {diff:.1e}", r.name, r.top5);
+        println!(
+            "{model} {}: top-5 {:?}, embedding max |diff| {diff:.1e}",
+            r.name, r.top5
+        );
         assert!(
             diff <= 1e-4,
-            "{}: embedding differs from PyTorch's by {diff}",
+            "{model} {}: embedding differs from PyTorch's by {diff}",
             r.name
         );
         let norm: f32 = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "{}: |embedding| = {norm}", r.name);
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "{model} {}: |embedding| = {norm}",
+            r.name
+        );
         singles.push((embedding.clone(), logits.clone()));
     }
 
@@ -150,23 +170,35 @@ async fn classes_and_embeddings_equal_pytorchs_and_a_batch_equals_single_images(
         let i = references.iter().position(|r| r.name == name).unwrap();
         top5(&singles[i].1)[0]
     };
-    assert!([967, 968].contains(&top1("coffee")), "coffee: {}", top1("coffee"));
+    assert!(
+        [967, 968].contains(&top1("coffee")),
+        "{model} coffee: {}",
+        top1("coffee")
+    );
     assert!(
         [281, 282, 285].contains(&top1("chelsea")),
-        "chelsea: {}",
+        "{model} chelsea: {}",
         top1("chelsea")
     );
-    assert!([657, 744].contains(&top1("rocket")), "rocket: {}", top1("rocket"));
+    assert!(
+        [657, 744].contains(&top1("rocket")),
+        "{model} rocket: {}",
+        top1("rocket")
+    );
 
     let inputs: Vec<&[f32]> = references.iter().map(|r| r.input.as_slice()).collect();
-    let (embeddings, logits) = run(&repo, &inputs).await;
+    let (embeddings, logits) = run(&repo, model, &inputs).await;
     for (i, (embedding, logit)) in singles.iter().enumerate() {
         assert!(
             max_abs_diff(&embeddings[i], embedding) <= 1e-6,
-            "{}",
+            "{model} {}: a batch against one image",
             references[i].name
         );
-        assert!(max_abs_diff(&logits[i], logit) <= 1e-5, "{}", references[i].name);
+        assert!(
+            max_abs_diff(&logits[i], logit) <= 1e-5,
+            "{model} {}",
+            references[i].name
+        );
     }
 }
 
