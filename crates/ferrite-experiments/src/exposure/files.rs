@@ -40,7 +40,9 @@ pub(super) fn merge_parts(dir: &Path, name: &str, parts: &[PathBuf]) -> Result<(
         let mut writer = None;
         for part in parts {
             let input = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
-            let df = ParquetReader::new(input).finish().map_err(|e| io_error(part, e))?;
+            let df = ParquetReader::new(input)
+                .finish()
+                .map_err(|e| io_error(part, e))?;
             if let Some(file) = file.take() {
                 let batched = parquet_writer(file)
                     .batched(df.schema())
