@@ -18,9 +18,11 @@ echo "==> materializing the sample features (features/data) into the embedded on
 "$bin" validate --config ferrite.toml
 "$bin" materialize-incremental --config ferrite.toml
 
-if [ ! -f .ferrite/index/index.json ]; then
-  echo "==> building the visual-search index of the sample photos (data/photos)" >&2
-  "$bin" build-index --catalog data/photos/catalog.jsonl --out .ferrite/index
+# Built when missing or built for another model than ferrite.toml's (the server refuses it then).
+model=$(.venv/bin/python -c 'import tomllib; print(tomllib.load(open("ferrite.toml", "rb"))["search"]["model"])')
+if ! grep -q "\"model\": \"$model\"," .ferrite/index/index.json 2>/dev/null; then
+  echo "==> building the visual-search index of the sample photos (data/photos) with $model" >&2
+  "$bin" build-index --catalog data/photos/catalog.jsonl --model "$model" --out .ferrite/index
 fi
 
 log=$(mktemp -t ferrite-demo.XXXXXX.log)

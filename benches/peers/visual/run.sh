@@ -18,6 +18,7 @@
 #   6. summarize.py prints one table.
 # Everything it starts is stopped on exit; every wait and every load is bounded.
 #   bash benches/peers/visual/run.sh [OUT]
+# MODEL (image_embedder_onnx: Ferrite's embedding model; image_embedder for the candle one),
 # FACTORY (HNSW32), EF_SEARCH (128: HNSW candidates per search on both sides), THREADS (2), ROUNDS (3), IMAGE_REQUESTS (150), EMB_REQUESTS (2000),
 # CATEGORY (cat-042), ITEMS (200000), FERRITE_PEER_VENV (~/.cache/ferrite-peers/visual),
 # LIVE_RECALL_SAMPLE (0: Ferrite's live-recall sampler off, as the peer has none; the
@@ -31,6 +32,7 @@ OUT="${1:-$(mktemp -d -t ferrite-visual.XXXXXX)}"
 mkdir -p "$OUT/legs/image" "$OUT/legs/embedding" "$OUT/legs/embedding-filtered"
 OUT=$(cd "$OUT" && pwd)
 PEER_VENV="${FERRITE_PEER_VENV:-$HOME/.cache/ferrite-peers/visual}"
+MODEL="${MODEL:-image_embedder_onnx}"
 FACTORY="${FACTORY:-HNSW32}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
@@ -72,19 +74,21 @@ poll_interval_s = 0
 repository = "$PWD/features"
 [search]
 index_dir = "$OUT/index"
-model = "image_embedder"
+model = "$MODEL"
 live_recall_sample = $LIVE_RECALL_SAMPLE
 ef_search = $EF_SEARCH
 CFG
 
 reuse=""
 [ "${REUSE_INDEXES:-0}" = 1 ] && reuse=1
-if [ -n "$reuse" ] && [ -f "$OUT/index/index.json" ] && grep -q "^built " "$OUT/build-index.log" 2>/dev/null; then
+# (Only an index built for MODEL: the server refuses one built for another model.)
+if [ -n "$reuse" ] && grep -q "\"model\": \"$MODEL\"," "$OUT/index/index.json" 2>/dev/null &&
+  grep -q "^built " "$OUT/build-index.log" 2>/dev/null; then
   echo "==> REUSE_INDEXES=1: Ferrite's index and its build time kept from an earlier run" >&2
 else
   echo "==> Ferrite: build-index --embeddings ($FACTORY over $ITEMS items)" >&2
   rm -rf "$OUT/index"
-  timeout 3600 "$bin" build-index --models "$PWD/models" --model image_embedder --embeddings "$CAT/vectors.npy" \
+  timeout 3600 "$bin" build-index --models "$PWD/models" --model "$MODEL" --embeddings "$CAT/vectors.npy" \
     --catalog "$CAT/items.jsonl" --factory "$FACTORY" --out "$OUT/index" >"$OUT/build-index.log" 2>&1 ||
     { tail -20 "$OUT/build-index.log" >&2; exit 1; }
 fi
@@ -94,7 +98,7 @@ ferrite_build_s=$(grep -o 'in [0-9.]* s$' "$OUT/build-index.log" | tail -1 | awk
 echo "==> catalog embedding: Ferrite build-index over $CAT/embed_images, then the peer's PyTorch" >&2
 rm -rf "$OUT/index-images"
 t0=$(now)
-timeout 1800 "$bin" build-index --models "$PWD/models" --model image_embedder --catalog "$CAT/embed_catalog.jsonl" \
+timeout 1800 "$bin" build-index --models "$PWD/models" --model "$MODEL" --catalog "$CAT/embed_catalog.jsonl" \
   --batch-size 16 --factory Flat --out "$OUT/index-images" >"$OUT/build-images.log" 2>&1 ||
   { tail -20 "$OUT/build-images.log" >&2; exit 1; }
 ferrite_embed_s=$(echo "$(now) - $t0" | bc)

@@ -53,7 +53,7 @@ impl Default for SearchConfig {
         let limits = ferrite_search::preprocess::ImageLimits::default();
         SearchConfig {
             index_dir: PathBuf::from(".ferrite/index"),
-            model: "image_embedder".into(),
+            model: "image_embedder_onnx".into(),
             max_image_bytes: limits.max_bytes,
             max_image_pixels: limits.max_pixels,
             live_recall_sample: 0.05,
@@ -506,7 +506,7 @@ mod tests {
         assert_eq!(c.features.max_clock_skew_s, 300);
         assert_eq!(c.pipelines.directory, PathBuf::from("pipelines"));
         assert_eq!(c.search.index_dir, PathBuf::from(".ferrite/index"));
-        assert_eq!(c.search.model, "image_embedder");
+        assert_eq!(c.search.model, "image_embedder_onnx");
         assert_eq!(c.search.live_recall_sample, 0.05);
     }
 

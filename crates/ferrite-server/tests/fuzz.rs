@@ -309,6 +309,7 @@ const WORDS: &[&str] = &[
     "fraud_txn_gbdt",
     "fraud_xgboost",
     "image_embedder",
+    "image_embedder_onnx",
     "ranker_wide_deep",
     "recs_user_tower",
     "recs_item_tower",
@@ -1383,6 +1384,7 @@ async fn fuzz_server() -> (
     config.experiments.exposures_dir = common::scratch_dir("fuzz-exposures");
     let index_dir = common::scratch_dir("fuzz-search").join("index");
     config.search.index_dir = index_dir.clone();
+    let embedder = config.search.model.clone();
     common::materialize_sample(&config).await;
     let scratch = vec![
         config.pipelines.directory.clone(),
@@ -1396,7 +1398,7 @@ async fn fuzz_server() -> (
     let channel = wide_channel(server.grpc_addr()).await;
 
     // An index of 64 made-up items, built for the serving embedder, then loaded by ReloadIndex.
-    let expected = ferrite_server::expected_for(&server.state().models, "image_embedder").unwrap();
+    let expected = ferrite_server::expected_for(&server.state().models, &embedder).unwrap();
     let dim = expected.dim;
     let items: Vec<ferrite_search::catalog::CatalogItem> = (0..64)
         .map(|i| ferrite_search::catalog::CatalogItem {
@@ -1408,7 +1410,7 @@ async fn fuzz_server() -> (
         })
         .collect();
     let build = ferrite_search::catalog::IndexBuildConfig {
-        model: "image_embedder".into(),
+        model: embedder,
         model_version: expected.model_version.clone(),
         ..Default::default()
     };

@@ -1,5 +1,6 @@
-//! Visual search end to end: the real EfficientNet-Lite0 (candle), real FAISS, the real
-//! photos of `data/photos` (scripts/fetch_photos.py), over loopback gRPC.
+//! Visual search end to end: the real EfficientNet-Lite0 (the default `search.model`,
+//! `image_embedder_onnx`: ONNX Runtime), real FAISS, the real photos of `data/photos`
+//! (scripts/fetch_photos.py), over loopback gRPC.
 
 mod common;
 
@@ -19,6 +20,12 @@ use ferrite_test_support::{repo_root, venv_python};
 use image::{DynamicImage, ImageFormat, RgbImage};
 use tonic::Code;
 use tonic::transport::Channel;
+
+/// The embedding model the servers of these tests search with (`search.model`, left at its
+/// default); the indexes are built with it.
+fn model() -> String {
+    ferrite_server::config::SearchConfig::default().model
+}
 
 /// The photos, their catalog rows and their embeddings, made once per test binary.
 struct Fixture {
@@ -65,10 +72,13 @@ fn fixture() -> &'static Fixture {
             repo_root().join("models"),
             OnnxRuntime::get(None).unwrap(),
         ));
-        models.load("image_embedder").unwrap();
-        let expected = expected_for(&models, "image_embedder").unwrap();
+        let model = model();
+        if let Err(e) = models.load(&model) {
+            panic!("{model} loads (its file is made by scripts/setup.sh): {e}");
+        }
+        let expected = expected_for(&models, &model).unwrap();
         let preprocessor = Preprocessor::new(preprocess_config(ImageLimits::default())).unwrap();
-        let embedder = ModelEmbedder::new(models, "image_embedder", &expected.model_version);
+        let embedder = ModelEmbedder::new(models, &model, &expected.model_version);
         let items = embed_rows(rows, &preprocessor, &embedder, 8).unwrap();
         Fixture {
             photos,
@@ -103,7 +113,7 @@ async fn start(extra: Vec<CatalogItem>) -> (RunningServer, SearchServiceClient<C
     let dir = common::scratch_dir("search").join("index");
     let mut items = f.items.clone();
     items.extend(extra);
-    write_index(&dir, items, "image_embedder", &f.model_version);
+    write_index(&dir, items, &model(), &f.model_version);
     let (server, client) = start_at(dir.clone()).await;
     (server, client, dir)
 }
@@ -274,7 +284,7 @@ async fn augmented_photos_find_their_original() {
             let meta = r.meta.as_ref().unwrap();
             assert_eq!(
                 (meta.model_name.as_str(), meta.model_version.as_str()),
-                ("image_embedder", "1")
+                (model().as_str(), "1")
             );
             latency.push(r.latency.unwrap());
             queries += 1;
@@ -546,7 +556,7 @@ async fn reload_swaps_a_rebuilt_index_while_searches_run() {
         ..items.iter().find(|i| i.item_id == "photo-moon").unwrap().clone()
     });
     let version = fixture().model_version.clone();
-    tokio::task::spawn_blocking(move || write_index(&dir, items, "image_embedder", &version))
+    tokio::task::spawn_blocking(move || write_index(&dir, items, &model(), &version))
         .await
         .unwrap();
     let reloaded = client
@@ -733,11 +743,11 @@ async fn a_missing_index_or_one_for_another_model_is_refused_and_the_server_stil
     let err = client.reload_index(pb::ReloadIndexRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
-        err.message().contains("other_embedder") && err.message().contains("image_embedder"),
+        err.message().contains("other_embedder") && err.message().contains(&model()),
         "{}",
         err.message()
     );
-    write_index(&missing, f.items.clone(), "image_embedder", &f.model_version);
+    write_index(&missing, f.items.clone(), &model(), &f.model_version);
     let r = client
         .reload_index(pb::ReloadIndexRequest {})
         .await
@@ -751,7 +761,7 @@ async fn a_missing_index_or_one_for_another_model_is_refused_and_the_server_stil
     server.shutdown().await.unwrap();
 
     let other = common::scratch_dir("search-other").join("index");
-    write_index(&other, f.items.clone(), "image_embedder", "99");
+    write_index(&other, f.items.clone(), &model(), "99");
     let (server, mut client) = start_at(other).await;
     let err = client
         .visual_search(by_embedding(vector_of("photo-moon"), 1, None))

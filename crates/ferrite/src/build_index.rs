@@ -30,7 +30,7 @@ pub struct BuildIndexArgs {
     #[arg(long, default_value = "Flat")]
     pub factory: String,
     /// The embedding model, as served (its version and width are stored in the index).
-    #[arg(long, default_value = "image_embedder")]
+    #[arg(long, default_value = "image_embedder_onnx")]
     pub model: String,
     /// The model repository.
     #[arg(long, default_value = "models")]
