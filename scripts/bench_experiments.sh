@@ -28,17 +28,12 @@ ROUNDS="${ROUNDS:-3}"
 RATE="${RATE:-400}"
 LEG_S="${LEG_S:-8}"
 CONCURRENCY="${CONCURRENCY:-64}"
-if [ -n "${FERRITE_BIN:-}" ]; then
-  bin=$FERRITE_BIN
-else
-  cargo build --release --locked -p ferrite >&2
-  bin="$CARGO_TARGET_DIR/release/ferrite"
-fi
 [ -f models/fraud_txn_gbdt/2/model.onnx ] || {
   echo "models/fraud_txn_gbdt/2 is missing: bash scripts/setup.sh trains it" >&2
   exit 1
 }
 source scripts/bench_lib.sh
+release_bin
 peer_run_setup
 
 REDIS_PORT=$(port)

@@ -14,6 +14,17 @@ write_config() {
   } >"$1"
 }
 
+# Sets bin: FERRITE_BIN when given (a binary already built), else the release build, built
+# here first.
+release_bin() {
+  if [ -n "${FERRITE_BIN:-}" ]; then
+    bin=$FERRITE_BIN
+  else
+    cargo build --release --locked -p ferrite >&2
+    bin="$CARGO_TARGET_DIR/release/ferrite"
+  fi
+}
+
 # Starts `ferrite serve --config $1` on free loopback ports; sets server (its pid) and ADDR.
 serve() {
   on_server_cpu "$bin" serve --config "$1" --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 >"$OUT/serve.log" 2>&1 &
@@ -84,6 +95,19 @@ peer_run_cleanup() {
 redis() { # port, log
   on_server_cpu redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >"$2" 2>&1 &
   pids+=($!)
+}
+# One Redis for Ferrite and one for the peer, on free ports, logs in OUT, both accepting
+# connections on return: sets FERRITE_REDIS / ferrite_redis and PEER_REDIS / peer_redis
+# (port / pid). Needs peer_run_setup and port.
+two_redis() {
+  FERRITE_REDIS=$(port)
+  redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
+  ferrite_redis=$!
+  PEER_REDIS=$(port)
+  redis "$PEER_REDIS" "$OUT/redis-peer.log"
+  peer_redis=$!
+  wait_for "$OUT/redis-ferrite.log" "Ready to accept connections" "$ferrite_redis" 180
+  wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$peer_redis" 180
 }
 wait_for() {
   local tenths=$((${4:-120} * 10))

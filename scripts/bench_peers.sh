@@ -50,26 +50,15 @@ root=$PWD
   exit 1
 }
 [ -f "$MODEL" ] || { echo "no model at $MODEL" >&2; exit 1; }
-if [ -n "${FERRITE_BIN:-}" ]; then
-  bin=$FERRITE_BIN
-else
-  cargo build --release --locked -p ferrite >&2
-  bin="$CARGO_TARGET_DIR/release/ferrite"
-fi
 source scripts/bench_lib.sh
+release_bin
 py="$PEER_VENV/bin/python"
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
 port() { peer_port; }
 peer_run_setup
 
 
-FERRITE_REDIS=$(port)
-redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
-ferrite_redis=$!
-FEAST_REDIS=$(port)
-redis "$FEAST_REDIS" "$OUT/redis-feast.log"
-feast_redis=$!
-sleep 0.5
+two_redis
 
 echo "==> Ferrite: materialize user_stats and user_profile into Redis :$FERRITE_REDIS" >&2
 write_config "$OUT/ferrite.toml" <<CFG
@@ -80,9 +69,9 @@ CFG
 "$bin" materialize --quiet --config "$OUT/ferrite.toml" --start 2020-01-01 --end 2028-01-01 \
   --view user_stats --view user_profile
 
-echo "==> Feast: repository from features/*.toml, apply and materialize into Redis :$FEAST_REDIS" >&2
+echo "==> Feast: repository from features/*.toml, apply and materialize into Redis :$PEER_REDIS" >&2
 "$py" "$peer/make_feast_repo.py" --features features --data "$DATA" --service fraud_v1 \
-  --redis "127.0.0.1:$FEAST_REDIS" --out "$OUT/feast" >&2
+  --redis "127.0.0.1:$PEER_REDIS" --out "$OUT/feast" >&2
 (cd "$OUT/feast" && "$PEER_VENV/bin/feast" apply >"$OUT/feast-apply.log" 2>&1 &&
   "$PEER_VENV/bin/feast" materialize 2020-01-01T00:00:00 2028-01-01T00:00:00 >"$OUT/feast-materialize.log" 2>&1) ||
   { tail -n 30 "$OUT"/feast-*.log >&2; exit 1; }
@@ -135,7 +124,7 @@ serve "$OUT/ferrite.toml"
 FERRITE_ADDR=$ADDR
 sleep 2 # every server up; let their start-up work settle
 FERRITE_PIDS=$(proc_tree "$server" "$ferrite_redis" | sort -un | paste -sd,)
-FEAST_PIDS=$(proc_tree "$feast" "$feast_redis" | sort -un | paste -sd,)
+FEAST_PIDS=$(proc_tree "$feast" "$peer_redis" | sort -un | paste -sd,)
 MLS_PIDS=$(proc_tree "$mlserver" | sort -un | paste -sd,)
 {
   echo "Ferrite  $FERRITE_ADDR  pids $FERRITE_PIDS"

@@ -50,13 +50,7 @@ peer_run_setup
 
 
 
-FERRITE_REDIS=$(port)
-redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
-ferrite_redis=$!
-PEER_REDIS=$(port)
-redis "$PEER_REDIS" "$OUT/redis-peer.log"
-peer_redis=$!
-sleep 0.5
+two_redis
 
 echo "==> Ferrite: materialize into Redis :$FERRITE_REDIS" >&2
 write_config "$OUT/ferrite.toml" <<CFG

@@ -40,14 +40,7 @@ port() { peer_port; }
 peer_run_setup
 
 
-FERRITE_REDIS=$(port)
-redis "$FERRITE_REDIS" "$OUT/redis-ferrite.log"
-ferrite_redis=$!
-PEER_REDIS=$(port)
-redis "$PEER_REDIS" "$OUT/redis-peer.log"
-peer_redis=$!
-wait_for "$OUT/redis-ferrite.log" "Ready to accept connections" "$ferrite_redis" 180
-wait_for "$OUT/redis-peer.log" "Ready to accept connections" "$peer_redis" 180
+two_redis
 
 echo "==> Ferrite: materialize into Redis :$FERRITE_REDIS" >&2
 write_config "$OUT/ferrite.toml" <<CFG

@@ -26,9 +26,8 @@ MAX_S="${MAX_S:-15}"
 SHARE="${SHARE:-0.8}"
 CONCURRENCY="${CONCURRENCY:-4}"
 RPCS="${RPCS:-features model-infer-gbdt score-fraud recommend price}"
-bin="${FERRITE_BIN:-$CARGO_TARGET_DIR/release/ferrite}"
-[ -n "${FERRITE_BIN:-}" ] || cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 
 # The shipped config (its relative paths made absolute: they are read from the config's
 # folder), with every path the server writes moved into OUT.
