@@ -33,36 +33,32 @@ pub(super) fn write_file(dir: &Path, name: &str, rows: &[ExposureRecord]) -> Res
 /// Writes the rows of `parts` (exposure files, in order) as one file `name`, a part at a time
 /// (each part a row group): memory holds one part, not the segment.
 pub(super) fn merge_parts(dir: &Path, name: &str, parts: &[PathBuf]) -> Result<(), ExposureError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let merged = (|| -> Result<(), ExposureError> {
-        let mut file = Some(std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?);
-        let mut writer = None;
-        for part in parts {
-            let input = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
-            let df = ParquetReader::new(input)
-                .finish()
-                .map_err(|e| io_error(part, e))?;
-            if let Some(file) = file.take() {
-                let batched = parquet_writer(file)
-                    .batched(df.schema())
-                    .map_err(|e| io_error(&tmp, e))?;
-                writer = Some(batched);
-            }
-            if let Some(w) = writer.as_mut() {
-                w.write_batch(&df).map_err(|e| io_error(&tmp, e))?;
-            }
+    let read = |part: &PathBuf| -> Result<DataFrame, ExposureError> {
+        let input = std::fs::File::open(part).map_err(|e| io_error(part, e))?;
+        ParquetReader::new(input).finish().map_err(|e| io_error(part, e))
+    };
+    let Some((first, rest)) = parts.split_first() else {
+        return Ok(());
+    };
+    let first = read(first)?;
+    write_atomically(dir, name, |file, tmp| {
+        let failed = |e: PolarsError| io_error(tmp, e);
+        let mut writer = parquet_writer(file).batched(first.schema()).map_err(failed)?;
+        writer.write_batch(&first).map_err(failed)?;
+        for part in rest {
+            writer.write_batch(&read(part)?).map_err(failed)?;
         }
-        match writer {
-            Some(w) => w.finish().map(|_| ()).map_err(|e| io_error(&tmp, e)),
-            None => Ok(()),
-        }
-    })();
-    if let Err(e) = merged {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
+        writer.finish().map(|_| ()).map_err(failed)
+    })
+}
+
+fn write_frame(dir: &Path, name: &str, df: &mut DataFrame) -> Result<(), ExposureError> {
+    write_atomically(dir, name, |file, tmp| {
+        parquet_writer(file)
+            .finish(df)
+            .map(|_| ())
+            .map_err(|e| io_error(tmp, e))
+    })
 }
 
 // Serial: a part holds about a second's rows; encoding its columns in Polars' thread pool
@@ -73,13 +69,20 @@ fn parquet_writer(file: std::fs::File) -> ParquetWriter<std::fs::File> {
         .set_parallel(false)
 }
 
-fn write_frame(dir: &Path, name: &str, df: &mut DataFrame) -> Result<(), ExposureError> {
+/// Runs `write` on a hidden temporary file in `dir` (given its path, for errors) and renames
+/// it to `name` when it succeeds (removes it when not), so that readers only ever see whole
+/// files.
+fn write_atomically(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(std::fs::File, &Path) -> Result<(), ExposureError>,
+) -> Result<(), ExposureError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let file = std::fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-    if let Err(e) = parquet_writer(file).finish(df) {
+    if let Err(e) = write(file, &tmp) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io_error(&tmp, e));
+        return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))
 }
