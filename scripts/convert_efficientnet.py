@@ -185,8 +185,23 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def up_to_date(path: Path, expected_sha256: str) -> bool:
+    return path.is_file() and sha256(path.read_bytes()) == expected_sha256
+
+
+def write_pinned(path: Path, data: bytes, expected_sha256: str, what: str, fail) -> None:
+    """Writes `data` to `path` (through a partial file and a rename) when its SHA-256 is the
+    pinned one; otherwise calls `fail` naming `what` and both hashes."""
+    if sha256(data) != expected_sha256:
+        fail(f"{what} has SHA-256 {sha256(data)}, expected {expected_sha256}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
 def main() -> None:
-    if OUTPUT.is_file() and sha256(OUTPUT.read_bytes()) == OUTPUT_SHA256:
+    if up_to_date(OUTPUT, OUTPUT_SHA256):
         print(f"{OUTPUT.relative_to(ROOT)} is up to date")
         return
     source = source_path()
@@ -200,12 +215,7 @@ def main() -> None:
     }
     check_architecture(tensors)
     out = safetensors_bytes(tensors)
-    if sha256(out) != OUTPUT_SHA256:
-        fail(f"the converted weights have SHA-256 {sha256(out)}, expected {OUTPUT_SHA256}")
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    partial = OUTPUT.with_suffix(".partial")
-    partial.write_bytes(out)
-    os.replace(partial, OUTPUT)
+    write_pinned(OUTPUT, out, OUTPUT_SHA256, "the converted weights", fail)
     print(f"wrote {OUTPUT.relative_to(ROOT)} ({len(tensors)} tensors, {len(out)} bytes)")
 
 

@@ -24,9 +24,7 @@ not expect (another input file, a dtype, a shape, a tensor the network does not 
     .venv/bin/python scripts/export_efficientnet_onnx.py
 """
 
-import hashlib
 import json
-import os
 import struct
 import sys
 from pathlib import Path
@@ -35,11 +33,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parent.parent
-INPUT = ROOT / "models/image_embedder/1/model.safetensors"
+# The input is what scripts/convert_efficientnet.py writes, pinned by its SHA-256.
+from convert_efficientnet import OUTPUT as INPUT
+from convert_efficientnet import OUTPUT_SHA256 as INPUT_SHA256
+from convert_efficientnet import ROOT, sha256, up_to_date, write_pinned
+
 OUTPUT = ROOT / "models/image_embedder_onnx/1/model.onnx"
-# What scripts/convert_efficientnet.py writes (its OUTPUT_SHA256).
-INPUT_SHA256 = "0c9a6ccef64fc0f16c2ae8e2e136edc48308f3b94bd49ba062963db388c25e43"
 OUTPUT_SHA256 = "604a4e38e3aa8fed66410976c932dc2d554e1476c14dc0163399f70de0108e2d"
 OPSET = 13
 IR_VERSION = 7  # the IR version of opset 13
@@ -64,10 +63,6 @@ STAGES = [
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(f"export_efficientnet_onnx: {message}")
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_safetensors(raw: bytes) -> dict:
@@ -229,7 +224,7 @@ def build(weights: dict) -> onnx.ModelProto:
 
 
 def main() -> None:
-    if OUTPUT.is_file() and sha256(OUTPUT.read_bytes()) == OUTPUT_SHA256:
+    if up_to_date(OUTPUT, OUTPUT_SHA256):
         print(f"{OUTPUT.relative_to(ROOT)} is up to date")
         return
     if not INPUT.is_file():
@@ -238,12 +233,7 @@ def main() -> None:
     if sha256(raw) != INPUT_SHA256:
         fail(f"{INPUT.relative_to(ROOT)} has SHA-256 {sha256(raw)}, expected {INPUT_SHA256}")
     out = build(read_safetensors(raw)).SerializeToString()
-    if sha256(out) != OUTPUT_SHA256:
-        fail(f"the exported model has SHA-256 {sha256(out)}, expected {OUTPUT_SHA256}")
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    partial = OUTPUT.with_suffix(".partial")
-    partial.write_bytes(out)
-    os.replace(partial, OUTPUT)
+    write_pinned(OUTPUT, out, OUTPUT_SHA256, "the exported model", fail)
     print(f"wrote {OUTPUT.relative_to(ROOT)} ({len(out)} bytes)")
 
 
