@@ -27,7 +27,6 @@ not expect (another input file, a dtype, a shape, a tensor the network does not 
 import json
 import struct
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
