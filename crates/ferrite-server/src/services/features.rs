@@ -9,6 +9,7 @@ use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureService;
 use tonic::{Request, Response, Status};
 
+use super::{call_deadline, within};
 use crate::AppState;
 use crate::status::ApiError;
 
@@ -193,7 +194,29 @@ impl FeatureService for Features {
         &self,
         request: Request<pb::GetOnlineFeaturesRequest>,
     ) -> Result<Response<pb::GetOnlineFeaturesResponse>, Status> {
-        let req = request.into_inner();
+        let deadline = call_deadline(&request);
+        within(
+            deadline,
+            "reading online features",
+            self.read(request.into_inner()),
+        )
+        .await
+    }
+
+    async fn push_features(
+        &self,
+        request: Request<pb::PushFeaturesRequest>,
+    ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
+        let deadline = call_deadline(&request);
+        within(deadline, "pushing features", self.push(request.into_inner())).await
+    }
+}
+
+impl Features {
+    async fn read(
+        &self,
+        req: pb::GetOnlineFeaturesRequest,
+    ) -> Result<Response<pb::GetOnlineFeaturesResponse>, Status> {
         let fs = &self.state.features;
         let refs = match req.selection {
             Some(pb::get_online_features_request::Selection::Features(list)) => fs
@@ -249,11 +272,7 @@ impl FeatureService for Features {
         }))
     }
 
-    async fn push_features(
-        &self,
-        request: Request<pb::PushFeaturesRequest>,
-    ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
-        let req = request.into_inner();
+    async fn push(&self, req: pb::PushFeaturesRequest) -> Result<Response<pb::PushFeaturesResponse>, Status> {
         let fs = &self.state.features;
         let view = fs
             .registry

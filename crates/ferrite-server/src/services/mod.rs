@@ -88,6 +88,31 @@ where
     }
 }
 
+/// The caller's deadline for `request`, counted from its arrival.
+pub(crate) fn call_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    deadline(request, arrival(request))
+}
+
+/// Runs `work` within the caller's deadline: not started once the deadline has passed, and
+/// answered DEADLINE_EXCEEDED naming `what` when it passes first. Counted from the arrival,
+/// this deadline expires no later than tonic's own timer, which would answer CANCELLED.
+pub(crate) async fn within<T>(
+    deadline: Option<Instant>,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let Some(deadline) = deadline else {
+        return work.await;
+    };
+    let passed = || Status::deadline_exceeded(format!("{what}: the call's deadline (grpc-timeout) passed"));
+    if deadline <= Instant::now() {
+        return Err(passed());
+    }
+    tokio::time::timeout_at(deadline.into(), work)
+        .await
+        .unwrap_or_else(|_| Err(passed()))
+}
+
 /// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H M S m u n).
 pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
     let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
@@ -159,5 +184,41 @@ mod tests {
         assert_eq!(with("5x"), None);
         assert_eq!(with("m"), None);
         assert_eq!(deadline(&Request::new(()), at), None);
+    }
+
+    #[tokio::test]
+    async fn work_past_its_deadline_answers_deadline_exceeded_and_late_work_never_starts() {
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        let status = within(
+            soon,
+            "pushing features",
+            std::future::pending::<Result<(), Status>>(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            status.message().starts_with("pushing features:"),
+            "{}",
+            status.message()
+        );
+
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let work = async {
+            started.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        let passed = Some(Instant::now() - Duration::from_millis(1));
+        let status = within(passed, "reading online features", work).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            !started.load(std::sync::atomic::Ordering::SeqCst),
+            "work started past its deadline"
+        );
+
+        let answer = within(None, "x", async { Ok::<_, Status>(7) }).await.unwrap();
+        assert_eq!(answer, 7);
+        let far = Some(Instant::now() + Duration::from_secs(60));
+        assert_eq!(within(far, "x", async { Ok::<_, Status>(8) }).await.unwrap(), 8);
     }
 }

@@ -15,7 +15,7 @@ use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::scoring_service_server::ScoringService;
 use tonic::{Request, Response, Status};
 
-use super::deadline;
+use super::call_deadline;
 use super::features::value_from_pb;
 use crate::AppState;
 use crate::status::ApiError;
@@ -274,7 +274,7 @@ impl ScoringService for Scoring {
         &self,
         request: Request<pb::ScoreFraudRequest>,
     ) -> Result<Response<pb::ScoreFraudResponse>, Status> {
-        let deadline = deadline(&request, Instant::now());
+        let deadline = call_deadline(&request);
         let t = request.into_inner();
         let name = if t.pipeline.is_empty() {
             DEFAULT_FRAUD_PIPELINE.to_string()
@@ -299,7 +299,7 @@ impl ScoringService for Scoring {
         &self,
         request: Request<pb::ScoreFraudBatchRequest>,
     ) -> Result<Response<pb::ScoreFraudBatchResponse>, Status> {
-        let deadline = deadline(&request, Instant::now());
+        let deadline = call_deadline(&request);
         let transactions = request.into_inner().transactions;
         let Some(first) = transactions.first() else {
             return Err(Status::invalid_argument(
@@ -345,7 +345,7 @@ impl ScoringService for Scoring {
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         use pb::recommend_request::User;
-        let deadline = deadline(&request, Instant::now());
+        let deadline = call_deadline(&request);
         let r = request.into_inner();
         let name = pipeline_or(r.pipeline, DEFAULT_RECOMMENDATIONS_PIPELINE);
         let (user_s, user_i) = match r.user {
@@ -420,7 +420,7 @@ impl ScoringService for Scoring {
 
     async fn price(&self, request: Request<pb::PriceRequest>) -> Result<Response<pb::PriceResponse>, Status> {
         use pb::price_request::Item;
-        let deadline = deadline(&request, Instant::now());
+        let deadline = call_deadline(&request);
         let r = request.into_inner();
         let name = pipeline_or(r.pipeline, DEFAULT_PRICING_PIPELINE);
         let (item_s, item_i) = match r.item {
@@ -480,7 +480,7 @@ impl ScoringService for Scoring {
     }
 
     async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
-        let deadline = deadline(&request, Instant::now());
+        let deadline = call_deadline(&request);
         let r = request.into_inner();
         let mut input = CallInput::default();
         input.push_row(

@@ -17,6 +17,7 @@ use ferrite_search::catalog::{
 use ferrite_search::preprocess::{ImageBatch, ImageLimits, Normalization, PreprocessConfig, Preprocessor};
 use tonic::{Request, Response, Status};
 
+use super::{arrival, call_deadline, within};
 use crate::config::SearchConfig;
 use crate::status::ApiError;
 
@@ -481,15 +482,13 @@ impl Search {
     }
 }
 
-#[tonic::async_trait]
-impl SearchService for Search {
-    async fn visual_search(
+impl Search {
+    async fn by_image(
         &self,
-        request: Request<pb::VisualSearchRequest>,
+        req: pb::VisualSearchRequest,
+        started: Instant,
     ) -> Result<Response<pb::VisualSearchResponse>, Status> {
         use pb::visual_search_request::Query;
-        let started = Instant::now();
-        let req = request.into_inner();
         let k = top_k(req.top_k)?;
         let filter = filter_of(req.filter)?;
         let (index, meta, version) = self.state.ready()?;
@@ -530,12 +529,11 @@ impl SearchService for Search {
         )))
     }
 
-    async fn similar_items(
+    async fn by_item(
         &self,
-        request: Request<pb::SimilarItemsRequest>,
+        req: pb::SimilarItemsRequest,
+        started: Instant,
     ) -> Result<Response<pb::VisualSearchResponse>, Status> {
-        let started = Instant::now();
-        let req = request.into_inner();
         if req.item_id.is_empty() {
             return Err(Status::invalid_argument(
                 "item_id is empty, expected a catalog item id",
@@ -565,6 +563,35 @@ impl SearchService for Search {
             started,
             req.include_latency,
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl SearchService for Search {
+    async fn visual_search(
+        &self,
+        request: Request<pb::VisualSearchRequest>,
+    ) -> Result<Response<pb::VisualSearchResponse>, Status> {
+        let (started, deadline) = (arrival(&request), call_deadline(&request));
+        within(
+            deadline,
+            "visual search",
+            self.by_image(request.into_inner(), started),
+        )
+        .await
+    }
+
+    async fn similar_items(
+        &self,
+        request: Request<pb::SimilarItemsRequest>,
+    ) -> Result<Response<pb::VisualSearchResponse>, Status> {
+        let (started, deadline) = (arrival(&request), call_deadline(&request));
+        within(
+            deadline,
+            "similar items",
+            self.by_item(request.into_inner(), started),
+        )
+        .await
     }
 
     async fn upsert_items(
