@@ -16,6 +16,7 @@ pub mod repository;
 pub mod runtime;
 pub mod stats;
 mod tensor;
+pub mod trees;
 pub mod validate;
 pub mod warmup;
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ort::memory::Allocator;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
@@ -10,6 +10,7 @@ use ort::value::{
     DynMapValueType, DynSequenceValueType, DynTensor, DynValue, TensorElementType, TensorRef, ValueType,
 };
 
+use crate::trees::TreeEnsemble;
 use crate::{DataType, ModelBackend, ModelConfig, ModelError, Tensor, TensorData};
 
 /// Input shapes for which buffers are kept, per model (batch sizes 1..=64 fit).
@@ -33,6 +34,8 @@ pub struct OnnxModel {
     input_specs: Vec<Option<(Option<DataType>, Vec<i64>)>>,
     /// Every input and output is a numeric tensor, so runs can use kept buffers ([`Bound`]).
     bindable: bool,
+    /// The graph's tree ensemble, when it has one that [`TreeEnsemble`] evaluates.
+    trees: Option<Arc<TreeEnsemble>>,
 }
 
 /// The session and, per shape of the inputs, buffers that runs of that shape reuse.
@@ -90,6 +93,7 @@ impl OnnxModel {
             output_names,
             input_specs,
             bindable,
+            trees: read_trees(path),
         })
     }
 
@@ -165,7 +169,24 @@ impl OnnxModel {
     }
 }
 
+/// The tree ensemble of the ONNX file at `path`, when it has one evaluated here; why not
+/// goes to the log (the model is served by ONNX Runtime either way).
+fn read_trees(path: &Path) -> Option<Arc<TreeEnsemble>> {
+    let bytes = std::fs::read(path).ok()?;
+    match TreeEnsemble::from_onnx(&bytes) {
+        Ok(trees) => trees.map(Arc::new),
+        Err(why) => {
+            tracing::info!(path = %path.display(), "tree ensemble not evaluated natively: {why}");
+            None
+        }
+    }
+}
+
 impl ModelBackend for OnnxModel {
+    fn tree_ensemble(&self) -> Option<&Arc<TreeEnsemble>> {
+        self.trees.as_ref()
+    }
+
     fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
         for t in inputs {
             if !self.input_names.contains(&t.name) {
