@@ -74,7 +74,14 @@ pub struct Engine {
     pub(crate) meters: std::collections::HashMap<String, Meters>,
     /// Recommendations and pricing pipelines' catalogues, by pipeline.
     pub(crate) catalogs: std::collections::HashMap<String, arc_swap::ArcSwapOption<crate::catalog::Catalog>>,
+    /// Model versions whose native trees once disagreed with the served score: their
+    /// explanations use model runs from then on.
+    trees_disagree: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
 }
+
+/// How far the native trees' score may be from the served one (an f32 probability) for
+/// their one-feature variants to stand for model runs.
+const TREES_AGREE: f64 = 1e-5;
 
 /// How long before the deadline the work stops and the fallback answers: enough to build and
 /// send the answer.
@@ -216,6 +223,7 @@ impl Engine {
             selector: Arc::new(Configured),
             experiments: None,
             meta: MetaCache::default(),
+            trees_disagree: Default::default(),
         }
     }
 
@@ -693,8 +701,11 @@ impl Engine {
         })
     }
 
-    /// Leave one out: each feature set to its training mean in turn, all in one model run;
-    /// the features whose change moved the score most, largest first.
+    /// Leave one out: each feature set to its training mean in turn; the features whose
+    /// change moved the score most, largest first. The variants' scores come from the model's
+    /// own trees walked here when it is a tree ensemble whose score for `row` equals the
+    /// served `score` (only trees that test a changed feature are walked again), else from
+    /// one model run of every variant.
     #[allow(clippy::too_many_arguments)]
     async fn explain(
         &self,
@@ -706,34 +717,44 @@ impl Engine {
         meta: &ModelMeta,
         top: usize,
     ) -> Vec<Reason> {
-        let width = row.len();
-        let mut x = Vec::with_capacity(width * width);
-        let mut changed = Vec::with_capacity(width);
+        let mut changes: Vec<(usize, f32)> = Vec::with_capacity(row.len());
         for (f, mean) in meta.baseline.iter().enumerate() {
             let base = mean.map_or(f32::NAN, |m| m as f32);
             // A feature already at its mean (or both missing) moved nothing.
             if row[f] == base || (row[f].is_nan() && base.is_nan()) {
                 continue;
             }
-            x.extend_from_slice(row);
-            x[changed.len() * width + f] = base;
-            changed.push(f);
+            changes.push((f, base));
         }
-        if changed.is_empty() {
+        if changes.is_empty() {
             return Vec::new();
         }
-        let n = changed.len();
-        let others = match self.infer(pipeline, model, &version.to_string(), x, n).await {
-            Ok((_, s)) => s,
-            Err(e) => {
-                tracing::warn!(pipeline = %pipeline.name, error = %e, "reasons not computed");
-                return Vec::new();
+        let others = match self.native_variants(pipeline, model, version, row, score, &changes) {
+            Some(others) => others,
+            None => {
+                let width = row.len();
+                let mut x = Vec::with_capacity(width * changes.len());
+                for &(f, base) in &changes {
+                    let at = x.len();
+                    x.extend_from_slice(row);
+                    x[at + f] = base;
+                }
+                match self
+                    .infer(pipeline, model, &version.to_string(), x, changes.len())
+                    .await
+                {
+                    Ok((_, s)) => s,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %pipeline.name, error = %e, "reasons not computed");
+                        return Vec::new();
+                    }
+                }
             }
         };
-        let mut reasons: Vec<Reason> = changed
+        let mut reasons: Vec<Reason> = changes
             .into_iter()
             .zip(others)
-            .map(|(f, other)| Reason {
+            .map(|((f, _), other)| Reason {
                 feature: pipeline.input.feature_names[f].clone(),
                 value: f64::from(row[f]),
                 contribution: score - other,
@@ -743,6 +764,53 @@ impl Engine {
         reasons.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
         reasons.truncate(top);
         reasons
+    }
+
+    /// The scores of `row`'s variants (`changes`, one feature each) from the model version's
+    /// tree ensemble, when it has one and it gives the served `score` for `row` (the check
+    /// that the pipeline reads the output the trees compute: the positive class's
+    /// probability, or a regressor's value). A version found to disagree is logged once and
+    /// explained by model runs from then on.
+    fn native_variants(
+        &self,
+        pipeline: &Pipeline,
+        model: &str,
+        version: u64,
+        row: &[f32],
+        score: f64,
+        changes: &[(usize, f32)],
+    ) -> Option<Vec<f64>> {
+        let loaded = self.models.get(model).ok()?;
+        let trees = loaded
+            .version(&version.to_string())
+            .ok()?
+            .backend
+            .tree_ensemble()?
+            .clone();
+        let key = (model.to_string(), version);
+        let off = || self.trees_disagree.lock().unwrap_or_else(|e| e.into_inner());
+        if off().contains(&key) {
+            return None;
+        }
+        let disagree = || off().insert(key.clone());
+        match trees.predict_changed(row, changes) {
+            Ok((own, others)) if (own - score).abs() <= TREES_AGREE => Some(others),
+            Ok((own, _)) => {
+                if disagree() {
+                    tracing::warn!(
+                        pipeline = %pipeline.name, model, version,
+                        "the model's trees give {own} where the model served {score}: reasons come from model runs"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                if disagree() {
+                    tracing::warn!(pipeline = %pipeline.name, model, version, error = %e, "reasons come from model runs");
+                }
+                None
+            }
+        }
     }
 }
 

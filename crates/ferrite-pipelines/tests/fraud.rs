@@ -168,6 +168,88 @@ async fn decisions_follow_the_thresholds_and_flagged_answers_carry_their_reasons
     assert!(row.feature_age_us > 0, "stored features were used");
 }
 
+/// Each reason's contribution is the score minus what the model gives for the row with that
+/// one feature at its training mean (ONNX Runtime, one run of every variant here), and the
+/// reasons are the largest such changes: whichever way the engine computed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasons_are_the_changes_the_model_gives_with_one_feature_at_its_mean() {
+    let parity = parity();
+    let registry = registry();
+    let store = embedded_store().await;
+    fill(&registry, store.as_ref(), parity.cut_time_us).await;
+    let models = models();
+    let engine = edited_engine(registry, store, models.clone(), 60_000, |line| {
+        Some(line.replace("explain = \"flagged\"", "explain = \"all\""))
+    });
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("models/fraud_txn_gbdt/1/features.json")).unwrap(),
+    )
+    .unwrap();
+    let baseline: Vec<f32> = meta["baseline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().map_or(f32::NAN, |m| m as f32))
+        .collect();
+    let rows = &parity.rows[..12];
+    let answer = engine
+        .score("fraud", transactions(rows), None, parity.cut_time_us)
+        .await
+        .unwrap();
+    let vectors = engine
+        .feature_rows("fraud", transactions(rows), parity.cut_time_us)
+        .await
+        .unwrap();
+    let names = &engine.pipelines().get("fraud").unwrap().input.feature_names;
+    let mut explained = 0;
+    for (got, row) in answer.rows.iter().zip(&vectors) {
+        let changed: Vec<usize> = (0..row.len())
+            .filter(|&f| !(row[f] == baseline[f] || (row[f].is_nan() && baseline[f].is_nan())))
+            .collect();
+        let mut x = Vec::new();
+        for &f in &changed {
+            let mut variant = row.clone();
+            variant[f] = baseline[f];
+            x.extend(variant);
+        }
+        let input = ferrite_models::Tensor::new(
+            "features",
+            vec![changed.len(), row.len()],
+            ferrite_models::TensorData::Fp32(x),
+        )
+        .unwrap();
+        let (_, out) = models.infer("fraud_txn_gbdt", "1", vec![input]).await.unwrap();
+        let ferrite_models::TensorData::Fp32(p) = &out[1].data else {
+            panic!("probabilities are FP32")
+        };
+        let mut want: Vec<(String, f64)> = changed
+            .iter()
+            .zip(p.chunks(2))
+            .map(|(&f, c)| (names[f].clone(), got.score - f64::from(c[1])))
+            .filter(|(_, c)| *c != 0.0)
+            .collect();
+        want.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        assert_eq!(got.reasons.len(), want.len().min(3), "{:?}", got.reasons);
+        for (r, (_, top)) in got.reasons.iter().zip(&want) {
+            let (_, own) = want.iter().find(|(n, _)| *n == r.feature).unwrap();
+            assert!(
+                (r.contribution - own).abs() <= 1e-5,
+                "{}: {} vs {own}",
+                r.feature,
+                r.contribution
+            );
+            assert!(
+                (r.contribution.abs() - top.abs()).abs() <= 1e-5,
+                "{:?} vs {:?}",
+                got.reasons,
+                &want[..3]
+            );
+        }
+        explained += usize::from(!got.reasons.is_empty());
+    }
+    assert!(explained >= 10, "{explained} of {} rows explained", rows.len());
+}
+
 #[tokio::test]
 async fn unknown_entities_get_the_cold_start_answer() {
     let parity = parity();
