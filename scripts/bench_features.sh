@@ -12,9 +12,8 @@ source scripts/env.sh
 DATA="${FERRITE_LARGE_DATA:-$HOME/.cache/ferrite-data/large}"
 OUT="${1:-$(mktemp -d -t ferrite-bench.XXXXXX)}"
 mkdir -p "$OUT"
-bin="$CARGO_TARGET_DIR/release/ferrite"
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 
 if [ ! -f "$DATA/user_stats.parquet" ]; then
   .venv/bin/pip install -q -r scripts/requirements-data.txt

@@ -14,9 +14,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 OUT="${1:-$(mktemp -d -t ferrite-bench.XXXXXX)}"
 mkdir -p "$OUT"
-bin="$CARGO_TARGET_DIR/release/ferrite"
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 [ -x .venv/bin/python ] || bash scripts/setup.sh >&2
 server=""
 trap '[ -z "$server" ] || stop; restore_halt_poll' EXIT

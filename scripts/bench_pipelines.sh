@@ -32,7 +32,6 @@ MIN_CALLS="${MIN_CALLS:-500}"
 CONCURRENCY="${CONCURRENCY:-256}"
 KEYS="${KEYS:-30000}"
 P99_LIMIT_US=50000
-bin="$CARGO_TARGET_DIR/release/ferrite"
 peer=benches/peers/fraud
 
 [ -x "$PEER_VENV/bin/feast" ] && [ -x "$PEER_VENV/bin/mlserver" ] || {
@@ -40,8 +39,8 @@ peer=benches/peers/fraud
   exit 1
 }
 [ -f "$MODEL_DIR/model.onnx" ] || { echo "no model at $MODEL_DIR/model.onnx" >&2; exit 1; }
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 py="$PEER_VENV/bin/python"
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
 port() { peer_port; }

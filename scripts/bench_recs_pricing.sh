@@ -28,12 +28,11 @@ ROUNDS="${ROUNDS:-2}"
 LEG_S="${LEG_S:-10}"
 MIN_CALLS="${MIN_CALLS:-300}"
 CONCURRENCY="${CONCURRENCY:-128}"
-bin="$CARGO_TARGET_DIR/release/ferrite"
 peer=benches/peers/recs_pricing
 
 [ -x "$PEER_VENV/bin/feast" ] || { echo "no peer virtualenv at $PEER_VENV: see $peer/README.md" >&2; exit 1; }
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 py="$PEER_VENV/bin/python"
 port() { peer_port; }
 

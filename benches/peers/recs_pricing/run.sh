@@ -20,12 +20,11 @@ BENCH_REQUESTS="${BENCH_REQUESTS:-0}"
 BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-1}"
 peer=benches/peers/recs_pricing
 py="$PEER_VENV/bin/python"
-bin="$CARGO_TARGET_DIR/release/ferrite"
 
 [ -x "$PEER_VENV/bin/feast" ] || { echo "no peer virtualenv at $PEER_VENV: see $peer/README.md" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server is not on PATH" >&2; exit 1; }
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 # bench_lib's port() uses the project's .venv; the peer's Python does as well.
 port() { peer_port; }
 peer_run_setup

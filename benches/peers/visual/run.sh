@@ -44,13 +44,12 @@ LIVE_RECALL_SAMPLE="${LIVE_RECALL_SAMPLE:-0}"
 EF_SEARCH="${EF_SEARCH:-128}"
 peer=benches/peers/visual
 py="$PEER_VENV/bin/python"
-bin="$CARGO_TARGET_DIR/release/ferrite"
 CAT="$OUT/catalog"
 
 [ -x "$py" ] && "$py" -c 'import torch, faiss, grpc_tools' 2>/dev/null ||
   { echo "no peer virtualenv at $PEER_VENV: see $peer/README.md" >&2; exit 1; }
-cargo build --release --locked -p ferrite >&2
 source scripts/bench_lib.sh
+release_bin
 port() { peer_port; }
 now() { date +%s.%N; }
 peer_run_setup
