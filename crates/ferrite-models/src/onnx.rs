@@ -169,9 +169,15 @@ impl OnnxModel {
     }
 }
 
+/// Files larger than this are not read a second time for a tree ensemble.
+const MAX_TREES_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The tree ensemble of the ONNX file at `path`, when it has one evaluated here; why not
 /// goes to the log (the model is served by ONNX Runtime either way).
 fn read_trees(path: &Path) -> Option<Arc<TreeEnsemble>> {
+    if std::fs::metadata(path).ok()?.len() > MAX_TREES_FILE_BYTES {
+        return None;
+    }
     let bytes = std::fs::read(path).ok()?;
     match TreeEnsemble::from_onnx(&bytes) {
         Ok(trees) => trees.map(Arc::new),
