@@ -335,7 +335,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         anyhow::ensure!(sample.is_some(), "--server-pid {pid}: no such process in /proc");
     }
     let cpu_at_start = host::CpuTimes::now();
-    let raw = match (args.with_raw, args.rpc.model_input()) {
+    let raw = match (args.with_raw, args.rpc.raw_model()) {
         (false, _) => Vec::new(),
         (true, None) if args.rpc == Rpc::VisualSearchEmbedding => {
             let (Some(config), Some(queries)) = (args.server_config.clone(), args.queries.clone()) else {

@@ -400,9 +400,19 @@ async fn feature_reads_report_the_share_of_values_present() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let filled = start_server_on(dir.path().join("online")).await;
     a.addr = filled.grpc_addr();
-    for rpc in [Rpc::Features, Rpc::Features100, Rpc::Features100Columnar] {
+    // features-fraud: the fraud pipeline's read of each sample transaction (user, merchant and
+    // request context), 130 values a call.
+    a.transactions = repo_root().join("features/data/transactions.parquet");
+    for rpc in [
+        Rpc::Features,
+        Rpc::Features100,
+        Rpc::Features100Columnar,
+        Rpc::FeaturesFraud,
+    ] {
         a.rpc = rpc;
-        let present = bench::run(&a).await.unwrap().run.present_pct.unwrap();
+        let report = bench::run(&a).await.unwrap();
+        assert_eq!(report.run.ok, 20, "{}", rpc.name());
+        let present = report.run.present_pct.unwrap();
         assert!(present > 50.0 && present <= 100.0, "{}: {present} %", rpc.name());
     }
 }

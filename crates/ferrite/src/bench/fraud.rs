@@ -1,11 +1,15 @@
 //! The fraud-scoring RPCs' requests: real transactions of the sample data, each encoded once
 //! (like the model RPCs' requests), and of each answer only what the report counts decoded.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
 use ferrite_features::ParquetSource;
-use ferrite_proto::ferrite::v1::{ScoreFraudRequest, score_fraud_request};
+use ferrite_proto::ferrite::v1::{
+    GetOnlineFeaturesRequest, ScoreFraudRequest, Value, ValueList, get_online_features_request,
+    score_fraud_request, value,
+};
 use polars::prelude::{DataType, IdxSize, TimeUnit, col};
 use prost::Message;
 use prost::bytes::{BufMut, Bytes, BytesMut};
@@ -23,11 +27,16 @@ const COLUMNS: [&str; 7] = [
     "event_timestamp",
 ];
 
-/// Encoded `ScoreFraudRequest`s, one per transaction; a key picks one.
+/// Encoded `ScoreFraudRequest`s, one per transaction, and the feature read each one makes;
+/// a key picks one.
 #[derive(Debug)]
 pub struct Transactions {
     encoded: Vec<Bytes>,
+    reads: Vec<GetOnlineFeaturesRequest>,
 }
+
+/// The feature service the fraud pipeline reads (`pipelines/fraud.toml`).
+const FRAUD_SERVICE: &str = "fraud_v2";
 
 impl Transactions {
     /// The first `limit` transactions of the Parquet file at `path` (keys beyond them wrap
@@ -85,13 +94,55 @@ impl Transactions {
             })
             .collect();
         anyhow::ensure!(!encoded.is_empty(), "{} holds no transactions", path.display());
-        Ok(Transactions { encoded })
+        let one = |kind: value::Kind| ValueList {
+            values: vec![Value { kind: Some(kind) }],
+        };
+        let reads = (0..frame.height())
+            .map(|i| {
+                let mut entities = HashMap::new();
+                entities.insert(
+                    "user_id".to_string(),
+                    one(value::Kind::IntValue(users[i].unwrap_or(0))),
+                );
+                entities.insert(
+                    "merchant_id".to_string(),
+                    one(value::Kind::IntValue(merchants[i].unwrap_or(0))),
+                );
+                let mut context = HashMap::new();
+                context.insert(
+                    "amount".to_string(),
+                    one(value::Kind::FloatValue(amounts[i].unwrap_or(0.0))),
+                );
+                context.insert(
+                    "currency".to_string(),
+                    one(value::Kind::StringValue(currencies[i].clone())),
+                );
+                context.insert(
+                    "device_type".to_string(),
+                    one(value::Kind::StringValue(devices[i].clone())),
+                );
+                context.insert(
+                    "event_timestamp".to_string(),
+                    one(value::Kind::IntValue(times[i].unwrap_or(0))),
+                );
+                GetOnlineFeaturesRequest {
+                    selection: Some(get_online_features_request::Selection::FeatureService(
+                        FRAUD_SERVICE.into(),
+                    )),
+                    entities,
+                    request_context: context,
+                    columnar: false,
+                }
+            })
+            .collect();
+        Ok(Transactions { encoded, reads })
     }
 
     #[cfg(test)]
     fn from_requests(requests: &[ScoreFraudRequest]) -> Self {
         Transactions {
             encoded: requests.iter().map(|r| r.encode_to_vec().into()).collect(),
+            reads: Vec::new(),
         }
     }
 
@@ -101,6 +152,12 @@ impl Transactions {
 
     fn pick(&self, key: u64) -> &Bytes {
         &self.encoded[(key.saturating_sub(1) % self.encoded.len() as u64) as usize]
+    }
+
+    /// The feature read of the transaction of key `key`: what its ScoreFraud call reads.
+    pub fn read(&self, key: u64) -> GetOnlineFeaturesRequest {
+        let at = (key.saturating_sub(1) % self.reads.len().max(1) as u64) as usize;
+        self.reads.get(at).cloned().unwrap_or_default()
     }
 
     /// The request for key `key` (keys start at 1).

@@ -10,8 +10,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use ferrite_proto::ferrite::v1::feature_service_client::FeatureServiceClient;
 use ferrite_proto::ferrite::v1::{
-    FeatureList, FeatureStatus, GetOnlineFeaturesRequest, PriceRequest, RecommendRequest, Value, ValueList,
-    get_online_features_request, price_request, recommend_request, value,
+    FeatureList, FeatureStatus, GetOnlineFeaturesRequest, GetOnlineFeaturesResponse, PriceRequest,
+    RecommendRequest, Value, ValueList, get_online_features_request, price_request, recommend_request, value,
 };
 use ferrite_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use ferrite_proto::inference::model_infer_request::InferInputTensor;
@@ -59,6 +59,11 @@ pub enum Rpc {
     /// ScoringService/ScoreFraudBatch: `--batch` consecutive transactions from the one the
     /// key picks. Fallbacks are counted per transaction.
     ScoreFraudBatch,
+    /// GetOnlineFeatures of feature service `fraud_v2` for the transaction of
+    /// `--transactions` the key picks (its user and merchant; its amount, currency, device and
+    /// time as the request context): the online read a ScoreFraud call makes, to measure
+    /// beside it.
+    FeaturesFraud,
     /// ScoringService/Recommend: 20 items for user 1,000,000 + key (the sample data's ids; run
     /// with `--keys 2000` for its users). An answer whose `meta.fallback` is set counts as a
     /// fallback.
@@ -108,6 +113,7 @@ impl Rpc {
             Rpc::Features100Columnar => "features-100-columnar",
             Rpc::ScoreFraud => "score-fraud",
             Rpc::ScoreFraudBatch => "score-fraud-batch",
+            Rpc::FeaturesFraud => "features-fraud",
             Rpc::Recommend => "recommend",
             Rpc::Price => "price",
             Rpc::VisualSearch => "visual-search",
@@ -143,7 +149,16 @@ impl Rpc {
 
     /// Whether the RPC sends the transactions of `--transactions`.
     pub fn takes_transactions(self) -> bool {
-        matches!(self, Rpc::ScoreFraud | Rpc::ScoreFraudBatch)
+        matches!(self, Rpc::ScoreFraud | Rpc::ScoreFraudBatch | Rpc::FeaturesFraud)
+    }
+
+    /// The model `--with-raw` calls in process: a model RPC's, or for the fraud calls the
+    /// fraud pipeline's (`fraud_txn_gbdt`, 130 features).
+    pub fn raw_model(self) -> Option<(&'static str, &'static str, usize)> {
+        match self {
+            Rpc::ScoreFraud | Rpc::FeaturesFraud => Some(("fraud_txn_gbdt", "features", 130)),
+            _ => self.model_input(),
+        }
     }
 
     /// Whether the RPC sends the search queries of `--images` or `--queries`.
@@ -193,22 +208,18 @@ impl Rpc {
                     .get_online_features(features_request(key, n, columnar))
                     .await?
                     .into_inner();
-                let statuses = answer
-                    .results
-                    .iter()
-                    .map(|r| &r.statuses)
-                    .chain(answer.columns.iter().map(|c| &c.statuses))
-                    .flatten();
-                let (mut values, mut present) = (0, 0);
-                for s in statuses {
-                    values += 1;
-                    present += u32::from(*s == FeatureStatus::Present as i32);
-                }
-                return Ok(Outcome {
-                    values,
-                    present,
-                    ..Outcome::default()
-                });
+                return Ok(counted(&answer));
+            }
+            Rpc::FeaturesFraud => {
+                let transactions = target
+                    .transactions
+                    .as_deref()
+                    .ok_or_else(|| tonic::Status::failed_precondition("no transactions loaded"))?;
+                let answer = FeatureServiceClient::new(channel)
+                    .get_online_features(transactions.read(key))
+                    .await?
+                    .into_inner();
+                return Ok(counted(&answer));
             }
             Rpc::Recommend => {
                 let request = RecommendRequest {
@@ -309,6 +320,26 @@ impl Rpc {
 }
 
 /// 30 user features for `n` users with consecutive ids from 1,000,000 + key.
+/// A feature read's values, and how many of them were present.
+fn counted(answer: &GetOnlineFeaturesResponse) -> Outcome {
+    let statuses = answer
+        .results
+        .iter()
+        .map(|r| &r.statuses)
+        .chain(answer.columns.iter().map(|c| &c.statuses))
+        .flatten();
+    let (mut values, mut present) = (0, 0);
+    for s in statuses {
+        values += 1;
+        present += u32::from(*s == FeatureStatus::Present as i32);
+    }
+    Outcome {
+        values,
+        present,
+        ..Outcome::default()
+    }
+}
+
 fn features_request(key: u64, n: u64, columnar: bool) -> GetOnlineFeaturesRequest {
     let ids = (0..n)
         .map(|i| Value {
