@@ -27,12 +27,10 @@ const COLUMNS: [&str; 7] = [
     "event_timestamp",
 ];
 
-/// Encoded `ScoreFraudRequest`s, one per transaction, and the feature read each one makes;
-/// a key picks one.
+/// Encoded `ScoreFraudRequest`s, one per transaction; a key picks one.
 #[derive(Debug)]
 pub struct Transactions {
     encoded: Vec<Bytes>,
-    reads: Vec<GetOnlineFeaturesRequest>,
 }
 
 /// The feature service the fraud pipeline reads (`pipelines/fraud.toml`).
@@ -94,55 +92,13 @@ impl Transactions {
             })
             .collect();
         anyhow::ensure!(!encoded.is_empty(), "{} holds no transactions", path.display());
-        let one = |kind: value::Kind| ValueList {
-            values: vec![Value { kind: Some(kind) }],
-        };
-        let reads = (0..frame.height())
-            .map(|i| {
-                let mut entities = HashMap::new();
-                entities.insert(
-                    "user_id".to_string(),
-                    one(value::Kind::IntValue(users[i].unwrap_or(0))),
-                );
-                entities.insert(
-                    "merchant_id".to_string(),
-                    one(value::Kind::IntValue(merchants[i].unwrap_or(0))),
-                );
-                let mut context = HashMap::new();
-                context.insert(
-                    "amount".to_string(),
-                    one(value::Kind::FloatValue(amounts[i].unwrap_or(0.0))),
-                );
-                context.insert(
-                    "currency".to_string(),
-                    one(value::Kind::StringValue(currencies[i].clone())),
-                );
-                context.insert(
-                    "device_type".to_string(),
-                    one(value::Kind::StringValue(devices[i].clone())),
-                );
-                context.insert(
-                    "event_timestamp".to_string(),
-                    one(value::Kind::IntValue(times[i].unwrap_or(0))),
-                );
-                GetOnlineFeaturesRequest {
-                    selection: Some(get_online_features_request::Selection::FeatureService(
-                        FRAUD_SERVICE.into(),
-                    )),
-                    entities,
-                    request_context: context,
-                    columnar: false,
-                }
-            })
-            .collect();
-        Ok(Transactions { encoded, reads })
+        Ok(Transactions { encoded })
     }
 
     #[cfg(test)]
     fn from_requests(requests: &[ScoreFraudRequest]) -> Self {
         Transactions {
             encoded: requests.iter().map(|r| r.encode_to_vec().into()).collect(),
-            reads: Vec::new(),
         }
     }
 
@@ -154,10 +110,45 @@ impl Transactions {
         &self.encoded[(key.saturating_sub(1) % self.encoded.len() as u64) as usize]
     }
 
-    /// The feature read of the transaction of key `key`: what its ScoreFraud call reads.
+    /// The feature read the ScoreFraud call of key `key` makes: feature service `fraud_v2`
+    /// for its user and merchant, its amount, currency, device and time as request context.
     pub fn read(&self, key: u64) -> GetOnlineFeaturesRequest {
-        let at = (key.saturating_sub(1) % self.reads.len().max(1) as u64) as usize;
-        self.reads.get(at).cloned().unwrap_or_default()
+        // Decoded from the encoded call, so that only the calls are kept.
+        let t = ScoreFraudRequest::decode(self.pick(key).as_ref()).unwrap_or_default();
+        let one = |kind: value::Kind| ValueList {
+            values: vec![Value { kind: Some(kind) }],
+        };
+        let id = |v: Option<i64>| one(value::Kind::IntValue(v.unwrap_or(0)));
+        let user = match t.user {
+            Some(score_fraud_request::User::UserIdInt(i)) => Some(i),
+            _ => None,
+        };
+        let merchant = match t.merchant {
+            Some(score_fraud_request::Merchant::MerchantIdInt(i)) => Some(i),
+            _ => None,
+        };
+        GetOnlineFeaturesRequest {
+            selection: Some(get_online_features_request::Selection::FeatureService(
+                FRAUD_SERVICE.into(),
+            )),
+            entities: HashMap::from([
+                ("user_id".to_string(), id(user)),
+                ("merchant_id".to_string(), id(merchant)),
+            ]),
+            request_context: HashMap::from([
+                ("amount".to_string(), one(value::Kind::FloatValue(t.amount))),
+                ("currency".to_string(), one(value::Kind::StringValue(t.currency))),
+                (
+                    "device_type".to_string(),
+                    one(value::Kind::StringValue(t.device_type)),
+                ),
+                (
+                    "event_timestamp".to_string(),
+                    one(value::Kind::IntValue(t.event_time_us)),
+                ),
+            ]),
+            columnar: false,
+        }
     }
 
     /// The request for key `key` (keys start at 1).
@@ -299,6 +290,35 @@ mod tests {
             .collect();
         assert_eq!(ids, ["2", "3", "1", "2"]);
         assert_eq!(batch.transactions[0], all[1]);
+    }
+
+    #[test]
+    fn a_read_asks_for_the_fraud_service_with_the_transactions_keys_and_fields() {
+        let all: Vec<_> = (1..=3).map(request).collect();
+        let read = Transactions::from_requests(&all).read(5);
+        assert_eq!(
+            read.selection,
+            Some(get_online_features_request::Selection::FeatureService(
+                "fraud_v2".into()
+            ))
+        );
+        let one = |list: &ValueList| list.values[0].kind.clone().unwrap();
+        assert_eq!(one(&read.entities["user_id"]), value::Kind::IntValue(1_000_002));
+        assert_eq!(
+            one(&read.entities["merchant_id"]),
+            value::Kind::IntValue(2_000_002)
+        );
+        let context = &read.request_context;
+        assert_eq!(one(&context["amount"]), value::Kind::FloatValue(21.0));
+        assert_eq!(one(&context["currency"]), value::Kind::StringValue("EUR".into()));
+        assert_eq!(
+            one(&context["device_type"]),
+            value::Kind::StringValue("ios".into())
+        );
+        assert_eq!(
+            one(&context["event_timestamp"]),
+            value::Kind::IntValue(1_785_000_000_000_002)
+        );
     }
 
     #[test]

@@ -211,10 +211,7 @@ impl Rpc {
                 return Ok(counted(&answer));
             }
             Rpc::FeaturesFraud => {
-                let transactions = target
-                    .transactions
-                    .as_deref()
-                    .ok_or_else(|| tonic::Status::failed_precondition("no transactions loaded"))?;
+                let transactions = target.transactions()?;
                 let answer = FeatureServiceClient::new(channel)
                     .get_online_features(transactions.read(key))
                     .await?
@@ -281,10 +278,7 @@ impl Rpc {
                 };
             }
             Rpc::ScoreFraud | Rpc::ScoreFraudBatch => {
-                let transactions = target
-                    .transactions
-                    .as_deref()
-                    .ok_or_else(|| tonic::Status::failed_precondition("no transactions loaded"))?;
+                let transactions = target.transactions()?;
                 let fallbacks = if self == Rpc::ScoreFraud {
                     let answer: FraudAnswer = unary(
                         channel,
@@ -319,7 +313,6 @@ impl Rpc {
     }
 }
 
-/// 30 user features for `n` users with consecutive ids from 1,000,000 + key.
 /// A feature read's values, and how many of them were present.
 fn counted(answer: &GetOnlineFeaturesResponse) -> Outcome {
     let statuses = answer
@@ -340,6 +333,7 @@ fn counted(answer: &GetOnlineFeaturesResponse) -> Outcome {
     }
 }
 
+/// 30 user features for `n` users with consecutive ids from 1,000,000 + key.
 fn features_request(key: u64, n: u64, columnar: bool) -> GetOnlineFeaturesRequest {
     let ids = (0..n)
         .map(|i| Value {
@@ -406,6 +400,13 @@ pub struct Target {
 }
 
 impl Target {
+    /// The fraud RPCs' transactions, or FAILED_PRECONDITION when none were loaded.
+    fn transactions(&self) -> Result<&Transactions, tonic::Status> {
+        self.transactions
+            .as_deref()
+            .ok_or_else(|| tonic::Status::failed_precondition("no transactions loaded"))
+    }
+
     pub fn new(
         channel: Channel,
         model: Option<String>,
