@@ -22,14 +22,10 @@ ROUNDS="${ROUNDS:-3}"
 source scripts/bench_lib.sh
 release_bin
 
-# The shipped config, its relative paths made absolute, the store in OUT, no experiments.
-sed -E -e "s#^(repository|directory|index_dir) = \"([^/][^\"]*)\"#\1 = \"$PWD/\2\"#" \
-  -e "s|^embedded_path = .*|embedded_path = \"$OUT/online\"|" \
+# The shipped config with no experiments (an empty directory) and no exposure log.
+shipped_config "$OUT/ferrite.toml" \
   -e "s|^directory = \"$PWD/experiments\".*|directory = \"$OUT/no-experiments\"|" \
-  -e "s|^state_dir = .*|state_dir = \"$OUT/experiments\"|" \
-  -e "s|^exposures_dir = .*|exposures_dir = \"\"|" \
-  -e "s|^poll_interval_s = .*|poll_interval_s = 0|" \
-  ferrite.toml >"$OUT/ferrite.toml"
+  -e "s|^exposures_dir = .*|exposures_dir = \"\"|"
 "$bin" materialize-incremental --config "$OUT/ferrite.toml" >"$OUT/materialize.log" 2>&1
 serve "$OUT/ferrite.toml"
 trap 'stop' EXIT

@@ -14,6 +14,20 @@ write_config() {
   } >"$1"
 }
 
+# Writes to $1 the shipped ferrite.toml, its relative paths made absolute (they are read from
+# the config's folder) and every path the server writes moved into OUT, model polling off;
+# further sed expressions (`-e EXPR`, applied after these) change more.
+shipped_config() {
+  local to=$1
+  shift
+  sed -E -e "s#^(repository|directory|index_dir) = \"([^/][^\"]*)\"#\1 = \"$PWD/\2\"#" \
+    -e "s|^embedded_path = .*|embedded_path = \"$OUT/online\"|" \
+    -e "s|^state_dir = .*|state_dir = \"$OUT/experiments\"|" \
+    -e "s|^exposures_dir = .*|exposures_dir = \"$OUT/exposures\"|" \
+    -e "s|^poll_interval_s = .*|poll_interval_s = 0|" \
+    "$@" ferrite.toml >"$to"
+}
+
 # Sets bin: FERRITE_BIN when given (a binary already built), else the release build, built
 # here first.
 release_bin() {

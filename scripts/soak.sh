@@ -29,14 +29,7 @@ RPCS="${RPCS:-features model-infer-gbdt score-fraud recommend price}"
 source scripts/bench_lib.sh
 release_bin
 
-# The shipped config (its relative paths made absolute: they are read from the config's
-# folder), with every path the server writes moved into OUT.
-sed -E -e "s#^(repository|directory|index_dir) = \"([^/][^\"]*)\"#\1 = \"$PWD/\2\"#" \
-  -e "s|^embedded_path = .*|embedded_path = \"$OUT/online\"|" \
-  -e "s|^state_dir = .*|state_dir = \"$OUT/experiments\"|" \
-  -e "s|^exposures_dir = .*|exposures_dir = \"$OUT/exposures\"|" \
-  -e "s|^poll_interval_s = .*|poll_interval_s = 0|" \
-  ferrite.toml >"$OUT/ferrite.toml"
+shipped_config "$OUT/ferrite.toml"
 "$bin" materialize-incremental --config "$OUT/ferrite.toml" >"$OUT/materialize.log" 2>&1
 server=""
 sampler=""
