@@ -156,11 +156,7 @@ impl TreeEnsemble {
             }
         }
         let classifier = node.op_type == "TreeEnsembleClassifier";
-        let (prefix, ids) = if classifier {
-            ("class", "class_ids")
-        } else {
-            ("target", "target_ids")
-        };
+        let prefix = if classifier { "class" } else { "target" };
         if !classifier {
             let aggregate = attrs
                 .get("aggregate_function")
@@ -180,7 +176,7 @@ impl TreeEnsemble {
                 ));
             }
         }
-        let outputs = ints(ids);
+        let outputs = ints(&format!("{prefix}_ids"));
         if outputs.iter().any(|&c| c != outputs[0]) {
             return Err(format!("leaves write several {prefix}es"));
         }
@@ -295,12 +291,11 @@ impl TreeEnsemble {
             }
         }
         let mut roots: Vec<u32> = Vec::new();
-        let mut order: Vec<i64> = Vec::new();
+        let mut rooted = std::collections::HashSet::new();
         for i in (0..n).filter(|&i| !pointed[i]) {
-            if order.contains(&tree_ids[i]) {
+            if !rooted.insert(tree_ids[i]) {
                 return Err(format!("tree {} has more than one root", tree_ids[i]));
             }
-            order.push(tree_ids[i]);
             roots.push(i as u32);
         }
         let mut reached = 0usize;
