@@ -104,7 +104,8 @@ impl Experiments {
     /// counted). It runs on a thread of its own at the lowest scheduling priority (nice 19),
     /// with its own single-threaded runtime: on a busy machine the primary path's calls take
     /// the CPU first and the shadows wait (then fill the queue and are dropped), instead of
-    /// sharing the server's workers with them.
+    /// sharing the server's workers with them. Woken by a job, it waits `SHADOW_TICK` and
+    /// runs what the queue then holds, one model run per shadow model version.
     pub fn new(
         assigner: Arc<Assigner>,
         canaries: Arc<CanaryController>,
@@ -130,8 +131,26 @@ impl Experiments {
                     }
                 };
                 runtime.block_on(async move {
-                    while let Some(job) = jobs.recv().await {
-                        run_shadow(&models, log.as_deref(), job).await;
+                    // The first job wakes the runner; it then waits a tick and takes the
+                    // queue whole: the request path's offers meanwhile wake nobody, and the
+                    // jobs of one model run as one batch, whose rows share the model's memory
+                    // (one cold walk of the trees instead of one per call).
+                    let mut open = true;
+                    while open {
+                        let Some(first) = jobs.recv().await else { break };
+                        tokio::time::sleep(SHADOW_TICK).await;
+                        let mut taken = vec![first];
+                        loop {
+                            match jobs.try_recv() {
+                                Ok(job) => taken.push(job),
+                                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                                    open = false;
+                                    break;
+                                }
+                            }
+                        }
+                        run_shadows(&models, log.as_deref(), taken).await;
                     }
                 });
             });
@@ -318,41 +337,167 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Runs one shadow job and records how its scores differ from the served ones.
-async fn run_shadow(models: &ModelRepository, log: Option<&ExposureLog>, job: ShadowJob) {
-    let rows = job.served.len();
-    let started = std::time::Instant::now();
-    let tensor = match Tensor::new(job.input.clone(), vec![rows, job.width], TensorData::Fp32(job.x)) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(experiment = %job.experiment, error = %e, "shadow input not built");
-            return;
+/// How long the shadow runner, woken by a job, waits for more before it runs them.
+const SHADOW_TICK: Duration = Duration::from_millis(50);
+
+/// Runs `jobs`: those of one model version (and input, output, width) together in batches of
+/// at most the model's `max_batch_size` rows, then records each job's comparison with the
+/// served scores.
+async fn run_shadows(models: &ModelRepository, log: Option<&ExposureLog>, jobs: Vec<ShadowJob>) {
+    type Key = (String, String, String, String, usize, usize);
+    let mut groups: Vec<(Key, Vec<ShadowJob>)> = Vec::new();
+    for job in jobs {
+        let key = (
+            job.model.clone(),
+            job.variant.model_version.to_string(),
+            job.input.clone(),
+            job.output.clone(),
+            job.output_index,
+            job.width,
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((key, vec![job])),
         }
+    }
+    for ((model, version, ..), group) in groups {
+        // A model without a batch dimension runs one job at a time.
+        let max_rows = models.get(&model).map_or(0, |m| m.config.max_batch_size).max(1);
+        let mut batch: Vec<ShadowJob> = Vec::new();
+        let mut rows = 0;
+        for job in group {
+            if !batch.is_empty() && rows + job.served.len() > max_rows {
+                run_batch(models, log, &version, std::mem::take(&mut batch)).await;
+                rows = 0;
+            }
+            rows += job.served.len();
+            batch.push(job);
+        }
+        if !batch.is_empty() {
+            run_batch(models, log, &version, batch).await;
+        }
+    }
+}
+
+/// Runs the jobs of one batch (same model version, input, output and width) in one model run
+/// and records how each job's scores differ from its served ones.
+async fn run_batch(
+    models: &ModelRepository,
+    log: Option<&ExposureLog>,
+    version: &str,
+    mut jobs: Vec<ShadowJob>,
+) {
+    let results = score_batch(models, version, &mut jobs).await;
+    for (job, (scores, latency_us)) in jobs.into_iter().zip(results) {
+        record_shadow(log, job, scores, latency_us);
+    }
+}
+
+/// One shadow job's scores with the version that ran them (`None`: the run failed), and the
+/// µs of that run.
+type JobScores = (Option<(u64, Vec<f64>)>, i64);
+
+/// Each job's shadow scores (with the version that ran) and the µs of the run that gave them,
+/// from one model run over all the jobs' rows; when that run fails, each job runs alone, so
+/// that a row the shadow model refuses fails its own job only (`None`). Takes the jobs' rows.
+async fn score_batch(models: &ModelRepository, version: &str, jobs: &mut [ShadowJob]) -> Vec<JobScores> {
+    let Some(first) = jobs.first() else {
+        return Vec::new();
     };
-    let version = job.variant.model_version.to_string();
-    let labels = [
-        ("experiment", job.experiment.to_string()),
-        ("variant", job.variant.name.to_string()),
-    ];
-    let outcome = models.infer(&job.model, &version, vec![tensor]).await;
-    let scores: Option<(u64, Vec<f64>)> = outcome.ok().and_then(|(v, outputs)| {
-        let out = outputs.into_iter().find(|t| t.name == job.output)?;
+    let spec = ShadowRun {
+        model: first.model.clone(),
+        version: version.to_string(),
+        input: first.input.clone(),
+        output: first.output.clone(),
+        output_index: first.output_index,
+        width: first.width,
+    };
+    let mut x = Vec::with_capacity(jobs.iter().map(|j| j.x.len()).sum());
+    for job in jobs.iter() {
+        x.extend_from_slice(&job.x);
+    }
+    let started = std::time::Instant::now();
+    let ran = spec.scores(models, x).await;
+    let latency_us = started.elapsed().as_micros() as i64;
+    match ran {
+        Some((version, scores)) => {
+            let mut scores = scores.into_iter();
+            jobs.iter()
+                .map(|job| {
+                    let own = scores.by_ref().take(job.served.len()).collect();
+                    (Some((version, own)), latency_us)
+                })
+                .collect()
+        }
+        None if jobs.len() == 1 => vec![(None, latency_us)],
+        None => {
+            let mut alone = Vec::with_capacity(jobs.len());
+            for job in jobs.iter_mut() {
+                let started = std::time::Instant::now();
+                let ran = spec.scores(models, std::mem::take(&mut job.x)).await;
+                alone.push((ran, started.elapsed().as_micros() as i64));
+            }
+            alone
+        }
+    }
+}
+
+/// One model run of a shadow variant.
+struct ShadowRun {
+    model: String,
+    version: String,
+    input: String,
+    output: String,
+    output_index: usize,
+    width: usize,
+}
+
+impl ShadowRun {
+    /// The version that ran and each row's score of `x` (rows of `width` values); `None` when
+    /// the run failed or its output lacks the scores.
+    async fn scores(&self, models: &ModelRepository, x: Vec<f32>) -> Option<(u64, Vec<f64>)> {
+        let rows = x.len() / self.width.max(1);
+        let tensor = match Tensor::new(self.input.clone(), vec![rows, self.width], TensorData::Fp32(x)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(model = %self.model, error = %e, "shadow input not built");
+                return None;
+            }
+        };
+        let (version, outputs) = models
+            .infer(&self.model, &self.version, vec![tensor])
+            .await
+            .ok()?;
+        let out = outputs.into_iter().find(|t| t.name == self.output)?;
         let columns = (out.data.len() / rows.max(1)).max(1);
         let values: Vec<f64> = match out.data {
             TensorData::Fp32(v) => v.into_iter().map(f64::from).collect(),
             TensorData::Fp64(v) => v,
             _ => return None,
         };
-        let s = (0..rows)
-            .map(|r| values.get(r * columns + job.output_index).copied())
+        let scores = (0..rows)
+            .map(|r| values.get(r * columns + self.output_index).copied())
             .collect::<Option<Vec<f64>>>()?;
-        Some((v, s))
-    });
+        Some((version, scores))
+    }
+}
+
+/// Records how one job's shadow scores (`None`: the shadow's run failed) differ from the
+/// served ones; `latency_us` is the run of the batch it was part of.
+fn record_shadow(
+    log: Option<&ExposureLog>,
+    job: ShadowJob,
+    scores: Option<(u64, Vec<f64>)>,
+    latency_us: i64,
+) {
+    let labels = [
+        ("experiment", job.experiment.to_string()),
+        ("variant", job.variant.name.to_string()),
+    ];
     let Some((ran, scores)) = scores else {
         metrics::counter!("ferrite_shadow_errors_total", &labels).increment(1);
         return;
     };
-    let latency_us = started.elapsed().as_micros() as i64;
     let now = now_us();
     for (&served, &shadow) in job.served.iter().zip(&scores) {
         metrics::histogram!("ferrite_shadow_score_diff", &labels).record(score_diff(served, shadow).abs());
@@ -404,5 +549,123 @@ async fn run_shadow(models: &ModelRepository, log: Option<&ExposureLog>, job: Sh
                 log.log(record(0, top.score));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrite_experiments::config::ModelVersion;
+    use ferrite_models::{ModelBackend, ModelConfig, ModelError, OnnxRuntime};
+    use std::sync::Mutex;
+
+    /// Scores each row as twice its first value; refuses a run holding a negative value, and
+    /// records the rows of every run it is given.
+    struct Doubler {
+        runs: Mutex<Vec<usize>>,
+    }
+
+    impl ModelBackend for Doubler {
+        fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+            let x = &inputs[0];
+            self.runs.lock().unwrap().push(x.shape[0]);
+            let TensorData::Fp32(v) = &x.data else {
+                unreachable!()
+            };
+            if v.iter().any(|&f| f < 0.0) {
+                return Err(ModelError::Inference("a negative value".into()));
+            }
+            let width = x.shape[1];
+            let y = v.chunks(width).map(|row| row[0] * 2.0).collect::<Vec<f32>>();
+            Ok(vec![Tensor::new(
+                "score",
+                vec![x.shape[0], 1],
+                TensorData::Fp32(y),
+            )?])
+        }
+    }
+
+    fn served(max_batch_size: usize) -> (ModelRepository, Arc<Doubler>) {
+        let repo = ModelRepository::new(
+            tempfile::tempdir().unwrap().keep(),
+            OnnxRuntime::get(None).unwrap(),
+        );
+        let config: ModelConfig = toml::from_str(&format!(
+            r#"
+backend = "onnx"
+max_batch_size = {max_batch_size}
+inputs = [{{ name = "x", dtype = "FP32", dims = [2] }}]
+outputs = [{{ name = "score", dtype = "FP32", dims = [1] }}]
+"#
+        ))
+        .unwrap();
+        let backend = Arc::new(Doubler {
+            runs: Mutex::new(Vec::new()),
+        });
+        repo.insert("m", config, vec![(7, backend.clone() as Arc<dyn ModelBackend>)])
+            .unwrap();
+        (repo, backend)
+    }
+
+    /// A job over `rows` (first values; the second value of each row is 0).
+    fn job(rows: &[f32]) -> ShadowJob {
+        ShadowJob {
+            experiment: "e".into(),
+            variant: VariantRef {
+                name: "shadow".into(),
+                model_version: ModelVersion::Number(7),
+            },
+            model: "m".into(),
+            input: "x".into(),
+            output: "score".into(),
+            output_index: 0,
+            compare: Compare::Scores { threshold: None },
+            width: 2,
+            x: rows.iter().flat_map(|&v| [v, 0.0]).collect(),
+            served: vec![0.0; rows.len()],
+            units: Vec::new(),
+            request_ids: Vec::new(),
+        }
+    }
+
+    fn scores(results: &[JobScores]) -> Vec<Option<Vec<f64>>> {
+        results
+            .iter()
+            .map(|(r, _)| {
+                r.as_ref().map(|(version, s)| {
+                    assert_eq!(*version, 7);
+                    s.clone()
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn jobs_of_one_model_run_as_one_batch_and_each_gets_its_own_rows_scores() {
+        let (repo, backend) = served(64);
+        let mut jobs = vec![job(&[1.0, 2.0]), job(&[3.0]), job(&[4.0, 5.0, 6.0])];
+        let results = score_batch(&repo, "7", &mut jobs).await;
+        assert_eq!(*backend.runs.lock().unwrap(), vec![6]);
+        assert_eq!(
+            scores(&results),
+            vec![Some(vec![2.0, 4.0]), Some(vec![6.0]), Some(vec![8.0, 10.0, 12.0])]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_runs_again_job_by_job_and_only_the_bad_job_fails() {
+        let (repo, backend) = served(64);
+        let mut jobs = vec![job(&[1.0]), job(&[-1.0, 2.0]), job(&[3.0])];
+        let results = score_batch(&repo, "7", &mut jobs).await;
+        assert_eq!(*backend.runs.lock().unwrap(), vec![4, 1, 2, 1]);
+        assert_eq!(scores(&results), vec![Some(vec![2.0]), None, Some(vec![6.0])]);
+    }
+
+    #[tokio::test]
+    async fn batches_hold_at_most_the_models_max_batch_size_rows() {
+        let (repo, backend) = served(3);
+        let jobs = vec![job(&[1.0, 2.0]), job(&[3.0]), job(&[4.0, 5.0]), job(&[6.0])];
+        run_shadows(&repo, None, jobs).await;
+        assert_eq!(*backend.runs.lock().unwrap(), vec![3, 3]);
     }
 }

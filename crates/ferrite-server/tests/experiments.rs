@@ -331,6 +331,10 @@ weight = 1.0
 name = "candidate"
 model_version = 3
 kind = "shadow"
+[[variants]]
+name = "twin"
+model_version = 2
+kind = "shadow"
 "#;
     let s = setup(with_shadow);
     let mut plain = s.config.clone();
@@ -359,18 +363,49 @@ kind = "shadow"
             .into_inner();
         assert_eq!(strip(shadowed), strip(alone), "user {user}");
     }
-    // The shadow ran on a copy of the rows, after the answers: its rows are counted.
+    // The shadows ran on a copy of the rows, after the answers (the calls of each 50 ms as one
+    // batch): every row is counted, and the twin of the served model (version 2, the same
+    // bytes) gave each row exactly its served score.
     let until = Instant::now() + Duration::from_secs(20);
-    loop {
+    let metrics = loop {
         let metrics = scrape(&server).await;
-        if metrics.lines().any(|l| {
-            l.starts_with("ferrite_shadow_rows_total") || l.starts_with("ferrite_shadow_errors_total")
-        }) {
-            break;
+        let rows = |variant: &str| {
+            sample(
+                &metrics,
+                "ferrite_shadow_rows_total",
+                &format!("variant=\"{variant}\""),
+            )
+        };
+        if rows("candidate") == Some(40.0) && rows("twin") == Some(40.0) {
+            break metrics;
         }
-        assert!(Instant::now() < until, "no shadow run recorded");
+        assert!(
+            Instant::now() < until,
+            "not every shadow row recorded:\n{metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let twin = "variant=\"twin\"";
+    assert_eq!(
+        sample(&metrics, "ferrite_shadow_score_diff_count", twin),
+        Some(40.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ferrite_shadow_score_diff_sum", twin),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ferrite_shadow_decision_flips_total", twin),
+        None,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ferrite_shadow_errors_total", "variant="),
+        None,
+        "{metrics}"
+    );
     server.shutdown().await.unwrap();
     bare.shutdown().await.unwrap();
 }
