@@ -7,6 +7,7 @@
 
 mod admission;
 pub mod config;
+mod deadline;
 mod experiments;
 mod kserve_convert;
 mod services;
@@ -258,6 +259,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .layer(services::ArrivalLayer)
         .layer(telemetry::GrpcMetricsLayer::default())
         .layer(admission.clone())
+        // Inside the metrics layer, so that its DEADLINE_EXCEEDED answers are counted, and
+        // inside admission, so that a call it ends gives back its slot.
+        .layer(deadline::DeadlineLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -524,3 +524,58 @@ async fn feature_service_health_follows_the_online_store() {
     assert_eq!(store_up().await, Some(1.0));
     server.shutdown().await.unwrap();
 }
+
+/// A unary call of `method` to the server at `addr` with `grpc-timeout: timeout`, sent by a
+/// plain HTTP/2 client that does not enforce the deadline itself (tonic's Channel does, and
+/// answers CANCELLED first), so the status is the server's.
+async fn call_with_timeout(addr: std::net::SocketAddr, method: &'static str, timeout: &str) -> tonic::Code {
+    let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+    let mut raw = tonic::client::Grpc::with_origin(http2, origin);
+    raw.ready().await.unwrap();
+    let mut request = tonic::Request::new(GetServerInfoRequest::default());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", timeout.parse().unwrap());
+    raw.unary(
+        request,
+        http::uri::PathAndQuery::from_static(method),
+        ferrite_proto::codec::SliceCodec::<GetServerInfoRequest, GetServerInfoRequest>::default(),
+    )
+    .await
+    .map_or_else(|s| s.code(), |_| tonic::Code::Ok)
+}
+
+#[tokio::test]
+async fn every_rpc_past_its_grpc_timeout_is_answered_deadline_exceeded_and_not_run() {
+    let (server, _) = start().await;
+    // Empty requests that these RPCs answer OK in time.
+    let methods = [
+        "/inference.GRPCInferenceService/ServerLive",
+        "/ferrite.v1.AdminService/GetServerInfo",
+        "/ferrite.v1.ExperimentService/ListExperiments",
+    ];
+    for method in methods {
+        assert_eq!(
+            call_with_timeout(server.grpc_addr(), method, "10S").await,
+            tonic::Code::Ok,
+            "{method}"
+        );
+        // One nanosecond has passed by the time the call reaches a service.
+        assert_eq!(
+            call_with_timeout(server.grpc_addr(), method, "1n").await,
+            tonic::Code::DeadlineExceeded,
+            "{method}"
+        );
+    }
+    let text = scrape(&server).await;
+    assert!(
+        text.lines().any(|l| l.starts_with("ferrite_grpc_requests_total")
+            && l.contains("method=\"/ferrite.v1.AdminService/GetServerInfo\"")
+            && l.contains("status=\"DeadlineExceeded\"")),
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}

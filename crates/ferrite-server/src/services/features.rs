@@ -9,7 +9,6 @@ use ferrite_proto::ferrite::v1 as pb;
 use ferrite_proto::ferrite::v1::feature_service_server::FeatureService;
 use tonic::{Request, Response, Status};
 
-use super::{call_deadline, within};
 use crate::AppState;
 use crate::status::ApiError;
 
@@ -194,21 +193,14 @@ impl FeatureService for Features {
         &self,
         request: Request<pb::GetOnlineFeaturesRequest>,
     ) -> Result<Response<pb::GetOnlineFeaturesResponse>, Status> {
-        let deadline = call_deadline(&request);
-        within(
-            deadline,
-            "reading online features",
-            self.read(request.into_inner()),
-        )
-        .await
+        self.read(request.into_inner()).await
     }
 
     async fn push_features(
         &self,
         request: Request<pb::PushFeaturesRequest>,
     ) -> Result<Response<pb::PushFeaturesResponse>, Status> {
-        let deadline = call_deadline(&request);
-        within(deadline, "pushing features", self.push(request.into_inner())).await
+        self.push(request.into_inner()).await
     }
 }
 

@@ -298,7 +298,7 @@ impl GrpcInferenceService for KServe {
         &self,
         req: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = super::deadline(&req, super::arrival(&req));
+        let deadline = super::call_deadline(&req);
         infer(
             self.state.clone(),
             self.pipeline_stats.clone(),
@@ -314,7 +314,7 @@ impl GrpcInferenceService for KServe {
         req: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<AnswerStream>, Status> {
         // The stream's deadline bounds each of its requests.
-        let deadline = super::deadline(&req, super::arrival(&req));
+        let deadline = super::call_deadline(&req);
         let stopping = self.state.stopping();
         Ok(Response::new(Box::pin(stream_answers(
             self.state.clone(),

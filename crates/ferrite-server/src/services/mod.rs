@@ -7,7 +7,7 @@ pub mod kserve;
 pub mod scoring;
 pub mod search;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tonic::{Request, Status};
 
@@ -42,10 +42,17 @@ pub(crate) fn model_control(state: &AppState, what: &str) -> Result<(), Status> 
 
 /// When a call arrived, as [`ArrivalLayer`] saw it; now when the layer is not installed.
 pub(crate) fn arrival<T>(request: &Request<T>) -> Instant {
-    request
-        .extensions()
-        .get::<Arrived>()
-        .map_or_else(Instant::now, |a| a.0)
+    arrived(request.extensions()).unwrap_or_else(Instant::now)
+}
+
+/// The arrival [`ArrivalLayer`] stamped in a call's extensions.
+pub(crate) fn arrived(extensions: &http::Extensions) -> Option<Instant> {
+    extensions.get::<Arrived>().map(|a| a.0)
+}
+
+/// Stamps `at` as a call's arrival.
+pub(crate) fn stamp(extensions: &mut http::Extensions, at: Instant) {
+    extensions.insert(Arrived(at));
 }
 
 /// The instant a call reached the server, in the request's extensions.
@@ -54,8 +61,8 @@ struct Arrived(Instant);
 
 /// Stamps each call with its arrival. Installed outermost, its `call` runs before tonic
 /// starts the timer that cancels a call at its `grpc-timeout` (tonic answers that CANCELLED):
-/// a deadline counted from this instant expires no later than tonic's, so a service that
-/// waits until it can answer DEADLINE_EXCEEDED itself, naming what it was waiting for.
+/// a deadline counted from this instant expires no later than tonic's, so the deadline layer
+/// (`crate::deadline`) and the services that wait on a deadline answer DEADLINE_EXCEEDED first.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ArrivalLayer;
 
@@ -83,56 +90,23 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        req.extensions_mut().insert(Arrived(Instant::now()));
+        stamp(req.extensions_mut(), Instant::now());
         self.0.call(req)
     }
 }
 
-/// The caller's deadline for `request`, counted from its arrival.
+/// The caller's deadline for `request`, counted from its arrival: what a service that picks
+/// its own work by the time left (scoring's fallbacks, the model queues) plans with. The
+/// deadline layer answers every call that runs past it.
 pub(crate) fn call_deadline<T>(request: &Request<T>) -> Option<Instant> {
-    deadline(request, arrival(request))
-}
-
-/// Runs `work` within the caller's deadline: not started once the deadline has passed, and
-/// answered DEADLINE_EXCEEDED naming `what` when it passes first. Counted from the arrival,
-/// this deadline expires no later than tonic's own timer, which would answer CANCELLED.
-pub(crate) async fn within<T>(
-    deadline: Option<Instant>,
-    what: &str,
-    work: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    let Some(deadline) = deadline else {
-        return work.await;
-    };
-    let passed = || Status::deadline_exceeded(format!("{what}: the call's deadline (grpc-timeout) passed"));
-    if deadline <= Instant::now() {
-        return Err(passed());
-    }
-    tokio::time::timeout_at(deadline.into(), work)
-        .await
-        .unwrap_or_else(|_| Err(passed()))
-}
-
-/// The caller's deadline, from the `grpc-timeout` header (digits and a unit: H M S m u n).
-pub(crate) fn deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
-    let text = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    };
-    received.checked_add(timeout)
+    let timeout = crate::deadline::grpc_timeout(request.metadata().as_ref())?;
+    arrival(request).checked_add(timeout)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Reads the arrival a call carries, after the time its service starts work on it.
     struct Echo;
@@ -167,58 +141,5 @@ mod tests {
         // Without the layer, a call's arrival is when it is asked for.
         let (arrived, started) = Echo.call(http::Request::new(())).into_inner().unwrap();
         assert!(arrived > started);
-    }
-
-    #[test]
-    fn the_deadline_comes_from_grpc_timeout() {
-        let at = Instant::now();
-        let with = |v: &str| {
-            let mut r = Request::new(());
-            r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
-            deadline(&r, at)
-        };
-        assert_eq!(with("50m"), Some(at + Duration::from_millis(50)));
-        assert_eq!(with("2S"), Some(at + Duration::from_secs(2)));
-        assert_eq!(with("1H"), Some(at + Duration::from_secs(3600)));
-        assert_eq!(with("7u"), Some(at + Duration::from_micros(7)));
-        assert_eq!(with("5x"), None);
-        assert_eq!(with("m"), None);
-        assert_eq!(deadline(&Request::new(()), at), None);
-    }
-
-    #[tokio::test]
-    async fn work_past_its_deadline_answers_deadline_exceeded_and_late_work_never_starts() {
-        let soon = Some(Instant::now() + Duration::from_millis(20));
-        let status = within(
-            soon,
-            "pushing features",
-            std::future::pending::<Result<(), Status>>(),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert!(
-            status.message().starts_with("pushing features:"),
-            "{}",
-            status.message()
-        );
-
-        let started = std::sync::atomic::AtomicBool::new(false);
-        let work = async {
-            started.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
-        };
-        let passed = Some(Instant::now() - Duration::from_millis(1));
-        let status = within(passed, "reading online features", work).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert!(
-            !started.load(std::sync::atomic::Ordering::SeqCst),
-            "work started past its deadline"
-        );
-
-        let answer = within(None, "x", async { Ok::<_, Status>(7) }).await.unwrap();
-        assert_eq!(answer, 7);
-        let far = Some(Instant::now() + Duration::from_secs(60));
-        assert_eq!(within(far, "x", async { Ok::<_, Status>(8) }).await.unwrap(), 8);
     }
 }

@@ -17,7 +17,7 @@ use ferrite_search::catalog::{
 use ferrite_search::preprocess::{ImageBatch, ImageLimits, Normalization, PreprocessConfig, Preprocessor};
 use tonic::{Request, Response, Status};
 
-use super::{arrival, call_deadline, within};
+use super::arrival;
 use crate::config::SearchConfig;
 use crate::status::ApiError;
 
@@ -572,26 +572,16 @@ impl SearchService for Search {
         &self,
         request: Request<pb::VisualSearchRequest>,
     ) -> Result<Response<pb::VisualSearchResponse>, Status> {
-        let (started, deadline) = (arrival(&request), call_deadline(&request));
-        within(
-            deadline,
-            "visual search",
-            self.by_image(request.into_inner(), started),
-        )
-        .await
+        let started = arrival(&request);
+        self.by_image(request.into_inner(), started).await
     }
 
     async fn similar_items(
         &self,
         request: Request<pb::SimilarItemsRequest>,
     ) -> Result<Response<pb::VisualSearchResponse>, Status> {
-        let (started, deadline) = (arrival(&request), call_deadline(&request));
-        within(
-            deadline,
-            "similar items",
-            self.by_item(request.into_inner(), started),
-        )
-        .await
+        let started = arrival(&request);
+        self.by_item(request.into_inner(), started).await
     }
 
     async fn upsert_items(
