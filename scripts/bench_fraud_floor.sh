@@ -47,7 +47,7 @@ for r in range(1, rounds + 1):
     cpu = lambda leg: leg["server_cpu"]["us_per_call"]
     floor = cpu(fraud["floor"])
     above = cpu(read["run"]) - cpu(read["floor"])
-    raws = [x for x in fraud["raw"] if x["batch"] == 1]
+    raws = [x for x in fraud["raw"] if x["batch"] == 1 and not x.get("trees")]
     b2b = next(x for x in raws if x["rate"] is None)["latency_us"]["p50"]
     paced = next((x for x in raws if x["rate"] is not None), None)
     paced = paced["latency_us"]["p50"] if paced else b2b

@@ -286,7 +286,7 @@ impl Report {
             if let Some(paced) = self
                 .raw
                 .iter()
-                .find(|r| r.batch == self.batch && r.rate.is_some())
+                .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some())
             {
                 out.push_str(&format!(
                     "less model   gap p50 {:+.1}µs - raw at the run's rate p50 {:.1}µs = {:+.1}µs of work around the model\n",
@@ -299,7 +299,7 @@ impl Report {
         if let Some(raw) = self
             .raw
             .iter()
-            .find(|r| r.batch == self.batch && r.rate.is_none())
+            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_none())
         {
             out.push_str(&format!(
                 "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch {b}\n",

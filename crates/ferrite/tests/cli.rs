@@ -270,13 +270,21 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     let report = bench::run(&a).await.unwrap();
     let run = &report.run;
     assert_eq!((run.sent, run.ok, run.errors), (300, 300, 0), "{run:?}");
-    let raw: Vec<(usize, u64)> = report.raw.iter().map(|r| (r.batch, r.calls)).collect();
-    assert_eq!(raw, [(1, 300), (64, 100)]);
+    // ONNX Runtime at batch 1 and 64, then (a tree ensemble) its trees walked in Rust.
+    let raw: Vec<(bool, usize, u64)> = report.raw.iter().map(|r| (r.trees, r.batch, r.calls)).collect();
+    assert_eq!(raw, [(false, 1, 300), (false, 64, 100), (true, 1, 300)]);
     assert!(
         report
             .raw
             .iter()
             .all(|r| r.model == "fraud_gbdt_batched" && r.rows_per_s > 0.0)
+    );
+    assert!(
+        report
+            .to_text()
+            .contains("fraud_gbdt_batched (trees in Rust) batch=1"),
+        "{}",
+        report.to_text()
     );
     assert!(
         report.to_text().contains("of raw batch-1 calls/s"),
@@ -291,7 +299,12 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     a.requests = 50;
     let report = bench::run(&a).await.unwrap();
     assert_eq!((report.run.ok, report.run.errors), (50, 0), "{:?}", report.run);
-    let raw: Vec<(usize, u64)> = report.raw.iter().map(|r| (r.batch, r.calls)).collect();
+    let raw: Vec<(usize, u64)> = report
+        .raw
+        .iter()
+        .filter(|r| !r.trees)
+        .map(|r| (r.batch, r.calls))
+        .collect();
     assert_eq!(raw, [(1, 50), (64, 100)]);
     assert!(
         report.to_text().contains("of raw batch-64 calls/s"),
@@ -318,8 +331,21 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
         report.run
     );
     assert!(report.run.ok > 0, "{:?}", report.run);
-    let raw: Vec<(usize, u64, Option<f64>)> = report.raw.iter().map(|r| (r.batch, r.calls, r.rate)).collect();
-    assert_eq!(raw, [(1, 40, None), (64, 100, None), (1, 40, Some(500.0))]);
+    let raw: Vec<(bool, usize, u64, Option<f64>)> = report
+        .raw
+        .iter()
+        .map(|r| (r.trees, r.batch, r.calls, r.rate))
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            (false, 1, 40, None),
+            (false, 64, 100, None),
+            (false, 1, 40, Some(500.0)),
+            (true, 1, 40, None),
+            (true, 1, 40, Some(500.0))
+        ]
+    );
     let text = report.to_text();
     for line in [
         "batch=1   at 500/s calls=40",
@@ -332,10 +358,13 @@ async fn streamed_calls_to_a_batched_model_are_reported_beside_the_raw_model() {
     a.with_floor = false;
     a.duration_s = 0.05;
     let report = bench::run(&a).await.unwrap();
-    assert_eq!(
-        report.raw.last().map(|r| (r.calls, r.rate)),
-        Some((25, Some(500.0)))
-    );
+    let paced: Vec<(bool, u64)> = report
+        .raw
+        .iter()
+        .filter(|r| r.rate.is_some())
+        .map(|r| (r.trees, r.calls))
+        .collect();
+    assert_eq!(paced, [(false, 25), (true, 25)]);
     a.rpc = Rpc::ModelStreamInferGbdt;
     a.rate = None;
     a.duration_s = 60.0;

@@ -15,6 +15,9 @@ use super::Percentiles;
 #[derive(Debug, Clone, Serialize)]
 pub struct RawReport {
     pub model: String,
+    /// The model's trees walked in Rust (`ferrite_models::trees`, what the fraud pipeline's
+    /// explanations run) rather than its ONNX Runtime session.
+    pub trees: bool,
     pub batch: usize,
     /// Calls started on this schedule (per second), the thread asleep in between, as a
     /// server's is between calls at that rate; `None`: back to back.
@@ -29,8 +32,9 @@ impl RawReport {
     pub fn to_text(&self) -> String {
         let l = &self.latency_us;
         let pace = self.rate.map(|r| format!(" at {r}/s")).unwrap_or_default();
+        let engine = if self.trees { " (trees in Rust)" } else { "" };
         format!(
-            "raw    {:<14} batch={:<3}{pace} calls={} one thread  {:.0} calls/s {:.0} rows/s  \
+            "raw    {:<14}{engine} batch={:<3}{pace} calls={} one thread  {:.0} calls/s {:.0} rows/s  \
              p50={:.1}µs p90={:.1}µs p99={:.1}µs p99.9={:.1}µs max={:.1}µs\n",
             self.model,
             self.batch,
@@ -90,11 +94,27 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     if batch != 1 && batch != 64 {
         legs.push((batch, (calls / batch as u64).max(100), None));
     }
-    if let Some(rate) = rate {
-        // Bounded by the count and by the duration, like the run.
-        let scheduled = (rate * duration_s).floor().max(1.0) as u64;
-        legs.push((1, calls.min(scheduled), Some(rate)));
+    // Bounded by the count and by the duration, like the run.
+    let paced = rate.map(|rate| (calls.min((rate * duration_s).floor().max(1.0) as u64), rate));
+    if let Some((calls, rate)) = paced {
+        legs.push((1, calls, Some(rate)));
     }
+    let report = |trees: bool,
+                  batch: usize,
+                  calls: u64,
+                  rate: Option<f64>,
+                  (histogram, elapsed): (Histogram<u64>, f64)| {
+        RawReport {
+            model: model.to_string(),
+            trees,
+            batch,
+            rate,
+            calls,
+            calls_per_s: calls as f64 / elapsed,
+            rows_per_s: (calls * batch as u64) as f64 / elapsed,
+            latency_us: super::percentiles(&histogram),
+        }
+    };
     for (batch, calls, rate) in legs {
         let inputs: Vec<Vec<Tensor>> = (0..256u64)
             .map(|k| {
@@ -102,29 +122,51 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
                 Tensor::new(input, vec![batch, width], TensorData::Fp32(rows)).map(|t| vec![t])
             })
             .collect::<Result<_, _>>()?;
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        let start = Instant::now();
-        for i in 0..calls {
-            if let Some(rate) = rate {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            let t0 = Instant::now();
-            backend.infer(&inputs[(i % 256) as usize])?;
-            histogram.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+        let timed = timed(calls, rate, |i| {
+            backend.infer(&inputs[i % 256])?;
+            Ok(())
+        })?;
+        reports.push(report(false, batch, calls, rate, timed));
+    }
+    // A tree ensemble: the same rows one at a time through its trees walked in Rust, back to
+    // back and on the run's schedule, beside ONNX Runtime's runs of them.
+    if let Some(trees) = backend.tree_ensemble() {
+        let rows: Vec<Vec<f32>> = (0..256u64)
+            .map(|k| super::rpc::rows(width as u64, k, 1))
+            .collect();
+        let mut legs = vec![(calls, None)];
+        legs.extend(paced.map(|(calls, rate)| (calls, Some(rate))));
+        for (calls, rate) in legs {
+            let timed = timed(calls, rate, |i| {
+                std::hint::black_box(trees.predict(&rows[i % 256]).map_err(anyhow::Error::msg)?);
+                Ok(())
+            })?;
+            reports.push(report(true, 1, calls, rate, timed));
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        reports.push(RawReport {
-            model: model.to_string(),
-            batch,
-            rate,
-            calls,
-            calls_per_s: calls as f64 / elapsed,
-            rows_per_s: (calls * batch as u64) as f64 / elapsed,
-            latency_us: super::percentiles(&histogram),
-        });
     }
     Ok(reports)
+}
+
+/// Times `calls` calls of `call` (given the call's index), back to back or started on the
+/// schedule of `rate` calls per second with the thread asleep in between: each call's
+/// latency, and the seconds the whole took.
+fn timed(
+    calls: u64,
+    rate: Option<f64>,
+    mut call: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(Histogram<u64>, f64)> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let start = Instant::now();
+    for i in 0..calls {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let t0 = Instant::now();
+        call(i as usize)?;
+        histogram.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+    }
+    Ok((histogram, start.elapsed().as_secs_f64()))
 }

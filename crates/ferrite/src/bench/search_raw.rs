@@ -74,6 +74,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<RawReport> {
     let elapsed = start.elapsed().as_secs_f64();
     Ok(RawReport {
         model: format!("faiss {}", meta.factory),
+        trees: false,
         batch: 1,
         rate: None,
         calls,
