@@ -1,12 +1,14 @@
 //! A tree ensemble read from an ONNX file's `TreeEnsembleClassifier` or
 //! `TreeEnsembleRegressor` node and evaluated here, in Rust.
 //!
-//! ONNX Runtime stays the model that answers; this copy serves what a model run per row
-//! does badly: leave-one-out explanations. Setting one feature to another value changes
-//! only the trees whose path for the row tests that feature, so the score of each of a
-//! row's 130 one-feature variants costs a few short walks instead of a 130-row run.
-//! Callers compare [`TreeEnsemble::predict`] with the model's own answer for the row before
-//! trusting the variants (see `ferrite-pipelines`' explanations).
+//! ONNX Runtime stays the model that KServe calls answer with; this copy serves what a model
+//! run per row does badly: leave-one-out explanations. Setting one feature to another value
+//! changes only the trees whose path for the row tests that feature, so the score of each of
+//! a row's 130 one-feature variants costs a few short walks instead of a 130-row run. Callers
+//! compare [`TreeEnsemble::predict`] with the model's own answers before trusting it: the
+//! explanations row by row, the fraud pipeline's scores on a thousand live rows, and only
+//! where [`TreeEnsemble::computes`] says the graph adds nothing to the trees (see
+//! `ferrite-pipelines`).
 
 use std::collections::HashMap;
 
@@ -25,10 +27,40 @@ mod onnx_pb {
     pub struct Graph {
         #[prost(message, repeated, tag = "1")]
         pub node: Vec<Node>,
+        #[prost(message, repeated, tag = "5")]
+        pub initializer: Vec<Tensor>,
+        #[prost(message, repeated, tag = "11")]
+        pub input: Vec<ValueInfo>,
+        #[prost(message, repeated, tag = "12")]
+        pub output: Vec<ValueInfo>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ValueInfo {
+        #[prost(string, tag = "1")]
+        pub name: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Tensor {
+        #[prost(int64, repeated, tag = "1")]
+        pub dims: Vec<i64>,
+        #[prost(int32, tag = "2")]
+        pub data_type: i32,
+        #[prost(float, repeated, tag = "4")]
+        pub float_data: Vec<f32>,
+        #[prost(string, tag = "8")]
+        pub name: String,
+        #[prost(bytes = "vec", tag = "9")]
+        pub raw_data: Vec<u8>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Node {
+        #[prost(string, repeated, tag = "1")]
+        pub input: Vec<String>,
+        #[prost(string, repeated, tag = "2")]
+        pub output: Vec<String>,
         #[prost(string, tag = "4")]
         pub op_type: String,
         #[prost(message, repeated, tag = "5")]
@@ -43,6 +75,8 @@ mod onnx_pb {
         pub name: String,
         #[prost(bytes = "vec", tag = "4")]
         pub s: Vec<u8>,
+        #[prost(int64, tag = "3")]
+        pub i: i64,
         #[prost(float, repeated, tag = "7")]
         pub floats: Vec<f32>,
         #[prost(int64, repeated, tag = "8")]
@@ -86,6 +120,72 @@ pub enum PostTransform {
     Logistic,
 }
 
+/// The graph input `ensemble` reads as it is, and the graph outputs its score output (a
+/// classifier's probabilities, a regressor's values) reaches unchanged; `None` when the input
+/// is not a graph input or the score reaches no output that way.
+fn whole_path(graph: &onnx_pb::Graph, ensemble: &onnx_pb::Node) -> Option<(String, Vec<String>)> {
+    let input = ensemble.input.first()?;
+    if !graph.input.iter().any(|i| &i.name == input) {
+        return None;
+    }
+    let score = ensemble
+        .output
+        .get(usize::from(ensemble.op_type == "TreeEnsembleClassifier"))?;
+    let outputs = graph
+        .output
+        .iter()
+        .filter(|o| carries(graph, &o.name, score, 0))
+        .map(|o| o.name.clone())
+        .collect::<Vec<_>>();
+    (!outputs.is_empty()).then(|| (input.clone(), outputs))
+}
+
+/// Whether value `name` is value `source` passed through operators that keep every value
+/// (at most 16 of them).
+fn carries(graph: &onnx_pb::Graph, name: &str, source: &str, depth: usize) -> bool {
+    if name == source {
+        return true;
+    }
+    if depth >= 16 {
+        return false;
+    }
+    let Some(node) = graph.node.iter().find(|n| n.output.iter().any(|o| o == name)) else {
+        return false;
+    };
+    if !node.domain.is_empty() || node.output.len() != 1 {
+        return false;
+    }
+    let from = match (node.op_type.as_str(), node.input.as_slice()) {
+        ("Identity", [x]) => x,
+        // To FLOAT (1).
+        ("Cast", [x]) if node.attribute.iter().any(|a| a.name == "to" && a.i == 1) => x,
+        ("Mul", [a, b]) if all_ones(graph, b) => a,
+        ("Mul", [a, b]) if all_ones(graph, a) => b,
+        _ => return false,
+    };
+    carries(graph, from, source, depth + 1)
+}
+
+/// Whether `name` is a float initializer whose every value is exactly 1.
+fn all_ones(graph: &onnx_pb::Graph, name: &str) -> bool {
+    let Some(t) = graph.initializer.iter().find(|t| t.name == name) else {
+        return false;
+    };
+    // FLOAT (1), little-endian raw data or float_data.
+    if t.data_type != 1 {
+        return false;
+    }
+    let values: Vec<f32> = if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    !values.is_empty() && values.iter().all(|&v| v == 1.0)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Node {
     mode: Mode,
@@ -110,6 +210,10 @@ pub struct TreeEnsemble {
     post: PostTransform,
     /// One more than the highest feature index any node tests.
     width: usize,
+    /// When the ensemble reads a graph input as it is: that input's name, and the graph
+    /// outputs that carry the ensemble's score output unchanged (through `Identity`, a `Cast`
+    /// to float, a `Mul` by an initializer of ones).
+    whole: Option<(String, Vec<String>)>,
 }
 
 /// Why a file's ensemble is not evaluated here (it is still served by ONNX Runtime).
@@ -122,7 +226,8 @@ impl TreeEnsemble {
     /// none or logistic, attributes given as tensors).
     pub fn from_onnx(bytes: &[u8]) -> Result<Option<TreeEnsemble>, Unsupported> {
         let model = onnx_pb::Model::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
-        let nodes = model.graph.map(|g| g.node).unwrap_or_default();
+        let graph = model.graph.unwrap_or_default();
+        let nodes = &graph.node;
         let mut ensembles = nodes.iter().filter(|n| {
             n.domain == "ai.onnx.ml"
                 && matches!(
@@ -136,7 +241,20 @@ impl TreeEnsemble {
         if ensembles.next().is_some() {
             return Err("more than one tree ensemble in the graph".into());
         }
-        Self::from_node(node).map(Some)
+        let mut ensemble = Self::from_node(node)?;
+        ensemble.whole = whole_path(&graph, node);
+        Ok(Some(ensemble))
+    }
+
+    /// Whether the model's output `output`, given its input `input`, is this ensemble's
+    /// score and nothing else: the graph feeds `input` to the ensemble as it is and carries
+    /// the ensemble's score output to `output` through operators that keep every value.
+    /// (Which column of a classifier's probabilities equals [`TreeEnsemble::predict`] is
+    /// for the caller to check against the model's answers.)
+    pub fn computes(&self, input: &str, output: &str) -> bool {
+        self.whole
+            .as_ref()
+            .is_some_and(|(i, outputs)| i == input && outputs.iter().any(|o| o == output))
     }
 
     fn from_node(node: &onnx_pb::Node) -> Result<TreeEnsemble, Unsupported> {
@@ -316,6 +434,7 @@ impl TreeEnsemble {
             base,
             post,
             width,
+            whole: None,
         })
     }
 
@@ -469,6 +588,8 @@ mod tests {
         let node = onnx_pb::Node {
             op_type: "TreeEnsembleRegressor".into(),
             domain: "ai.onnx.ml".into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
             attribute: vec![
                 attr_ints("nodes_treeids", &[1, 1, 1, 0, 0, 0, 0, 0]),
                 attr_ints("nodes_nodeids", &[0, 1, 2, 0, 2, 1, 3, 4]),
@@ -503,7 +624,12 @@ mod tests {
             ],
         };
         onnx_pb::Model {
-            graph: Some(onnx_pb::Graph { node: vec![node] }),
+            graph: Some(onnx_pb::Graph {
+                node: vec![node],
+                input: vec![onnx_pb::ValueInfo { name: "x".into() }],
+                output: vec![onnx_pb::ValueInfo { name: "y".into() }],
+                ..Default::default()
+            }),
         }
         .encode_to_vec()
     }
@@ -512,6 +638,9 @@ mod tests {
     fn walks_each_tree_by_its_modes_and_sends_missing_values_where_the_node_says() {
         let trees = TreeEnsemble::from_onnx(&two_trees("NONE")).unwrap().unwrap();
         assert_eq!((trees.trees(), trees.width()), (2, 3));
+        // The graph is the regressor alone: its output is the trees' score.
+        assert!(trees.computes("x", "y"));
+        assert!(!trees.computes("x", "z") && !trees.computes("w", "y"));
         let p = |row: [f32; 3]| trees.predict(&row).unwrap();
         assert_eq!(p([0.0, 1.0, 1.0]), 1.0 + 10.0 + 0.5);
         assert_eq!(p([0.5, 2.0, 0.0]), 2.0 + 20.0 + 0.5);
@@ -567,7 +696,7 @@ mod tests {
     #[test]
     fn graphs_without_ensembles_and_ensembles_not_evaluated_here_are_told_apart() {
         let empty = onnx_pb::Model {
-            graph: Some(onnx_pb::Graph { node: vec![] }),
+            graph: Some(onnx_pb::Graph::default()),
         }
         .encode_to_vec();
         assert!(TreeEnsemble::from_onnx(&empty).unwrap().is_none());

@@ -139,3 +139,31 @@ async fn native_trees_give_onnx_runtimes_probabilities_for_rows_and_their_one_fe
     let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
     assert_eq!(native, names, "every example GBDT is evaluated natively");
 }
+
+#[tokio::test]
+async fn the_trees_stand_for_an_output_only_when_the_graph_adds_nothing_to_them() {
+    let repo = ModelRepository::new(repo_root().join("models"), OnnxRuntime::get(None).unwrap());
+    let trees = |name: &str| {
+        let model = repo.load(name).unwrap();
+        model
+            .version("1")
+            .unwrap()
+            .backend
+            .tree_ensemble()
+            .unwrap()
+            .clone()
+    };
+    // LightGBM through onnxmltools: the ensemble, then Identity and a Mul by a constant 1.
+    let txn = trees("fraud_txn_gbdt");
+    assert!(txn.computes("features", "probabilities"));
+    assert!(
+        !txn.computes("features", "label"),
+        "the label is a Cast of the class, not the score"
+    );
+    assert!(!txn.computes("other", "probabilities"));
+    // scikit-learn (an Identity) and XGBoost (the ensemble alone).
+    assert!(trees("fraud_gbdt").computes("X", "probabilities"));
+    assert!(trees("fraud_xgboost").computes("features", "probabilities"));
+    // A ZipMap after the ensemble changes what the output is.
+    assert!(!trees("fraud_lightgbm").computes("features", "probabilities"));
+}

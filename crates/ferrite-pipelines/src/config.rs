@@ -110,10 +110,19 @@ pub struct FraudSection {
     /// Which answers get reasons: `flagged` (review and decline) or `all`.
     #[serde(default)]
     pub explain: Explain,
+    /// Score with the model's trees walked in Rust instead of ONNX Runtime, for a model
+    /// version whose graph is its tree ensemble alone and whose first rows the trees scored
+    /// as ONNX Runtime did (see `native.rs`).
+    #[serde(default = "default_native_trees")]
+    pub native_trees: bool,
 }
 
 fn default_top_reasons() -> usize {
     3
+}
+
+fn default_native_trees() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

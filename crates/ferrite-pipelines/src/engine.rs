@@ -18,6 +18,8 @@ use crate::config::{Kind, ModelSection};
 use crate::experiment::{Compare, Experiments, Route, ShadowRows};
 use crate::input::{CallInput, check};
 use crate::model::{Configured, MetaCache, ModelChoice, ModelMeta, ModelSelector};
+// How far the native trees' score may be from the served one (an f32 probability).
+use crate::native::TREES_AGREE;
 use crate::pipeline::{Decision, Pipeline, PipelineSet};
 use crate::vector::Vectors;
 
@@ -77,11 +79,9 @@ pub struct Engine {
     /// Model versions whose native trees once disagreed with the served score: their
     /// explanations use model runs from then on.
     trees_disagree: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Which fraud model versions' rows their trees score in Rust.
+    native: crate::native::NativeTrees,
 }
-
-/// How far the native trees' score may be from the served one (an f32 probability) for
-/// their one-feature variants to stand for model runs.
-const TREES_AGREE: f64 = 1e-5;
 
 /// How long before the deadline the work stops and the fallback answers: enough to build and
 /// send the answer.
@@ -224,7 +224,14 @@ impl Engine {
             experiments: None,
             meta: MetaCache::default(),
             trees_disagree: Default::default(),
+            native: Default::default(),
         }
+    }
+
+    /// Whether a fraud pipeline's rows on `version` of `model` are scored by the model's
+    /// trees walked in Rust now (after they agreed with ONNX Runtime; see `native.rs`).
+    pub fn scores_with_trees(&self, model: &str, version: u64) -> bool {
+        self.native.trusted(model, version)
     }
 
     /// Routes model choices through `selector` instead of the pipelines' configured versions.
@@ -589,7 +596,25 @@ impl Engine {
         x: Vec<f32>,
         rows: usize,
     ) -> Result<(u64, Vec<f64>), ModelError> {
+        use crate::native::Plan;
         let m = &pipeline.model;
+        let loaded = match pipeline.fraud.as_ref().is_some_and(|f| f.native_trees) {
+            true => self
+                .models
+                .get(model)
+                .ok()
+                .and_then(|l| l.version(version).ok().cloned()),
+            false => None,
+        };
+        let plan = loaded
+            .as_ref()
+            .map_or(Plan::Model, |v| self.native.plan(model, v, &m.input, &m.output));
+        if let (Plan::Trees(trees), Some(v)) = (&plan, &loaded)
+            && let Some(scores) = crate::native::scores(trees, v, &x, rows)
+        {
+            return Ok((v.version, scores));
+        }
+        let checked = matches!(plan, Plan::Check(_)).then(|| x.clone());
         let (version, out, columns) = self
             .infer_matrix(model, version, &m.input, &m.output, x, rows)
             .await?;
@@ -600,10 +625,12 @@ impl Engine {
                 m.output
             )));
         }
-        Ok((
-            version,
-            (0..rows).map(|r| f64::from(out[r * columns + at])).collect(),
-        ))
+        let scores: Vec<f64> = (0..rows).map(|r| f64::from(out[r * columns + at])).collect();
+        if let (Plan::Check(trees), Some(x)) = (&plan, checked) {
+            self.native
+                .check(&pipeline.name, model, version, trees, &x, &scores);
+        }
+        Ok((version, scores))
     }
 
     /// Runs `rows` rows of `x` (row-major) through `model` as input `input`; returns the version

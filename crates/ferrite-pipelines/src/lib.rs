@@ -18,6 +18,7 @@ mod error;
 pub mod experiment;
 pub mod input;
 pub mod model;
+mod native;
 pub mod pipeline;
 pub mod price;
 pub mod recommend;

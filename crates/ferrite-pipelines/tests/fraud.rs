@@ -113,6 +113,63 @@ async fn online_vectors_equal_training_rows_and_scores_equal_onnxruntime() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_trees_agree_with_onnxruntime_on_enough_rows_they_score_them_alike() {
+    let parity = parity();
+    let registry = registry();
+    let store = embedded_store().await;
+    fill(&registry, store.as_ref(), parity.cut_time_us).await;
+    let models = models();
+    let engine = relaxed_engine(registry.clone(), store.clone(), models.clone(), 10_000);
+    let onnx_only = edited_engine(registry, store, models.clone(), 10_000, |line| {
+        Some(match line.starts_with("explain =") {
+            true => format!("{line}\nnative_trees = false"),
+            false => line.to_string(),
+        })
+    });
+    let executions = || {
+        let v = models
+            .get("fraud_txn_gbdt")
+            .unwrap()
+            .version("1")
+            .unwrap()
+            .clone();
+        v.stats.execution_count.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let mut scored = 0;
+    while !engine.scores_with_trees("fraud_txn_gbdt", 1) {
+        assert!(scored < 2_000, "the trees were not trusted after {scored} rows");
+        for e in [&engine, &onnx_only] {
+            let answer = e
+                .score("fraud", transactions(&parity.rows), None, parity.cut_time_us)
+                .await
+                .unwrap();
+            assert!(answer.rows.iter().all(|r| r.fallback.is_none()));
+        }
+        scored += parity.rows.len();
+    }
+    // The trees are trusted only after a thousand rows agreed, and never where switched off.
+    assert!(scored >= 1_000, "trusted after {scored} rows");
+    assert!(!onnx_only.scores_with_trees("fraud_txn_gbdt", 1));
+    // Scored by the trees: Python onnxruntime's scores, and one model run in the statistics.
+    let before = executions();
+    let answer = engine
+        .score("fraud", transactions(&parity.rows), None, parity.cut_time_us)
+        .await
+        .unwrap();
+    assert_eq!(executions(), before + 1);
+    for (row, got) in parity.rows.iter().zip(&answer.rows) {
+        assert_eq!(got.model_version, "1");
+        assert!(
+            (got.score - row.score).abs() <= 1e-6,
+            "user {}: the trees' score {} vs onnxruntime {}",
+            row.user_id,
+            got.score,
+            row.score
+        );
+    }
+}
+
 #[tokio::test]
 async fn decisions_follow_the_thresholds_and_flagged_answers_carry_their_reasons() {
     let parity = parity();
