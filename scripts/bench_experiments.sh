@@ -90,11 +90,7 @@ for round in $(seq 1 "$ROUNDS"); do
     leg_no=$((leg_no + 1))
     json=$(printf '%s/legs/%03d-%02d-%s.json' "$OUT" "$leg_no" "$round" "$side")
     echo "==> round $round: $side at $RATE/s for $LEG_S s" >&2
-    on_client_cpus "$bin" bench --addr "${addr[$side]}" --rpc score-fraud \
-      --transactions "$DATA/transactions.parquet" --keys 30000 --rate "$RATE" \
-      --concurrency "$CONCURRENCY" --requests $((RATE * LEG_S)) --duration-s "$LEG_S" \
-      --warmup 100 --client-threads 1 --server-pid "${pid[$side]}" --json "$json" |
-      grep -E '^(run|  +server CPU|host|  error)' >&2 || true
+    fraud_leg "$side" "$json"
   done
 done
 

@@ -56,7 +56,6 @@ echo "==> materialize into Redis :$REDIS_PORT" >&2
 "$bin" materialize --quiet --config "$OUT/trees.toml" --start 2020-01-01 --end 2028-01-01
 
 declare -A addr pid
-common=(--rpc score-fraud --transactions "$DATA/transactions.parquet" --keys 30000)
 for side in trees onnx; do
   mkdir -p "$OUT/$side"
   OUT="$OUT/$side" serve "$OUT/$side.toml"
@@ -64,7 +63,8 @@ for side in trees onnx; do
   pid[$side]=$server
   pids+=("$server")
   server=""
-  "$bin" bench --addr "${addr[$side]}" "${common[@]}" --concurrency 8 --requests "$WARMUP" >/dev/null
+  "$bin" bench --addr "${addr[$side]}" --rpc score-fraud --transactions "$DATA/transactions.parquet" \
+    --keys 30000 --concurrency 8 --requests "$WARMUP" >/dev/null
   echo "$side ${addr[$side]} (pid ${pid[$side]}), warmed up with $WARMUP calls" >&2
 done
 grep -h "they score its rows from now on" "$OUT"/trees/serve.log >&2 ||
@@ -75,10 +75,8 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in trees onnx; do
     leg_no=$((leg_no + 1))
     json=$(printf '%s/legs/%03d-%s.json' "$OUT" "$leg_no" "$side")
-    on_client_cpus "$bin" bench --addr "${addr[$side]}" "${common[@]}" --rate "$RATE" \
-      --concurrency "$CONCURRENCY" --requests $((RATE * LEG_S)) --duration-s "$LEG_S" \
-      --warmup 100 --client-threads 1 --server-pid "${pid[$side]}" --json "$json" |
-      grep -E '^(run|  +server CPU|host|  error)' >&2 || true
+    echo "==> round $round: $side at $RATE/s for $LEG_S s" >&2
+    fraud_leg "$side" "$json"
   done
 done
 

@@ -148,3 +148,15 @@ proc_tree() {
 
 # A free loopback port from the peer's Python ($py), for scripts that run a peer stack.
 peer_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# One leg of an alternated fraud run (bench_experiments.sh, bench_fraud_trees.sh):
+# `ferrite bench --rpc score-fraud` on the sample's transactions against server SIDE
+# (`addr[SIDE]`, `pid[SIDE]`) at RATE calls/s for LEG_S seconds with CONCURRENCY callers, the
+# report as JSON in FILE and its summary lines on stderr. Needs bin, DATA and those settings.
+fraud_leg() { # side, file
+  on_client_cpus "$bin" bench --addr "${addr[$1]}" --rpc score-fraud \
+    --transactions "$DATA/transactions.parquet" --keys 30000 --rate "$RATE" \
+    --concurrency "$CONCURRENCY" --requests $((RATE * LEG_S)) --duration-s "$LEG_S" \
+    --warmup 100 --client-threads 1 --server-pid "${pid[$1]}" --json "$2" |
+    grep -E '^(run|  +server CPU|host|  error)' >&2 || true
+}
