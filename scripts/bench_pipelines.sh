@@ -110,6 +110,10 @@ else
   parity="PARITY FAILED (the peer's model inputs differ from Ferrite's): see $OUT/parity.log"
 fi
 echo "$parity" >&2
+# Ferrite scores with the model's trees in Rust once they agreed with ONNX Runtime on 1,000
+# rows (fraud.native_trees): past that before any leg is measured.
+"$bin" bench --addr "$FERRITE_ADDR" --rpc score-fraud --transactions "$DATA/transactions.parquet" \
+  --keys "$KEYS" --concurrency 8 --requests 1200 >/dev/null
 
 leg_no=0
 # One leg: side (ferrite|peer), rate. Writes $OUT/legs/NNN-side-rate.json; returns 1 if the leg
