@@ -116,6 +116,11 @@ pub struct ModelConfig {
     /// Threads one inference may use (ONNX Runtime intra-op threads). 0: the backend decides.
     #[serde(default)]
     pub threads: usize,
+    /// ONNX Runtime sessions of each version (Triton's `instance_group` count): concurrent
+    /// runs take a free one instead of queueing on a single session's lock. Each holds its
+    /// own copy of the model in memory. 1 to 16.
+    #[serde(default = "one_instance")]
+    pub instance_count: usize,
     /// Accept NaN and infinite values in float inputs. Refused by default.
     #[serde(default)]
     pub allow_non_finite: bool,
@@ -143,6 +148,12 @@ impl ModelConfig {
     fn check(&self) -> Result<(), String> {
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return Err("a model needs at least one input and one output".into());
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.instance_count) {
+            return Err(format!(
+                "instance_count = {} (expected 1 to {MAX_INSTANCES})",
+                self.instance_count
+            ));
         }
         for spec in self.inputs.iter().chain(&self.outputs) {
             if let Some(d) = spec.dims.iter().find(|&&d| d < -1 || d == 0) {
@@ -217,6 +228,13 @@ impl ModelConfig {
     }
 }
 
+fn one_instance() -> usize {
+    1
+}
+
+/// The most sessions `instance_count` may ask for.
+const MAX_INSTANCES: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +254,17 @@ dynamic_batching = { max_queue_delay_us = 200, preferred_batch_sizes = [16, 64] 
         let c: ModelConfig = toml::from_str(FRAUD).unwrap();
         c.check().unwrap();
         assert_eq!(c.backend, BackendKind::Onnx);
+        assert_eq!(c.instance_count, 1, "one session unless asked");
+        for (count, ok) in [(0, false), (2, true), (16, true), (17, false)] {
+            let c: ModelConfig = toml::from_str(&format!("{FRAUD}instance_count = {count}\n")).unwrap();
+            match c.check() {
+                Ok(()) => assert!(ok, "instance_count = {count} accepted"),
+                Err(e) => {
+                    assert!(!ok, "instance_count = {count}: {e}");
+                    assert!(e.contains("instance_count = ") && e.contains("1 to 16"), "{e}");
+                }
+            }
+        }
         assert_eq!(c.inputs[0].dtype, DataType::Fp32);
         assert_eq!(c.full_shape(&c.inputs[0]), vec![-1, 40]);
         assert_eq!(c.version_policy, VersionPolicy::Latest(2));

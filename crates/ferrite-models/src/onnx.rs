@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use ort::memory::Allocator;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
@@ -23,10 +23,14 @@ const MAX_BOUND_INPUT_BYTES: usize = 64 * 1024;
 /// Outputs larger than this in all are not kept: 64 shapes of them would hold too much memory.
 const MAX_BOUND_OUTPUT_BYTES: usize = 256 * 1024;
 
-/// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so runs are serialised on a
-/// mutex; the batching queue in front of it is what keeps that cheap.
+/// One loaded ONNX model. `ort::Session::run` takes `&mut self`, so each session serves one
+/// run at a time behind a mutex; with several sessions (`instance_count`) a run takes a free
+/// one, else waits for one in turn. The batching queue in front is the other way to keep
+/// that cheap.
 pub struct OnnxModel {
-    runner: Mutex<Runner>,
+    runners: Vec<Mutex<Runner>>,
+    /// Which session a run that found none free waits for.
+    next: std::sync::atomic::AtomicUsize,
     input_names: Vec<String>,
     output_names: Vec<String>,
     /// Per input, in model order: its element type (`None`: one Ferrite does not serve) and
@@ -59,17 +63,30 @@ struct Bound {
 impl OnnxModel {
     /// Loads `path` with `intra_threads` threads for each run (0 lets ONNX Runtime choose).
     pub fn load(rt: &crate::OnnxRuntime, path: &Path, intra_threads: usize) -> Result<Self, ModelError> {
+        Self::load_instances(rt, path, intra_threads, 1)
+    }
+
+    /// [`OnnxModel::load`] with `instances` sessions (at least one).
+    pub fn load_instances(
+        rt: &crate::OnnxRuntime,
+        path: &Path,
+        intra_threads: usize,
+        instances: usize,
+    ) -> Result<Self, ModelError> {
         let fail = |e: ort::Error| ModelError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let mut builder = Session::builder(rt.environment()).map_err(fail)?;
-        if intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(intra_threads)
-                .map_err(|e| fail(e.into()))?;
-        }
-        let session = builder.commit_from_file(path).map_err(fail)?;
+        let open = || {
+            let mut builder = Session::builder(rt.environment()).map_err(fail)?;
+            if intra_threads > 0 {
+                builder = builder
+                    .with_intra_threads(intra_threads)
+                    .map_err(|e| fail(e.into()))?;
+            }
+            builder.commit_from_file(path).map_err(fail)
+        };
+        let session = open()?;
         let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
         let input_specs = session
             .inputs()
@@ -83,12 +100,20 @@ impl OnnxModel {
         let numeric = |ty: &ValueType| matches!(ty, ValueType::Tensor { ty, .. } if *ty != TensorElementType::String && data_type_of(*ty).is_some());
         let bindable = session.inputs().iter().all(|o| numeric(o.dtype()))
             && session.outputs().iter().all(|o| numeric(o.dtype()));
-        Ok(OnnxModel {
-            runner: Mutex::new(Runner {
+        let runner = |session| {
+            Mutex::new(Runner {
                 session,
                 bound: HashMap::new(),
                 key: Vec::new(),
-            }),
+            })
+        };
+        let mut runners = vec![runner(session)];
+        for _ in 1..instances.max(1) {
+            runners.push(runner(open()?));
+        }
+        Ok(OnnxModel {
+            runners,
+            next: std::sync::atomic::AtomicUsize::new(0),
             input_names,
             output_names,
             input_specs,
@@ -161,12 +186,25 @@ impl OnnxModel {
     }
 
     /// How many input shapes run with kept buffers, and how many were found to need plain
-    /// runs (their outputs change shape with the values).
+    /// runs (their outputs change shape with the values), over every session.
     pub fn kept_shapes(&self) -> (usize, usize) {
-        let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner());
-        let with = runner.bound.values().filter(|b| b.is_some()).count();
-        (with, runner.bound.len() - with)
+        self.runners.iter().fold((0, 0), |(with, without), lock| {
+            let runner = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = runner.bound.values().filter(|b| b.is_some()).count();
+            (with + kept, without + runner.bound.len() - kept)
+        })
     }
+}
+
+/// The runner of a poisoned lock, its kept buffers dropped, the lock cleared.
+fn recovered<'a>(
+    lock: &'a Mutex<Runner>,
+    poisoned: PoisonError<MutexGuard<'a, Runner>>,
+) -> MutexGuard<'a, Runner> {
+    let mut runner = poisoned.into_inner();
+    runner.bound.clear();
+    lock.clear_poison();
+    runner
 }
 
 /// Files larger than this are not read a second time for a tree ensemble.
@@ -202,15 +240,7 @@ impl ModelBackend for OnnxModel {
                 )));
             }
         }
-        // A run that panicked (caught by the repository or the batching queue) poisons the
-        // lock. The session itself is ONNX Runtime's and was not mid-change in Rust; the kept
-        // buffers might be, so they are dropped and rebuilt as runs come.
-        let mut runner = self.runner.lock().unwrap_or_else(|poisoned| {
-            let mut runner = poisoned.into_inner();
-            runner.bound.clear();
-            self.runner.clear_poison();
-            runner
-        });
+        let mut runner = self.runner();
         let Runner { session, bound, key } = &mut *runner;
         let order = if self.bindable {
             self.model_order(inputs)
@@ -247,6 +277,30 @@ impl ModelBackend for OnnxModel {
 }
 
 impl OnnxModel {
+    /// Sessions this model runs on.
+    pub fn instances(&self) -> usize {
+        self.runners.len()
+    }
+
+    /// A free session, else the next one in turn, waited for. A run that panicked (caught by
+    /// the repository or the batching queue) poisons its lock. The session itself is ONNX
+    /// Runtime's and was not mid-change in Rust; the kept buffers might be, so they are
+    /// dropped and rebuilt as runs come.
+    fn runner(&self) -> MutexGuard<'_, Runner> {
+        if self.runners.len() > 1 {
+            for lock in &self.runners {
+                match lock.try_lock() {
+                    Ok(runner) => return runner,
+                    Err(TryLockError::Poisoned(p)) => return recovered(lock, p),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            }
+        }
+        let at = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.runners.len();
+        let lock = &self.runners[at];
+        lock.lock().unwrap_or_else(|p| recovered(lock, p))
+    }
+
     /// For each model input, the position of the request tensor that feeds it, when the
     /// request names each input exactly once with a small numeric tensor.
     fn model_order(&self, inputs: &[Tensor]) -> Option<Vec<usize>> {

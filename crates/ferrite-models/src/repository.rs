@@ -539,7 +539,12 @@ impl ModelRepository {
             let path = dir.join(version.to_string()).join(config.model_filename());
             let (backend, fitted): (Arc<dyn ModelBackend>, ModelConfig) = match config.backend {
                 BackendKind::Onnx => {
-                    let onnx = OnnxModel::load(&self.runtime, &path, config.threads)?;
+                    let onnx = OnnxModel::load_instances(
+                        &self.runtime,
+                        &path,
+                        config.threads,
+                        config.instance_count,
+                    )?;
                     let fitted = onnx.fit_config(&config).map_err(|message| ModelError::Load {
                         path: path.clone(),
                         message,

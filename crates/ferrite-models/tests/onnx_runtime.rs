@@ -234,3 +234,33 @@ fn outputs_whose_shape_follows_the_values_are_right_on_every_run() {
         "this input shape runs without kept buffers"
     );
 }
+
+#[test]
+fn runs_spread_over_several_sessions_each_answer_their_own_request() {
+    let rt = OnnxRuntime::get(None).unwrap();
+    let one = OnnxModel::load(&rt, &data("affine_sigmoid.onnx"), 1).unwrap();
+    let three = OnnxModel::load_instances(&rt, &data("affine_sigmoid.onnx"), 1, 3).unwrap();
+    assert_eq!((one.instances(), three.instances()), (1, 3));
+    let row = |i: usize| {
+        let v = i as f32 * 0.01;
+        Tensor::new("x", vec![1, 4], TensorData::Fp32(vec![v, -v, 2.0 * v, 0.5])).unwrap()
+    };
+    let want: Vec<Vec<f32>> = (0..400)
+        .map(|i| fp32(&one.infer(&[row(i)]).unwrap()[0]).to_vec())
+        .collect();
+    // Four threads at once over three sessions: every answer is its own request's.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (three, want) = (&three, &want);
+            scope.spawn(move || {
+                for i in (t..400).step_by(4) {
+                    let got = fp32(&three.infer(&[row(i)]).unwrap()[0]).to_vec();
+                    assert_eq!(got, want[i], "request {i}");
+                }
+            });
+        }
+    });
+    // The sessions that ran have their kept buffers; no shape fell back to plain runs.
+    let (kept, plain) = three.kept_shapes();
+    assert!((1..=3).contains(&kept) && plain == 0, "{kept} kept, {plain} plain");
+}
