@@ -262,5 +262,8 @@ fn runs_spread_over_several_sessions_each_answer_their_own_request() {
     });
     // The sessions that ran have their kept buffers; no shape fell back to plain runs.
     let (kept, plain) = three.kept_shapes();
-    assert!((1..=3).contains(&kept) && plain == 0, "{kept} kept, {plain} plain");
+    assert!(
+        (1..=3).contains(&kept) && plain == 0,
+        "{kept} kept, {plain} plain"
+    );
 }
