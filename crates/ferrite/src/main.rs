@@ -44,6 +44,17 @@ enum Command {
     },
     /// Drive one RPC with load and report throughput and latency percentiles.
     Bench(BenchArgs),
+    /// A bare tonic server that answers only the gRPC health check (none of Ferrite's layers
+    /// or services): the physical floor the benchmarks measure Ferrite's calls against.
+    /// Prints `floor listening grpc=ADDR`, serves until SIGINT or SIGTERM.
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        grpc_addr: SocketAddr,
+        /// Async worker threads; 0: one per CPU core (as `server.worker_threads`).
+        #[arg(long, default_value_t = 0)]
+        worker_threads: usize,
+    },
     /// Check the feature definitions and compare them with the Parquet schemas.
     Validate(FeatureArgs),
     /// Load the latest valid row per entity with an event time in [--start, --end) into the
@@ -147,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     let (threads, blocking) = match &cli.command {
         Command::Bench(args) => (args.client_threads, 0),
+        Command::FloorServer { worker_threads, .. } => (*worker_threads, 0),
         // Read here only to size the runtime; `run` reads it again and reports any error.
         Command::Serve { config, .. } => {
             let server = config
@@ -262,6 +274,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{} calls were still in flight when the grace period (server.shutdown_grace_s) expired; they were cut",
                 stopped.cut_calls
             );
+            Ok(())
+        }
+        Command::FloorServer { grpc_addr, .. } => {
+            use tokio_stream::StreamExt;
+            let signal = shutdown_signal()?;
+            let listener = tokio::net::TcpListener::bind(grpc_addr).await?;
+            let addr = listener.local_addr()?;
+            // Answers SERVING for the server as a whole ("").
+            let (_reporter, health) = tonic_health::server::health_reporter();
+            // As Ferrite's own listener: no Nagle delay on answers.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(stream) = &conn {
+                    let _ = stream.set_nodelay(true);
+                }
+                conn
+            });
+            println!("floor listening grpc={addr}");
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = signal.await;
+                })
+                .await?;
             Ok(())
         }
         Command::Validate(args) => {

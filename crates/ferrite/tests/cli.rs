@@ -1004,3 +1004,61 @@ fn two_serve_processes_on_one_redis_agree_on_a_canary_rollback() {
         }
     });
 }
+
+/// `ferrite floor-server`: a bare tonic server on a loopback port that answers the health
+/// check, and stops on SIGTERM with a clean exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_server_answers_the_health_check_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "floor-server",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--worker-threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("floor listening grpc=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Waited for off the runtime, whose tasks close this client's connection when the server
+    // says it is going away (a graceful stop waits for that); bounded at 20 s.
+    let exit = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("the floor server did not stop within 20 s of SIGTERM")
+    .unwrap()
+    .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
