@@ -634,7 +634,7 @@ impl Engine {
     }
 
     /// Runs `rows` rows of `x` (row-major) through `model` as input `input`; returns the version
-    /// that ran, output `output` as f32 row-major, and its columns per row.
+    /// that ran, output `output` as f32 row-major, and its columns per row ([`infer_matrix`]).
     pub(crate) async fn infer_matrix(
         &self,
         model: &str,
@@ -644,36 +644,7 @@ impl Engine {
         x: Vec<f32>,
         rows: usize,
     ) -> Result<(u64, Vec<f32>, usize), ModelError> {
-        let width = x.len().checked_div(rows).unwrap_or(0);
-        let tensor = Tensor::new(input.to_string(), vec![rows, width], TensorData::Fp32(x))?;
-        let (version, outputs) = self.models.infer(model, version, vec![tensor]).await?;
-        let out = outputs
-            .into_iter()
-            .find(|t| t.name == output)
-            .ok_or_else(|| ModelError::Inference(format!("the model gave no output {output:?}")))?;
-        let columns: usize = if out.shape.len() >= 2 {
-            out.shape[1..].iter().product()
-        } else {
-            1
-        };
-        if out.data.len() != rows * columns {
-            return Err(ModelError::Inference(format!(
-                "output {:?} has shape {:?} for {rows} rows",
-                out.name, out.shape
-            )));
-        }
-        let values = match out.data {
-            TensorData::Fp32(v) => v,
-            TensorData::Fp64(v) => v.into_iter().map(|x| x as f32).collect(),
-            d => {
-                return Err(ModelError::Inference(format!(
-                    "output {:?} is {}; a score must be FP32 or FP64",
-                    out.name,
-                    d.dtype()
-                )));
-            }
-        };
-        Ok((version, values, columns))
+        infer_matrix(&self.models, model, version, input, output, x, rows).await
     }
 
     /// Runs `rows` rows of `x` on `model` (a one-unit call's model: the ranker, the demand
@@ -839,6 +810,50 @@ impl Engine {
             }
         }
     }
+}
+
+/// Runs `rows` rows of `x` (row-major) through `model` of `models` as input `input`; returns
+/// the version that ran, output `output` as f32 row-major, and its columns per row; an
+/// output of another shape or a non-float type is an error.
+pub(crate) async fn infer_matrix(
+    models: &ModelRepository,
+    model: &str,
+    version: &str,
+    input: &str,
+    output: &str,
+    x: Vec<f32>,
+    rows: usize,
+) -> Result<(u64, Vec<f32>, usize), ModelError> {
+    let width = x.len().checked_div(rows).unwrap_or(0);
+    let tensor = Tensor::new(input.to_string(), vec![rows, width], TensorData::Fp32(x))?;
+    let (version, outputs) = models.infer(model, version, vec![tensor]).await?;
+    let out = outputs
+        .into_iter()
+        .find(|t| t.name == output)
+        .ok_or_else(|| ModelError::Inference(format!("the model gave no output {output:?}")))?;
+    let columns: usize = if out.shape.len() >= 2 {
+        out.shape[1..].iter().product()
+    } else {
+        1
+    };
+    if out.data.len() != rows * columns {
+        return Err(ModelError::Inference(format!(
+            "output {:?} has shape {:?} for {rows} rows",
+            out.name, out.shape
+        )));
+    }
+    let values = match out.data {
+        TensorData::Fp32(v) => v,
+        TensorData::Fp64(v) => v.into_iter().map(|x| x as f32).collect(),
+        d => {
+            return Err(ModelError::Inference(format!(
+                "output {:?} is {}; a score must be FP32 or FP64",
+                out.name,
+                d.dtype()
+            )));
+        }
+    };
+    Ok((version, values, columns))
 }
 
 /// The error for a call to a pipeline of another kind than the RPC serves.

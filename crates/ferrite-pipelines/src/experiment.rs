@@ -10,7 +10,7 @@ use ferrite_experiments::exposure::{ExposureLog, ExposureRecord};
 use ferrite_experiments::shadow::{decision_flip, overlap_at_k, score_diff};
 use ferrite_experiments::{Assigner, Assignment, CanaryController, ShadowQueue, VariantRef};
 use ferrite_features::Value;
-use ferrite_models::{ModelRepository, Tensor, TensorData};
+use ferrite_models::ModelRepository;
 
 use crate::config::ModelSection;
 use crate::engine::RowAnswer;
@@ -453,31 +453,28 @@ struct ShadowRun {
 }
 
 impl ShadowRun {
-    /// The version that ran and each row's score of `x` (rows of `width` values); `None` when
-    /// the run failed or its output lacks the scores.
+    /// The version that ran and each row's score of `x` (rows of `width` values), read as the
+    /// served scores were ([`crate::engine::infer_matrix`]); `None` when the run failed or
+    /// its output lacks the scores.
     async fn scores(&self, models: &ModelRepository, x: Vec<f32>) -> Option<(u64, Vec<f64>)> {
         let rows = x.len() / self.width.max(1);
-        let tensor = match Tensor::new(self.input.clone(), vec![rows, self.width], TensorData::Fp32(x)) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(model = %self.model, error = %e, "shadow input not built");
-                return None;
-            }
-        };
-        let (version, outputs) = models
-            .infer(&self.model, &self.version, vec![tensor])
-            .await
-            .ok()?;
-        let out = outputs.into_iter().find(|t| t.name == self.output)?;
-        let columns = (out.data.len() / rows.max(1)).max(1);
-        let values: Vec<f64> = match out.data {
-            TensorData::Fp32(v) => v.into_iter().map(f64::from).collect(),
-            TensorData::Fp64(v) => v,
-            _ => return None,
-        };
+        let (version, values, columns) = crate::engine::infer_matrix(
+            models,
+            &self.model,
+            &self.version,
+            &self.input,
+            &self.output,
+            x,
+            rows,
+        )
+        .await
+        .ok()?;
+        if self.output_index >= columns {
+            return None;
+        }
         let scores = (0..rows)
-            .map(|r| values.get(r * columns + self.output_index).copied())
-            .collect::<Option<Vec<f64>>>()?;
+            .map(|r| f64::from(values[r * columns + self.output_index]))
+            .collect();
         Some((version, scores))
     }
 }
@@ -556,7 +553,7 @@ fn record_shadow(
 mod tests {
     use super::*;
     use ferrite_experiments::config::ModelVersion;
-    use ferrite_models::{ModelBackend, ModelConfig, ModelError, OnnxRuntime};
+    use ferrite_models::{ModelBackend, ModelConfig, ModelError, OnnxRuntime, Tensor, TensorData};
     use std::sync::Mutex;
 
     /// Scores each row as twice its first value; refuses a run holding a negative value, and
