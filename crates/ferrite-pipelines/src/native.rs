@@ -44,10 +44,11 @@ enum State {
 /// A model version's ensemble (the one it was checked with) and its standing.
 type Standing = (Arc<TreeEnsemble>, State);
 
-/// Each model version's standing, shared by the engine's calls.
+/// Each model version's standing, shared by the engine's calls: by model name, then version
+/// (looked up by `&str`, so a call allocates nothing once its model is known).
 #[derive(Default)]
 pub(crate) struct NativeTrees {
-    versions: Mutex<HashMap<(String, u64), Standing>>,
+    versions: Mutex<HashMap<String, HashMap<u64, Standing>>>,
 }
 
 impl NativeTrees {
@@ -60,8 +61,13 @@ impl NativeTrees {
             return Plan::Model;
         }
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        if !versions.contains_key(model) {
+            versions.insert(model.to_string(), HashMap::new());
+        }
         let entry = versions
-            .entry((model.to_string(), version.version))
+            .get_mut(model)
+            .expect("inserted above")
+            .entry(version.version)
             .or_insert_with(|| (trees.clone(), State::Checking { agreed: 0 }));
         if !Arc::ptr_eq(&entry.0, trees) {
             // The version was reloaded: its ensemble is checked again.
@@ -78,7 +84,8 @@ impl NativeTrees {
     pub(crate) fn trusted(&self, model: &str, version: u64) -> bool {
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         versions
-            .get(&(model.to_string(), version))
+            .get(model)
+            .and_then(|v| v.get(&version))
             .is_some_and(|(_, state)| *state == State::Trusted)
     }
 
@@ -104,7 +111,7 @@ impl NativeTrees {
                 Err(e) => Some(e),
             });
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((held, state)) = versions.get_mut(&(model.to_string(), version)) else {
+        let Some((held, state)) = versions.get_mut(model).and_then(|v| v.get_mut(&version)) else {
             return;
         };
         if !Arc::ptr_eq(held, trees) {
