@@ -87,6 +87,14 @@ pub struct BenchArgs {
     /// `GET /health`) first, with the same settings.
     #[arg(long)]
     pub with_floor: bool,
+    /// With `--with-floor`: call the floor on this server instead of `--addr` (e.g. a bare
+    /// tonic server answering only the health check, `ferrite floor-server`), its legs still
+    /// alternated with the run's, its CPU time read from `--floor-pid`.
+    #[arg(long, requires = "with_floor")]
+    pub floor_addr: Option<SocketAddr>,
+    /// With `--floor-addr`: the floor server's processes, as `--server-pid` is the run's.
+    #[arg(long, value_delimiter = ',', requires = "floor_addr")]
+    pub floor_pid: Vec<u32>,
     /// With `--with-floor`: alternate the floor and the run this many times, each leg with
     /// its share of `--requests` and `--duration-s`, and report both pooled over all legs
     /// plus each round's gap. A host whose speed drifts (a shared VM) then slows both alike.
@@ -97,7 +105,8 @@ pub struct BenchArgs {
     /// batch 1 is also called on the run's schedule, the thread asleep in between: the
     /// model's own cost at that rate, caches colder than back to back.
     /// `visual-search-embedding`: search the server's catalog index in this process instead
-    /// (`--server-config`; the same queries, `--top-k` and filter; batch 1, one thread).
+    /// (`--server-config`; the same queries in the order the run's first caller sends them,
+    /// `--top-k` and filter; batch 1, one thread; with `--rate`, also on the run's schedule).
     #[arg(long)]
     pub with_raw: bool,
     /// The server's config file: `--with-raw` on `visual-search-embedding` loads its
@@ -186,6 +195,8 @@ pub struct Percentiles {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub addr: String,
+    /// `--floor-addr`: where the floor was measured, when not at `addr`.
+    pub floor_addr: Option<String>,
     /// Rows per model request.
     pub batch: usize,
     pub raw: Vec<raw::RawReport>,
@@ -204,6 +215,10 @@ pub struct Round {
     pub run_us: Percentiles,
     /// The machine's CPU time over the round (where `/proc/stat` exists).
     pub cpu: Option<CpuShares>,
+    /// With `--server-pid` (and `--floor-pid` for a floor on its own server): the servers'
+    /// CPU time per answered call in this round's floor and run legs, in µs.
+    pub floor_cpu_us: Option<f64>,
+    pub run_cpu_us: Option<f64>,
 }
 
 impl Round {
@@ -212,8 +227,12 @@ impl Round {
             .cpu
             .map(|c| format!("  steal {:.1} %", c.steal_pct))
             .unwrap_or_default();
+        let cpu = match (self.floor_cpu_us, self.run_cpu_us) {
+            (Some(f), Some(r)) => format!("  CPU/call floor {f:.1}µs run {r:.1}µs"),
+            _ => String::new(),
+        };
         format!(
-            "{label:<13}floor p50={:.1}µs p99={:.1}µs  run p50={:.1}µs p99={:.1}µs  gap p50={:+.1}µs p99={:+.1}µs{steal}\n",
+            "{label:<13}floor p50={:.1}µs p99={:.1}µs  run p50={:.1}µs p99={:.1}µs  gap p50={:+.1}µs p99={:+.1}µs{cpu}{steal}\n",
             self.floor_us.p50,
             self.floor_us.p99,
             self.run_us.p50,
@@ -254,7 +273,11 @@ impl Report {
                     .unwrap_or_default()
             )
         };
-        out.push_str(&format!("ferrite bench against {}\n", self.addr));
+        out.push_str(&format!("ferrite bench against {}", self.addr));
+        if let Some(floor) = &self.floor_addr {
+            out.push_str(&format!(" (floor: {floor})"));
+        }
+        out.push('\n');
         for raw in &self.raw {
             out.push_str(&raw.to_text());
         }
@@ -281,6 +304,8 @@ impl Report {
                 floor_us: floor.latency_us.clone(),
                 run_us: self.run.latency_us.clone(),
                 cpu: None,
+                floor_cpu_us: floor.server_cpu.as_ref().map(|c| c.us_per_call),
+                run_cpu_us: self.run.server_cpu.as_ref().map(|c| c.us_per_call),
             };
             out.push_str(&pooled.gap_text("vs floor"));
             if let Some(paced) = self
@@ -302,12 +327,25 @@ impl Report {
             .find(|r| !r.trees && r.batch == self.batch && r.rate.is_none())
         {
             out.push_str(&format!(
-                "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.1}× raw batch {b}\n",
+                "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.2}× p99 {:.2}× raw batch {b}\n",
                 100.0 * self.run.rps / raw.calls_per_s,
                 self.run.rps,
                 raw.calls_per_s,
                 self.run.latency_us.p50 / raw.latency_us.p50.max(1.0),
+                self.run.latency_us.p99 / raw.latency_us.p99.max(1.0),
                 b = self.batch
+            ));
+        }
+        if let Some(paced) = self
+            .raw
+            .iter()
+            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some())
+        {
+            out.push_str(&format!(
+                "vs raw at the run's rate  p50 {:.2}× p99 {:.2}× raw batch {}\n",
+                self.run.latency_us.p50 / paced.latency_us.p50.max(1.0),
+                self.run.latency_us.p99 / paced.latency_us.p99.max(1.0),
+                self.batch
             ));
         }
         for (code, n) in &self.run.errors_by_code {
@@ -342,8 +380,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 anyhow::bail!("--with-raw on visual-search-embedding needs --server-config and --queries");
             };
             let (categories, top_k) = (args.filter_category.clone(), args.top_k as usize);
-            let (calls, duration_s) = (args.requests, args.duration_s);
-            let report = tokio::task::spawn_blocking(move || {
+            let (calls, duration_s, rate) = (args.requests, args.duration_s, args.rate);
+            // The keys the run's first caller (or its open-loop pacer) draws, in order.
+            let mut stream = Keys::new(args, 0)?;
+            let keys: Vec<u64> = (0..calls.min(1_000_000)).map(|_| stream.next()).collect();
+            tokio::task::spawn_blocking(move || {
                 search_raw::measure(&search_raw::Plan {
                     server_config: &config,
                     queries: &queries,
@@ -351,10 +392,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     categories: &categories,
                     calls,
                     duration_s,
+                    rate,
+                    keys: &keys,
                 })
             })
-            .await??;
-            vec![report]
+            .await??
         }
         (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
         (true, Some((default, input, width))) => {
@@ -421,7 +463,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         })
         .collect();
     let (floor, run, rounds) = if args.with_floor {
-        alternated(args, &channels).await?
+        let floor = match args.floor_addr {
+            Some(addr) => Some(floor_target(args, addr).await?),
+            None => None,
+        };
+        alternated(args, &channels, floor.as_ref()).await?
     } else {
         (
             None,
@@ -436,6 +482,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     };
     Ok(Report {
         addr: args.addr.to_string(),
+        floor_addr: args.floor_addr.filter(|_| args.with_floor).map(|a| a.to_string()),
         batch: args.batch,
         raw,
         floor,
@@ -445,10 +492,36 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// The floor and the run, alternated `--rounds` times.
+/// The floor's own server (`--floor-addr`): its settings (address, processes) and channels.
+struct FloorTarget {
+    args: BenchArgs,
+    channels: Vec<Arc<Target>>,
+}
+
+async fn floor_target(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<FloorTarget> {
+    for (pid, sample) in args.floor_pid.iter().zip(procs::read_all(&args.floor_pid)) {
+        anyhow::ensure!(sample.is_some(), "--floor-pid {pid}: no such process in /proc");
+    }
+    let mut floor = args.clone();
+    floor.addr = addr;
+    floor.server_pid = args.floor_pid.clone();
+    let channels = connect(&floor)
+        .await?
+        .into_iter()
+        .map(|c| Arc::new(Target::new(c, None, 1, None, None, None)))
+        .collect();
+    Ok(FloorTarget {
+        args: floor,
+        channels,
+    })
+}
+
+/// The floor and the run, alternated `--rounds` times; the floor on its own server when
+/// `floor` is given.
 async fn alternated(
     args: &BenchArgs,
     channels: &[Arc<Target>],
+    floor_target: Option<&FloorTarget>,
 ) -> anyhow::Result<(Option<RunReport>, RunReport, Vec<Round>)> {
     let n = u64::from(args.rounds.max(1));
     anyhow::ensure!(args.requests >= n, "--requests must be at least --rounds");
@@ -464,12 +537,24 @@ async fn alternated(
             leg_args.warmup = 0;
         }
         let before = host::CpuTimes::now();
-        let f = measure(&leg_args, args.rpc.floor(), channels).await?;
+        let f = match floor_target {
+            Some(target) => {
+                let floor_args = BenchArgs {
+                    addr: target.args.addr,
+                    server_pid: target.args.server_pid.clone(),
+                    ..leg_args.clone()
+                };
+                measure(&floor_args, args.rpc.floor(), &target.channels).await?
+            }
+            None => measure(&leg_args, args.rpc.floor(), channels).await?,
+        };
         let r = measure(&leg_args, args.rpc, channels).await?;
         rounds.push(Round {
             floor_us: percentiles(&f.tally.histogram),
             run_us: percentiles(&r.tally.histogram),
             cpu: host::CpuTimes::shares_since(before),
+            floor_cpu_us: f.cpu_us_per_call(),
+            run_cpu_us: r.cpu_us_per_call(),
         });
         floor = Some(match floor {
             Some(all) => all.merge(f),
@@ -606,6 +691,14 @@ struct Leg {
 }
 
 impl Leg {
+    /// The servers' CPU time per answered call (ok or error), in µs.
+    fn cpu_us_per_call(&self) -> Option<f64> {
+        let calls = self.tally.ok + self.tally.errors.values().sum::<u64>();
+        self.server_cpu
+            .as_ref()
+            .map(|p| ServerCpu::new(p.clone(), calls, self.elapsed_s).us_per_call)
+    }
+
     fn merge(mut self, other: Leg) -> Leg {
         self.tally.merge(other.tally);
         self.sent += other.sent;

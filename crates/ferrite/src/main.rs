@@ -43,7 +43,7 @@ enum Command {
         metrics_addr: Option<SocketAddr>,
     },
     /// Drive one RPC with load and report throughput and latency percentiles.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// A bare tonic server that answers only the gRPC health check (none of Ferrite's layers
     /// or services): the physical floor the benchmarks measure Ferrite's calls against.
     /// Prints `floor listening grpc=ADDR`, serves until SIGINT or SIGTERM.

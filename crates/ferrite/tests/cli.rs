@@ -24,6 +24,8 @@ fn args(addr: std::net::SocketAddr) -> BenchArgs {
         zipf_s: 1.0,
         seed: 7,
         with_floor: false,
+        floor_addr: None,
+        floor_pid: Vec::new(),
         rounds: 1,
         with_raw: false,
         server_config: None,
@@ -1005,6 +1007,88 @@ fn two_serve_processes_on_one_redis_agree_on_a_canary_rollback() {
     });
 }
 
+/// `ferrite floor-server ...` on a loopback port: the process and its address.
+fn floor_server() -> (ChildGuard, std::net::SocketAddr) {
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args([
+                "floor-server",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--worker-threads",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("floor listening grpc=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// `--floor-addr`: the floor's legs go to their own server (here a bare floor server, which
+/// answers nothing but the health check), alternated with the run's, and their CPU time is
+/// read from `--floor-pid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_on_its_own_server_alternates_with_the_run() {
+    let server = start_server().await;
+    let (floor, floor_addr) = floor_server();
+    let mut a = args(server.grpc_addr());
+    a.rpc = Rpc::ServerLive;
+    a.with_floor = true;
+    a.floor_addr = Some(floor_addr);
+    a.floor_pid = vec![floor.0.id()];
+    a.server_pid = vec![std::process::id()];
+    a.rounds = 2;
+    a.requests = 2000;
+    let report = bench::run(&a).await.unwrap();
+    let floor_leg = report.floor.as_ref().expect("floor measured");
+    assert_eq!((floor_leg.rpc.as_str(), floor_leg.ok), ("health", 2000));
+    assert_eq!((report.run.rpc.as_str(), report.run.ok), ("server-live", 2000));
+    assert_eq!(report.rounds.len(), 2);
+    let cpu = floor_leg
+        .server_cpu
+        .as_ref()
+        .expect("the floor server's CPU read");
+    assert_eq!(cpu.processes.len(), 1);
+    assert_eq!(cpu.processes[0].pid, floor.0.id());
+    // 2,000 health checks answered there cost it CPU time; the run's are read from this process.
+    assert!(cpu.cpu_s > 0.0, "{cpu:?}");
+    let run_cpu = report.run.server_cpu.as_ref().expect("the run's CPU read");
+    assert_eq!(run_cpu.processes[0].pid, std::process::id());
+    assert!(
+        report
+            .rounds
+            .iter()
+            .all(|r| r.floor_cpu_us.is_some() && r.run_cpu_us.is_some()),
+        "{:?}",
+        report.rounds
+    );
+    assert_eq!(report.floor_addr, Some(floor_addr.to_string()));
+    assert!(
+        report.to_text().contains(&format!("(floor: {floor_addr})")),
+        "{}",
+        report.to_text()
+    );
+    // With the floor server gone, the run fails naming its process, then its address.
+    drop(floor);
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(format!("{err:#}").contains("--floor-pid"), "{err:#}");
+    a.floor_pid.clear();
+    let err = bench::run(&a).await.unwrap_err();
+    assert!(format!("{err:#}").contains(&floor_addr.to_string()), "{err:#}");
+    server.shutdown().await.unwrap();
+}
+
 /// `ferrite floor-server`: a bare tonic server on a loopback port that answers the health
 /// check, and stops on SIGTERM with a clean exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1061,4 +1145,128 @@ async fn the_floor_server_answers_the_health_check_and_stops_on_sigterm() {
     .unwrap()
     .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// A float32 `.npy` file of `rows` (NumPy's format 1.0: magic, header, little-endian data).
+fn write_npy(path: &std::path::Path, rows: &[Vec<f32>]) {
+    let dim = rows.first().map_or(0, Vec::len);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}",
+        rows.len()
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in rows.iter().flatten() {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `visual-search-embedding --with-raw`: the server's index is loaded in the load generator
+/// from `--server-config` and searched back to back and, with `--rate`, on the run's schedule;
+/// the report sets both beside the RPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_search_runs_back_to_back_and_at_the_runs_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    // 300 unit vectors of the embedding model's width, spread by a seeded generator.
+    let mut state = 7u64;
+    let mut next = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let rows: Vec<Vec<f32>> = (0..300)
+        .map(|_| {
+            let v: Vec<f32> = (0..1280).map(|_| next()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    write_npy(&dir.path().join("vectors.npy"), &rows);
+    write_npy(&dir.path().join("queries.npy"), &rows[..20]);
+    let items: String = (0..rows.len())
+        .map(|i| {
+            format!(
+                "{{\"item_id\": \"item-{i}\", \"category\": \"c{}\", \"in_stock\": true, \"price\": 1.0}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("items.jsonl"), items).unwrap();
+    let index = dir.path().join("index");
+    let built = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .arg("build-index")
+        .arg("--models")
+        .arg(repo_root().join("models"))
+        .args([
+            "--model",
+            "image_embedder_onnx",
+            "--factory",
+            "HNSW32",
+            "--embeddings",
+        ])
+        .arg(dir.path().join("vectors.npy"))
+        .arg("--catalog")
+        .arg(dir.path().join("items.jsonl"))
+        .arg("--out")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let config_path = dir.path().join("ferrite.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[models]\nrepository = {:?}\npoll_interval_s = 0\n[features]\nrepository = {:?}\nembedded_path = {:?}\n\
+             [search]\nindex_dir = {:?}\nmodel = \"image_embedder_onnx\"\nlive_recall_sample = 0\n",
+            repo_root().join("models"),
+            repo_root().join("features"),
+            dir.path().join("store"),
+            index
+        ),
+    )
+    .unwrap();
+    let mut config = Config::from_file(&config_path).unwrap();
+    config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    let server = ferrite_server::start(config).await.unwrap();
+    let mut a = args(server.grpc_addr());
+    a.rpc = Rpc::VisualSearchEmbedding;
+    a.queries = Some(dir.path().join("queries.npy"));
+    a.with_raw = true;
+    a.server_config = Some(config_path);
+    a.rate = Some(200.0);
+    a.concurrency = 4;
+    a.requests = 60;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(
+        (report.run.ok, report.run.errors),
+        (60, 0),
+        "{}",
+        report.to_text()
+    );
+    let legs: Vec<(Option<f64>, u64)> = report.raw.iter().map(|r| (r.rate, r.calls)).collect();
+    assert_eq!(legs, vec![(None, 60), (Some(200.0), 60)]);
+    assert!(
+        report
+            .raw
+            .iter()
+            .all(|r| r.model == "faiss HNSW32" && r.latency_us.p50 > 0.0)
+    );
+    let text = report.to_text();
+    assert!(text.contains("vs raw at the run's rate  p50 "), "{text}");
+    // Without --rate, the raw search runs back to back only.
+    a.rate = None;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(report.raw.len(), 1);
+    assert_eq!(report.raw[0].rate, None);
+    server.shutdown().await.unwrap();
 }

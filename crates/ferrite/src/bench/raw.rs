@@ -150,7 +150,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
 /// Times `calls` calls of `call` (given the call's index), back to back or started on the
 /// schedule of `rate` calls per second with the thread asleep in between: each call's
 /// latency, and the seconds the whole took.
-fn timed(
+pub(super) fn timed(
     calls: u64,
     rate: Option<f64>,
     mut call: impl FnMut(usize) -> anyhow::Result<()>,

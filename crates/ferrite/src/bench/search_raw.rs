@@ -1,17 +1,17 @@
 //! `--with-raw` for `visual-search-embedding`: the catalog index the server searches, loaded
 //! from the same directory with the same `[search]` settings in this process and searched
-//! with the same queries (batch 1, one thread, the same `k` and filter), so a report holds
-//! the raw FAISS search beside the RPC.
+//! with the same queries in the same order as the run's first caller sends them (batch 1,
+//! one thread, the same `k` and filter), so a report holds the raw FAISS search beside the
+//! RPC: back to back, and with `--rate` also on the run's schedule, the thread asleep in
+//! between as a server's is.
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use ferrite_search::catalog::{CatalogIndex, Expected, ItemFilter, read_meta};
 use ferrite_server::Config;
-use hdrhistogram::Histogram;
 
-use super::raw::RawReport;
+use super::raw::{RawReport, timed};
 
 /// What the raw searches are.
 pub struct Plan<'a> {
@@ -20,14 +20,20 @@ pub struct Plan<'a> {
     pub queries: &'a Path,
     pub top_k: usize,
     pub categories: &'a [String],
-    /// Searches measured (the queries taken in turn), after one unmeasured pass over them.
+    /// Searches measured, after one unmeasured pass over the queries.
     pub calls: u64,
     /// The measured searches stop after this many seconds, whatever the count.
     pub duration_s: f64,
+    /// The run's open-loop rate: the searches are then also timed on that schedule.
+    pub rate: Option<f64>,
+    /// The keys the run sends, in order: search `i` takes query `keys[i] % rows`, as the RPC
+    /// does (`bench::search::Queries::get`), so both see the same mix of easy and hard queries.
+    pub keys: &'a [u64],
 }
 
-/// Loads the index and times `calls` searches, back to back.
-pub fn measure(plan: &Plan<'_>) -> anyhow::Result<RawReport> {
+/// Loads the index and times up to `calls` searches back to back, then on the run's
+/// schedule when it has a rate.
+pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     let config = Config::from_file(plan.server_config)?.search;
     let index_dir = config.index_dir.as_path();
     let meta = read_meta(index_dir).with_context(|| {
@@ -60,26 +66,29 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<RawReport> {
     for i in 0..queries.rows {
         index.search(queries.row(i), plan.top_k, &filter)?;
     }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let start = Instant::now();
-    let mut calls = 0;
-    while calls < plan.calls && start.elapsed().as_secs_f64() < plan.duration_s {
-        let query = queries.row(calls as usize % queries.rows);
-        let t0 = Instant::now();
-        let results = index.search(query, plan.top_k, &filter)?;
-        histogram.saturating_record((t0.elapsed().as_micros() as u64).max(1));
-        std::hint::black_box(results);
-        calls += 1;
+    ensure!(!plan.keys.is_empty(), "no keys to take the queries by");
+    // Bounded by the count and by the duration, like the run.
+    let bounded = |rate: f64| plan.calls.min((rate * plan.duration_s).floor().max(1.0) as u64);
+    let mut legs = vec![(plan.calls, None)];
+    legs.extend(plan.rate.map(|rate| (bounded(rate), Some(rate))));
+    let mut reports = Vec::new();
+    for (calls, rate) in legs {
+        let (histogram, elapsed) = timed(calls, rate, |i| {
+            let key = plan.keys[i % plan.keys.len()];
+            let query = queries.row((key % queries.rows as u64) as usize);
+            std::hint::black_box(index.search(query, plan.top_k, &filter)?);
+            Ok(())
+        })?;
+        reports.push(RawReport {
+            model: format!("faiss {}", meta.factory),
+            trees: false,
+            batch: 1,
+            rate,
+            calls,
+            calls_per_s: calls as f64 / elapsed,
+            rows_per_s: calls as f64 / elapsed,
+            latency_us: super::percentiles(&histogram),
+        });
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(RawReport {
-        model: format!("faiss {}", meta.factory),
-        trees: false,
-        batch: 1,
-        rate: None,
-        calls,
-        calls_per_s: calls as f64 / elapsed,
-        rows_per_s: calls as f64 / elapsed,
-        latency_us: super::percentiles(&histogram),
-    })
+    Ok(reports)
 }
