@@ -2,7 +2,8 @@
 
     python summarize.py OUT --window-s 30 --warmup-s 60 [--chart OUT/soak.png]
 
-Reads OUT/rates.txt, OUT/max-RPC.json, OUT/windows/W-RPC.json (ferrite bench --json) and
+Reads OUT/rates.txt, OUT/max-RPC.json, OUT/open-max.txt (when the run probed its open-loop
+maxima: "max/s" is then that), OUT/windows/W-RPC.json (ferrite bench --json) and
 OUT/rss.txt (seconds, kB), prints one table, writes OUT/summary.json, and exits 1 when a goal
 is missed: any error, any call skipped or cut, or resident memory after the warm-up growing by
 5 % or more (the last minute's median against the minute after the warm-up).
@@ -51,6 +52,13 @@ def main():
 
     failures = []
     rows = []
+    # The open-loop maxima (scripts/soak.sh's probes), where the run measured them.
+    open_max = {}
+    if (a.out / "open-max.txt").exists():
+        for line in (a.out / "open-max.txt").read_text().split("\n"):
+            if line.strip():
+                rpc, rate, _fraction = line.split()
+                open_max[rpc] = float(rate)
     for rpc in rpcs:
         maximum = json.loads((a.out / f"max-{rpc}.json").read_text())["run"]
         runs = [r for _, r in windows[rpc]]
@@ -60,7 +68,8 @@ def main():
         p99s = [r["latency_us"]["p99"] for r in after]
         row = {
             "rpc": rpc,
-            "max_rps": maximum["rps"],
+            "max_rps": open_max.get(rpc, maximum["rps"]),
+            "closed_loop_max_rps": maximum["rps"],
             "rate": rates[rpc],
             "calls": sum(r["ok"] + r["errors"] for r in runs),
             "errors": sum(r["errors"] for r in runs),
