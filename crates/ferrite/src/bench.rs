@@ -244,6 +244,14 @@ impl Round {
 }
 
 impl Report {
+    /// The raw leg of the run's batch size run by ONNX Runtime or FAISS (not the trees in
+    /// Rust): back to back, or on the run's schedule when `paced`.
+    fn raw_leg(&self, paced: bool) -> Option<&raw::RawReport> {
+        self.raw
+            .iter()
+            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some() == paced)
+    }
+
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let line = |r: &RunReport| {
@@ -308,11 +316,7 @@ impl Report {
                 run_cpu_us: self.run.server_cpu.as_ref().map(|c| c.us_per_call),
             };
             out.push_str(&pooled.gap_text("vs floor"));
-            if let Some(paced) = self
-                .raw
-                .iter()
-                .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some())
-            {
+            if let Some(paced) = self.raw_leg(true) {
                 out.push_str(&format!(
                     "less model   gap p50 {:+.1}µs - raw at the run's rate p50 {:.1}µs = {:+.1}µs of work around the model\n",
                     self.run.latency_us.p50 - floor.latency_us.p50,
@@ -321,11 +325,7 @@ impl Report {
                 ));
             }
         }
-        if let Some(raw) = self
-            .raw
-            .iter()
-            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_none())
-        {
+        if let Some(raw) = self.raw_leg(false) {
             out.push_str(&format!(
                 "vs raw throughput {:.1} % of raw batch-{b} calls/s ({:.0} of {:.0}); p50 {:.2}× p99 {:.2}× raw batch {b}\n",
                 100.0 * self.run.rps / raw.calls_per_s,
@@ -336,11 +336,7 @@ impl Report {
                 b = self.batch
             ));
         }
-        if let Some(paced) = self
-            .raw
-            .iter()
-            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some())
-        {
+        if let Some(paced) = self.raw_leg(true) {
             out.push_str(&format!(
                 "vs raw at the run's rate  p50 {:.2}× p99 {:.2}× raw batch {}\n",
                 self.run.latency_us.p50 / paced.latency_us.p50.max(1.0),

@@ -1093,27 +1093,7 @@ async fn the_floor_on_its_own_server_alternates_with_the_run() {
 /// check, and stops on SIGTERM with a clean exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_server_answers_the_health_check_and_stops_on_sigterm() {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args([
-            "floor-server",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--worker-threads",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("floor listening grpc=")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let (mut child, addr) = floor_server();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -1138,7 +1118,7 @@ async fn the_floor_server_answers_the_health_check_and_stops_on_sigterm() {
     // says it is going away (a graceful stop waits for that); bounded at 20 s.
     let exit = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        tokio::task::spawn_blocking(move || child.wait()),
+        tokio::task::spawn_blocking(move || child.0.wait()),
     )
     .await
     .expect("the floor server did not stop within 20 s of SIGTERM")
