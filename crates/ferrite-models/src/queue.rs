@@ -336,10 +336,11 @@ fn still_wanted(jobs: Vec<Job>, label: &str) -> Vec<Job> {
         if job.reply.is_closed() {
             dropped += 1;
         } else if job.deadline.is_some_and(|d| d <= now) {
-            // The caller's own timer answers (and counts) it if it fires first.
-            let _ = job
-                .reply
-                .send(Err(deadline_passed(label, "queued; it was not run")));
+            // The caller's own timer answers (and counts) it if it fires first. Its place is
+            // given back before the answer, so that a caller who hears it finds the place free.
+            let Job { reply, ticket, .. } = job;
+            drop(ticket);
+            let _ = reply.send(Err(deadline_passed(label, "queued; it was not run")));
         } else {
             kept.push(job);
         }
@@ -389,14 +390,19 @@ fn run(jobs: Vec<Job>, shared: &Shared) {
     }));
     shared.stats.record_execution(total, started.elapsed());
     let result = ran.unwrap_or_else(|payload| Err(panicked(&shared.label, &shared.stats, payload.as_ref())));
+    // Each place is given back before its answer goes out: a caller that has its answer may
+    // send the next request at once and must find the place free (a ticket dropped after the
+    // send raced it: RESOURCE_EXHAUSTED with the queue empty).
     match result {
         Ok(per_job) => {
-            for ((reply, _ticket), outputs) in replies.into_iter().zip(per_job) {
+            for ((reply, ticket), outputs) in replies.into_iter().zip(per_job) {
+                drop(ticket);
                 let _ = reply.send(Ok(outputs));
             }
         }
         Err(e) => {
-            for (reply, _ticket) in replies {
+            for (reply, ticket) in replies {
+                drop(ticket);
                 let _ = reply.send(Err(copy_error(&e)));
             }
         }
