@@ -101,7 +101,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Model RPCs: also call the model in this process, with no server in between (batch 1
-    /// and 64, `--requests` calls, one thread), and report the run against it. With `--rate`,
+    /// and 64, up to `--requests` calls and `--duration-s` seconds a leg, one thread), and
+    /// report the run against it. With `--rate`,
     /// batch 1 is also called on the run's schedule, the thread asleep in between: the
     /// model's own cost at that rate, caches colder than back to back.
     /// `visual-search-embedding`: search the server's catalog index in this process instead

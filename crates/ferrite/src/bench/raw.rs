@@ -99,22 +99,20 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     if let Some((calls, rate)) = paced {
         legs.push((1, calls, Some(rate)));
     }
-    let report = |trees: bool,
-                  batch: usize,
-                  calls: u64,
-                  rate: Option<f64>,
-                  (histogram, elapsed): (Histogram<u64>, f64)| {
-        RawReport {
-            model: model.to_string(),
-            trees,
-            batch,
-            rate,
-            calls,
-            calls_per_s: calls as f64 / elapsed,
-            rows_per_s: (calls * batch as u64) as f64 / elapsed,
-            latency_us: super::percentiles(&histogram),
-        }
-    };
+    let report =
+        |trees: bool, batch: usize, rate: Option<f64>, (histogram, elapsed): (Histogram<u64>, f64)| {
+            let calls = histogram.len();
+            RawReport {
+                model: model.to_string(),
+                trees,
+                batch,
+                rate,
+                calls,
+                calls_per_s: calls as f64 / elapsed,
+                rows_per_s: (calls * batch as u64) as f64 / elapsed,
+                latency_us: super::percentiles(&histogram),
+            }
+        };
     for (batch, calls, rate) in legs {
         let inputs: Vec<Vec<Tensor>> = (0..256u64)
             .map(|k| {
@@ -122,11 +120,11 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
                 Tensor::new(input, vec![batch, width], TensorData::Fp32(rows)).map(|t| vec![t])
             })
             .collect::<Result<_, _>>()?;
-        let timed = timed(calls, rate, |i| {
+        let timed = timed(calls, rate, duration_s, |i| {
             backend.infer(&inputs[i % 256])?;
             Ok(())
         })?;
-        reports.push(report(false, batch, calls, rate, timed));
+        reports.push(report(false, batch, rate, timed));
     }
     // A tree ensemble: the same rows one at a time through its trees walked in Rust, back to
     // back and on the run's schedule, beside ONNX Runtime's runs of them.
@@ -137,27 +135,32 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         let mut legs = vec![(calls, None)];
         legs.extend(paced.map(|(calls, rate)| (calls, Some(rate))));
         for (calls, rate) in legs {
-            let timed = timed(calls, rate, |i| {
+            let timed = timed(calls, rate, duration_s, |i| {
                 std::hint::black_box(trees.predict(&rows[i % 256]).map_err(anyhow::Error::msg)?);
                 Ok(())
             })?;
-            reports.push(report(true, 1, calls, rate, timed));
+            reports.push(report(true, 1, rate, timed));
         }
     }
     Ok(reports)
 }
 
-/// Times `calls` calls of `call` (given the call's index), back to back or started on the
-/// schedule of `rate` calls per second with the thread asleep in between: each call's
-/// latency, and the seconds the whole took.
+/// Times up to `calls` calls of `call` (given the call's index), back to back or started on
+/// the schedule of `rate` calls per second with the thread asleep in between, none started
+/// after `duration_s` seconds: each call's latency (the histogram's count is the calls
+/// made), and the seconds the whole took.
 pub(super) fn timed(
     calls: u64,
     rate: Option<f64>,
+    duration_s: f64,
     mut call: impl FnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<(Histogram<u64>, f64)> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let start = Instant::now();
     for i in 0..calls {
+        if start.elapsed().as_secs_f64() >= duration_s {
+            break;
+        }
         if let Some(rate) = rate {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {

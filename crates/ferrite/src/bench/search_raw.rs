@@ -31,8 +31,8 @@ pub struct Plan<'a> {
     pub keys: &'a [u64],
 }
 
-/// Loads the index and times up to `calls` searches back to back, then on the run's
-/// schedule when it has a rate.
+/// Loads the index and times up to `calls` searches (none started after `duration_s`) back
+/// to back, then on the run's schedule when it has a rate.
 pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     let config = Config::from_file(plan.server_config)?.search;
     let index_dir = config.index_dir.as_path();
@@ -73,12 +73,13 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     legs.extend(plan.rate.map(|rate| (bounded(rate), Some(rate))));
     let mut reports = Vec::new();
     for (calls, rate) in legs {
-        let (histogram, elapsed) = timed(calls, rate, |i| {
+        let (histogram, elapsed) = timed(calls, rate, plan.duration_s, |i| {
             let key = plan.keys[i % plan.keys.len()];
             let query = queries.row((key % queries.rows as u64) as usize);
             std::hint::black_box(index.search(query, plan.top_k, &filter)?);
             Ok(())
         })?;
+        let calls = histogram.len();
         reports.push(RawReport {
             model: format!("faiss {}", meta.factory),
             trees: false,
