@@ -489,28 +489,33 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// The floor's own server (`--floor-addr`): its settings (address, processes) and channels.
+/// The floor's own server (`--floor-addr`) and its channels; its processes are `--floor-pid`.
 struct FloorTarget {
-    args: BenchArgs,
+    addr: SocketAddr,
     channels: Vec<Arc<Target>>,
+}
+
+impl FloorTarget {
+    /// `leg`'s settings for a floor leg on this server: its address and its processes.
+    fn leg_args(&self, args: &BenchArgs, leg: &BenchArgs) -> BenchArgs {
+        BenchArgs {
+            addr: self.addr,
+            server_pid: args.floor_pid.clone(),
+            ..leg.clone()
+        }
+    }
 }
 
 async fn floor_target(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<FloorTarget> {
     for (pid, sample) in args.floor_pid.iter().zip(procs::read_all(&args.floor_pid)) {
         anyhow::ensure!(sample.is_some(), "--floor-pid {pid}: no such process in /proc");
     }
-    let mut floor = args.clone();
-    floor.addr = addr;
-    floor.server_pid = args.floor_pid.clone();
-    let channels = connect(&floor)
+    let channels = connect(&BenchArgs { addr, ..args.clone() })
         .await?
         .into_iter()
         .map(|c| Arc::new(Target::new(c, None, 1, None, None, None)))
         .collect();
-    Ok(FloorTarget {
-        args: floor,
-        channels,
-    })
+    Ok(FloorTarget { addr, channels })
 }
 
 /// The floor and the run, alternated `--rounds` times; the floor on its own server when
@@ -536,11 +541,7 @@ async fn alternated(
         let before = host::CpuTimes::now();
         let f = match floor_target {
             Some(target) => {
-                let floor_args = BenchArgs {
-                    addr: target.args.addr,
-                    server_pid: target.args.server_pid.clone(),
-                    ..leg_args.clone()
-                };
+                let floor_args = target.leg_args(args, &leg_args);
                 measure(&floor_args, args.rpc.floor(), &target.channels).await?
             }
             None => measure(&leg_args, args.rpc.floor(), channels).await?,
