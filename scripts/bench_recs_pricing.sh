@@ -5,7 +5,8 @@
 # `ferrite bench --rpc recommend|price` in one run, Redis on both sides:
 #   1. parity: the peer's answers equal Ferrite's (benches/peers/recs_pricing/parity.py);
 #   2. per RPC, at each rate the peer sustains (RECS_RATES, PRICE_RATES), the two sides
-#      alternated ROUNDS times (open loop, same concurrency);
+#      alternated ROUNDS times (open loop, same concurrency), each round also Ferrite's floor
+#      (its health check) and the call's online reads on Ferrite's server and Redis;
 #   3. Ferrite alone at the rates (500 Recommend/s, 1,000 Price/s), ROUNDS times.
 # Each leg reads the CPU time of every server-side process from /proc (Ferrite and its Redis;
 # the glue service with Feast in it and the peer's Redis) and the host's steal;
@@ -84,28 +85,41 @@ fi
 echo "$parity" >&2
 
 leg_no=0
-# One leg: rpc, side (ferrite|peer), rate. Writes $OUT/legs/RPC/NNN-side-rate.json.
+# One leg: rpc, side, rate. Writes $OUT/legs/RPC/NNN-side-rate.json. Sides: ferrite, peer;
+# floor (Ferrite's health check, its server and Redis) and read-RPC (an online read the call
+# makes, e.g. read-features-price), each at the call's rate on Ferrite's processes.
 leg() {
-  local rpc=$1 side=$2 rate=$3 addr pidlist keys=2000
+  local rpc=$1 side=$2 rate=$3 addr pidlist keys=2000 call=$1
   [ "$rpc" = price ] && keys=500
-  if [ "$side" = ferrite ]; then addr=$FERRITE_ADDR pidlist=$FERRITE_PIDS; else addr=$PEER_ADDR pidlist=$PEER_PIDS; fi
+  case $side in
+    floor) call=health ;;
+    read-*) call=${side#read-} keys=500 ;;
+  esac
+  if [ "$side" = peer ]; then addr=$PEER_ADDR pidlist=$PEER_PIDS; else addr=$FERRITE_ADDR pidlist=$FERRITE_PIDS; fi
   leg_no=$((leg_no + 1))
   local json seconds=$(((MIN_CALLS + rate - 1) / rate))
   [ "$seconds" -ge "$LEG_S" ] || seconds=$LEG_S
   [ "$seconds" -le 30 ] || seconds=30
   json=$(printf '%s/legs/%s/%03d-%s-%s.json' "$OUT" "$rpc" "$leg_no" "$side" "$rate")
   echo "==> $rpc: $side at $rate/s for $seconds s" >&2
-  on_client_cpus "$bin" bench --addr "$addr" --rpc "$rpc" --keys "$keys" --rate "$rate" \
+  on_client_cpus "$bin" bench --addr "$addr" --rpc "$call" --keys "$keys" --rate "$rate" \
     --concurrency "$CONCURRENCY" --requests $((rate * seconds)) --duration-s "$seconds" --warmup 50 \
     --client-threads 1 --server-pid "$pidlist" --json "$json" |
     grep -E '^(run|  +server CPU|host|  error)' >&2 || true
 }
 
+# At the peer's rates, also what no server can do without on this host at that rate: the
+# empty call and the call's online reads (their Redis work included).
 for rate in $RECS_RATES; do
-  for _ in $(seq 1 "$ROUNDS"); do leg recommend ferrite "$rate"; leg recommend peer "$rate"; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    leg recommend ferrite "$rate"; leg recommend peer "$rate"
+    leg recommend floor "$rate"; leg recommend read-features-recs "$rate"; leg recommend read-features-recs-items "$rate"
+  done
 done
 for rate in $PRICE_RATES; do
-  for _ in $(seq 1 "$ROUNDS"); do leg price ferrite "$rate"; leg price peer "$rate"; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    leg price ferrite "$rate"; leg price peer "$rate"; leg price floor "$rate"; leg price read-features-price "$rate"
+  done
 done
 for _ in $(seq 1 "$ROUNDS"); do
   leg recommend ferrite "$RECS_TARGET"

@@ -4,7 +4,8 @@
     python summarize.py table OUT/legs [--p99-us 50000] [--cpu-goal 40] [--no-rate-goals]
                                                           # the summary table and the ratios
 
-A leg file is named NNN-SIDE-RATE.json (SIDE: ferrite or peer). A leg is *sustained* when no
+A leg file is named NNN-SIDE-RATE.json (SIDE: ferrite or peer; floor and read-RPC: Ferrite's
+health check and the online reads of the call, at the same rate, on Ferrite's processes). A leg is *sustained* when no
 call failed, none was skipped (the open loop never hit its in-flight cap) and its p99 is
 within the limit; `check` says so for one leg, which is how the script's rate ladders stop.
 """
@@ -18,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-NAME = re.compile(r"(\d+)-(ferrite|peer)-(\d+)\.json$")
+NAME = re.compile(r"(\d+)-(ferrite|peer|floor|read-[a-z0-9-]+)-(\d+)\.json$")
 
 
 def load(path: Path) -> dict:
@@ -106,6 +107,19 @@ def table(legs_dir: Path, p99_us: float, cpu_goal: float = 40, fraud_goals: bool
         if f and p:
             cpu_ratios.append((rate, f, p))
             print(f"CPU per call at {rate}/s: Ferrite {f:.1f} µs, peer {p:.1f} µs: 1/{p / f:.1f} (goal <= 1/{cpu_goal:g})")
+    for rate in shared:
+        floor, p = groups.get(("floor", rate)), groups[("peer", rate)].cpu_us_per_call()
+        if floor is None or floor.cpu_us_per_call() is None or not p:
+            continue
+        # What any server pays at this rate before it runs a model: the empty call, plus each
+        # online read's cost above it (Redis's work included).
+        base = floor.cpu_us_per_call()
+        reads = {s[len("read-"):]: g.cpu_us_per_call() - base for (s, r), g in groups.items()
+                 if r == rate and s.startswith("read-") and g.cpu_us_per_call() is not None}
+        total = base + sum(reads.values())
+        parts = ", ".join(f"{name} +{cost:.1f}" for name, cost in sorted(reads.items()))
+        print(f"floor + online reads at {rate}/s: {total:.1f} µs (health check {base:.1f}{', ' + parts if parts else ''}): "
+              f"the peer's call is {p / total:.1f}x that, so no server on this host goes below 1/{p / total:.1f} of it at this rate")
     for rate in shared:
         f, p = groups[("ferrite", rate)].worst("p99"), groups[("peer", rate)].worst("p99")
         print(f"p99 at {rate}/s: Ferrite {fmt_ms(f)} ms, peer {fmt_ms(p)} ms: 1/{p / max(f, 1):.1f}")

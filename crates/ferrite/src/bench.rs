@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// `visual-search-embedding`: search the server's catalog index in this process instead
     /// (`--server-config`; the same queries in the order the run's first caller sends them,
     /// `--top-k` and filter; batch 1, one thread; with `--rate`, also on the run's schedule).
+    /// `recommend`, `price`: each model run one call of the pipeline makes, at the rows it
+    /// runs (Price: the demand model on 50 candidate prices; Recommend: the user tower on one
+    /// row, the ranker on 200), and Recommend's search of 200 candidates over an exact index
+    /// of the sample's 500 items, back to back and with `--rate` on the run's schedule; the
+    /// report adds their p50s up.
     #[arg(long)]
     pub with_raw: bool,
     /// The server's config file: `--with-raw` on `visual-search-embedding` loads its
@@ -250,7 +255,19 @@ impl Report {
     fn raw_leg(&self, paced: bool) -> Option<&raw::RawReport> {
         self.raw
             .iter()
-            .find(|r| !r.trees && r.batch == self.batch && r.rate.is_some() == paced)
+            .find(|r| !r.trees && !r.stage && r.batch == self.batch && r.rate.is_some() == paced)
+    }
+
+    /// A pipeline call's raw work (`--with-raw` on recommend or price): the p50s of the model
+    /// runs and the search one call makes, added up, back to back or on the run's schedule.
+    pub fn raw_stages_p50(&self, paced: bool) -> Option<f64> {
+        let legs: Vec<f64> = self
+            .raw
+            .iter()
+            .filter(|r| r.stage && r.rate.is_some() == paced)
+            .map(|r| r.latency_us.p50)
+            .collect();
+        (!legs.is_empty()).then(|| legs.iter().sum())
     }
 
     pub fn to_text(&self) -> String {
@@ -290,6 +307,15 @@ impl Report {
         for raw in &self.raw {
             out.push_str(&raw.to_text());
         }
+        if let Some(b2b) = self.raw_stages_p50(false) {
+            let paced = self
+                .raw_stages_p50(true)
+                .map(|p| format!(", {p:.1}µs at the run's rate"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "raw    one call's model runs and search, p50s added: {b2b:.1}µs back to back{paced}\n"
+            ));
+        }
         let per = (self.run.rpc == Rpc::ScoreFraudBatch.name()).then_some((self.batch, "transaction"));
         let cpu = |r: &RunReport, per: Option<(usize, &str)>| {
             r.server_cpu
@@ -317,12 +343,16 @@ impl Report {
                 run_cpu_us: self.run.server_cpu.as_ref().map(|c| c.us_per_call),
             };
             out.push_str(&pooled.gap_text("vs floor"));
-            if let Some(paced) = self.raw_leg(true) {
+            let paced = self
+                .raw_leg(true)
+                .map(|r| r.latency_us.p50)
+                .or(self.raw_stages_p50(true));
+            if let Some(paced) = paced {
                 out.push_str(&format!(
                     "less model   gap p50 {:+.1}µs - raw at the run's rate p50 {:.1}µs = {:+.1}µs of work around the model\n",
                     self.run.latency_us.p50 - floor.latency_us.p50,
-                    paced.latency_us.p50,
-                    self.run.latency_us.p50 - floor.latency_us.p50 - paced.latency_us.p50,
+                    paced,
+                    self.run.latency_us.p50 - floor.latency_us.p50 - paced,
                 ));
             }
         }
@@ -395,7 +425,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             })
             .await??
         }
-        (true, None) => anyhow::bail!("--with-raw needs a model RPC, not {}", args.rpc.name()),
+        (true, None) if !args.rpc.pipeline_stages().is_empty() => {
+            let (models, rpc, calls) = (args.models.clone(), args.rpc, args.requests);
+            let (rate, duration_s) = (args.rate, args.duration_s);
+            tokio::task::spawn_blocking(move || {
+                raw::pipeline(
+                    &models,
+                    rpc.pipeline_stages(),
+                    rpc.pipeline_search(),
+                    calls,
+                    rate,
+                    duration_s,
+                )
+            })
+            .await??
+        }
+        (true, None) => anyhow::bail!(
+            "--with-raw needs a model or pipeline RPC, not {}",
+            args.rpc.name()
+        ),
         (true, Some((default, input, width))) => {
             let model = args.model.clone().unwrap_or_else(|| default.to_string());
             let (models, calls, batch) = (args.models.clone(), args.requests, args.batch);
@@ -410,6 +458,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                     batch,
                     rate,
                     duration_s,
+                    only_batch: false,
                 })
             })
             .await??

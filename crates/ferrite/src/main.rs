@@ -152,7 +152,9 @@ fn main() -> anyhow::Result<()> {
     if matches!(cli.command, Command::TrainingSet { .. }) {
         use_huge_pages();
     }
-    if matches!(cli.command, Command::Serve { .. }) {
+    // The raw models of `ferrite bench --with-raw` run as the server runs them.
+    let raw_bench = matches!(&cli.command, Command::Bench(args) if args.with_raw);
+    if matches!(cli.command, Command::Serve { .. }) || raw_bench {
         serial_candle_math();
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -448,6 +448,106 @@ async fn feature_reads_report_the_share_of_values_present() {
     }
 }
 
+/// The pipeline RPCs beside the work no server can avoid: each online read a Price or
+/// Recommend call makes finds the sample's values, and `--with-raw` runs each model of the
+/// call at the rows one call gives it (and Recommend's search of its candidates), back to back
+/// and on the run's schedule, their p50s added up in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_calls_are_reported_beside_their_reads_and_raw_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = feature_config(dir.path(), "");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "materialize",
+            "--quiet",
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2030-01-01",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = start_server_on(dir.path().join("online")).await;
+    let mut a = args(server.grpc_addr());
+    a.keys = 500;
+    a.requests = 20;
+    a.warmup = 0;
+    for rpc in [Rpc::FeaturesPrice, Rpc::FeaturesRecs, Rpc::FeaturesRecsItems] {
+        a.rpc = rpc;
+        let report = bench::run(&a).await.unwrap();
+        assert_eq!((report.run.ok, report.run.errors), (20, 0), "{}", rpc.name());
+        let present = report.run.present_pct.unwrap();
+        assert!(present > 50.0 && present <= 100.0, "{}: {present} %", rpc.name());
+    }
+
+    a.with_raw = true;
+    a.rate = Some(200.0);
+    a.requests = 40;
+    let legs = |report: &bench::Report| -> Vec<(String, usize, Option<f64>, u64, bool)> {
+        report
+            .raw
+            .iter()
+            .map(|r| (r.model.clone(), r.batch, r.rate, r.calls, r.stage))
+            .collect()
+    };
+    a.rpc = Rpc::Price;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(
+        (report.run.ok, report.run.fallbacks),
+        (40, 0),
+        "{}",
+        report.to_text()
+    );
+    let demand = |rate| ("pricing_demand".to_string(), 50, rate, 40, true);
+    assert_eq!(legs(&report), [demand(None), demand(Some(200.0))]);
+    let text = report.to_text();
+    assert!(
+        text.contains("one call's model runs and search, p50s added: "),
+        "{text}"
+    );
+    // Not one model's run against the whole call.
+    assert!(!text.contains("vs raw"), "{text}");
+
+    a.rpc = Rpc::Recommend;
+    a.with_floor = true;
+    let report = bench::run(&a).await.unwrap();
+    assert_eq!(
+        (report.run.ok, report.run.fallbacks),
+        (40, 0),
+        "{}",
+        report.to_text()
+    );
+    let leg = |model: &str, rows, rate| (model.to_string(), rows, rate, 40, true);
+    assert_eq!(
+        legs(&report),
+        [
+            leg("recs_user_tower", 1, None),
+            leg("recs_user_tower", 1, Some(200.0)),
+            leg("recs_ranker", 200, None),
+            leg("recs_ranker", 200, Some(200.0)),
+            leg("faiss Flat top-200 of 500", 1, None),
+            leg("faiss Flat top-200 of 500", 1, Some(200.0)),
+        ]
+    );
+    let paced: f64 = report
+        .raw
+        .iter()
+        .filter(|r| r.rate.is_some())
+        .map(|r| r.latency_us.p50)
+        .sum();
+    assert_eq!(report.raw_stages_p50(true), Some(paced));
+    assert!(paced > 0.0);
+    let text = report.to_text();
+    assert!(
+        text.contains(&format!("raw at the run's rate p50 {paced:.1}µs")),
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_duration_bound_stops_a_run_before_its_count() {
     let server = start_server().await;

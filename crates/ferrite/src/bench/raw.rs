@@ -18,6 +18,9 @@ pub struct RawReport {
     /// The model's trees walked in Rust (`ferrite_models::trees`, what the fraud pipeline's
     /// explanations run) rather than its ONNX Runtime session.
     pub trees: bool,
+    /// One of the runs a pipeline call makes (`pipeline`); their p50s add up to the call's
+    /// raw work.
+    pub stage: bool,
     pub batch: usize,
     /// Calls started on this schedule (per second), the thread asleep in between, as a
     /// server's is between calls at that rate; `None`: back to back.
@@ -29,6 +32,28 @@ pub struct RawReport {
 }
 
 impl RawReport {
+    /// The report of `timed`'s calls, each of `batch` rows.
+    pub(super) fn of(
+        model: String,
+        (trees, stage): (bool, bool),
+        batch: usize,
+        rate: Option<f64>,
+        (histogram, elapsed): (Histogram<u64>, f64),
+    ) -> RawReport {
+        let calls = histogram.len();
+        RawReport {
+            model,
+            trees,
+            stage,
+            batch,
+            rate,
+            calls,
+            calls_per_s: calls as f64 / elapsed,
+            rows_per_s: (calls * batch as u64) as f64 / elapsed,
+            latency_us: super::percentiles(&histogram),
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let l = &self.latency_us;
         let pace = self.rate.map(|r| format!(" at {r}/s")).unwrap_or_default();
@@ -62,6 +87,9 @@ pub struct Plan<'a> {
     /// `calls` calls and `duration_s` seconds.
     pub rate: Option<f64>,
     pub duration_s: f64,
+    /// Only the run's batch: `calls` calls back to back, then on the run's schedule (a stage
+    /// of a pipeline call, which runs that batch once per call).
+    pub only_batch: bool,
 }
 
 /// Loads the model from the repository (warm-up included) and calls its backend directly
@@ -82,6 +110,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         batch,
         rate,
         duration_s,
+        only_batch,
     } = *plan;
     let runtime = OnnxRuntime::get(None)?;
     let repository = ModelRepository::new(models, runtime);
@@ -90,29 +119,21 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         .with_context(|| format!("cannot load {model:?} from {} for --with-raw", models.display()))?;
     let backend = loaded.version("")?.backend.clone();
     let mut reports = Vec::new();
-    let mut legs = vec![(1usize, calls, None), (64, (calls / 64).max(100), None)];
-    if batch != 1 && batch != 64 {
+    let mut legs = if only_batch {
+        vec![(batch, calls, None)]
+    } else {
+        vec![(1usize, calls, None), (64, (calls / 64).max(100), None)]
+    };
+    if !only_batch && batch != 1 && batch != 64 {
         legs.push((batch, (calls / batch as u64).max(100), None));
     }
-    // Bounded by the count and by the duration, like the run.
-    let paced = rate.map(|rate| (calls.min((rate * duration_s).floor().max(1.0) as u64), rate));
+    let paced = rate.map(|rate| (paced_calls(calls, rate, duration_s), rate));
     if let Some((calls, rate)) = paced {
-        legs.push((1, calls, Some(rate)));
+        legs.push((if only_batch { batch } else { 1 }, calls, Some(rate)));
     }
-    let report =
-        |trees: bool, batch: usize, rate: Option<f64>, (histogram, elapsed): (Histogram<u64>, f64)| {
-            let calls = histogram.len();
-            RawReport {
-                model: model.to_string(),
-                trees,
-                batch,
-                rate,
-                calls,
-                calls_per_s: calls as f64 / elapsed,
-                rows_per_s: (calls * batch as u64) as f64 / elapsed,
-                latency_us: super::percentiles(&histogram),
-            }
-        };
+    let report = |trees: bool, batch: usize, rate: Option<f64>, timed| {
+        RawReport::of(model.to_string(), (trees, only_batch), batch, rate, timed)
+    };
     for (batch, calls, rate) in legs {
         let inputs: Vec<Vec<Tensor>> = (0..256u64)
             .map(|k| {
@@ -132,9 +153,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         let rows: Vec<Vec<f32>> = (0..256u64)
             .map(|k| super::rpc::rows(width as u64, k, 1))
             .collect();
-        let mut legs = vec![(calls, None)];
-        legs.extend(paced.map(|(calls, rate)| (calls, Some(rate))));
-        for (calls, rate) in legs {
+        for (calls, rate) in two_legs(calls, rate, duration_s) {
             let timed = timed(calls, rate, duration_s, |i| {
                 std::hint::black_box(trees.predict(&rows[i % 256]).map_err(anyhow::Error::msg)?);
                 Ok(())
@@ -143,6 +162,73 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         }
     }
     Ok(reports)
+}
+
+/// The work of one Recommend or Price call that no server can avoid, in this process: each
+/// model run of the pipeline at the rows one call gives it, and for Recommend the search of
+/// the candidates over an exact inner-product index of the sample catalogue's size (random
+/// unit vectors of the towers' width: a flat search costs the same for any values), through
+/// the id selector a filtered search takes. Each back to back and on the run's schedule.
+pub fn pipeline(
+    models: &Path,
+    stages: &[super::rpc::Stage],
+    search: Option<super::rpc::Search>,
+    calls: u64,
+    rate: Option<f64>,
+    duration_s: f64,
+) -> anyhow::Result<Vec<RawReport>> {
+    let mut reports = Vec::new();
+    for stage in stages {
+        reports.extend(measure(&Plan {
+            models,
+            model: stage.model,
+            input: stage.input,
+            width: stage.width,
+            calls,
+            batch: stage.rows,
+            rate,
+            duration_s,
+            only_batch: true,
+        })?);
+    }
+    if let Some(search) = search {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut unit = |n: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|_| {
+                    let v: Vec<f32> = (0..search.dim).map(|_| rng.random::<f32>() - 0.5).collect();
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                    v.into_iter().map(move |x| x / norm)
+                })
+                .collect()
+        };
+        let index = ferrite_search::PositionIndex::new(search.dim, unit(search.items))?;
+        let queries = unit(256);
+        let keep = |_: usize| true;
+        for (calls, rate) in two_legs(calls, rate, duration_s) {
+            let timed = timed(calls, rate, duration_s, |i| {
+                let q = &queries[(i % 256) * search.dim..(i % 256 + 1) * search.dim];
+                std::hint::black_box(index.search(q, search.k, Some(&keep))?);
+                Ok(())
+            })?;
+            let model = format!("faiss Flat top-{} of {}", search.k, search.items);
+            reports.push(RawReport::of(model, (false, true), 1, rate, timed));
+        }
+    }
+    Ok(reports)
+}
+
+/// Calls of a paced leg at `rate`: bounded by the count and by the duration, like the run.
+fn paced_calls(calls: u64, rate: f64, duration_s: f64) -> u64 {
+    calls.min((rate * duration_s).floor().max(1.0) as u64)
+}
+
+/// A leg back to back, then with a rate one on the run's schedule: (calls, rate) each.
+pub(super) fn two_legs(calls: u64, rate: Option<f64>, duration_s: f64) -> Vec<(u64, Option<f64>)> {
+    let mut legs = vec![(calls, None)];
+    legs.extend(rate.map(|rate| (paced_calls(calls, rate, duration_s), Some(rate))));
+    legs
 }
 
 /// Times up to `calls` calls of `call` (given the call's index), back to back or started on

@@ -1,6 +1,6 @@
 //! The RPCs `ferrite bench` can drive. Each later capability adds its own.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -64,6 +64,18 @@ pub enum Rpc {
     /// time as the request context): the online read a ScoreFraud call makes, to measure
     /// beside it.
     FeaturesFraud,
+    /// GetOnlineFeatures of feature service `pricing_v1` for item 3,000,000 + key, one
+    /// candidate price as its request context: the online read a Price call makes (run with
+    /// `--keys 500`), to measure beside it.
+    FeaturesPrice,
+    /// GetOnlineFeatures of what a Recommend call reads of user 1,000,000 + key in one read:
+    /// `recs_user_input:*` (feature service `recs_user_v1`) and the items bought in the last 30
+    /// days (`user_taste:purchased_items_30d`).
+    FeaturesRecs,
+    /// GetOnlineFeatures of the live check a Recommend call makes of its 200 candidates:
+    /// `item_features:stock_level` and `:is_active` of 200 items from 3,000,000 + key
+    /// (wrapping within the sample's 500 items), columnar.
+    FeaturesRecsItems,
     /// ScoringService/Recommend: 20 items for user 1,000,000 + key (the sample data's ids; run
     /// with `--keys 2000` for its users). An answer whose `meta.fallback` is set counts as a
     /// fallback.
@@ -87,6 +99,25 @@ pub enum Rpc {
     FeastFeatures,
     /// Feast's feature server: `GET /health`, its empty call (the floor of `feast-features`).
     FeastHealth,
+}
+
+/// One model run of a pipeline call (`Rpc::pipeline_stages`): the model, its input's name
+/// and width, and the rows one call gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stage {
+    pub model: &'static str,
+    pub input: &'static str,
+    pub width: usize,
+    pub rows: usize,
+}
+
+/// A pipeline call's search over the item index: the vectors' width, the items, the
+/// candidates asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Search {
+    pub dim: usize,
+    pub items: usize,
+    pub k: usize,
 }
 
 /// What the load generator reads from an answer.
@@ -114,6 +145,9 @@ impl Rpc {
             Rpc::ScoreFraud => "score-fraud",
             Rpc::ScoreFraudBatch => "score-fraud-batch",
             Rpc::FeaturesFraud => "features-fraud",
+            Rpc::FeaturesPrice => "features-price",
+            Rpc::FeaturesRecs => "features-recs",
+            Rpc::FeaturesRecsItems => "features-recs-items",
             Rpc::Recommend => "recommend",
             Rpc::Price => "price",
             Rpc::VisualSearch => "visual-search",
@@ -159,6 +193,44 @@ impl Rpc {
             Rpc::ScoreFraud | Rpc::FeaturesFraud => Some(("fraud_txn_gbdt", "features", 130)),
             _ => self.model_input(),
         }
+    }
+
+    /// For the pipeline calls that run several models (Recommend, Price): each model run one
+    /// call makes, at the rows it gives the model.
+    pub fn pipeline_stages(self) -> &'static [Stage] {
+        match self {
+            Rpc::Price => &[Stage {
+                model: "pricing_demand",
+                input: "features",
+                width: 29,
+                rows: PRICE_CANDIDATES,
+            }],
+            Rpc::Recommend => &[
+                Stage {
+                    model: "recs_user_tower",
+                    input: "features",
+                    width: 32,
+                    rows: 1,
+                },
+                Stage {
+                    model: "recs_ranker",
+                    input: "features",
+                    width: 69,
+                    rows: RECS_CANDIDATES,
+                },
+            ],
+            _ => &[],
+        }
+    }
+
+    /// The candidate search a Recommend call makes: the user tower's width, over the sample's
+    /// items.
+    pub fn pipeline_search(self) -> Option<Search> {
+        (self == Rpc::Recommend).then_some(Search {
+            dim: 32,
+            items: SAMPLE_ITEMS as usize,
+            k: RECS_CANDIDATES,
+        })
     }
 
     /// Whether the RPC sends the search queries of `--images` or `--queries`.
@@ -214,6 +286,13 @@ impl Rpc {
                 let transactions = target.transactions()?;
                 let answer = FeatureServiceClient::new(channel)
                     .get_online_features(transactions.read(key))
+                    .await?
+                    .into_inner();
+                return Ok(counted(&answer));
+            }
+            Rpc::FeaturesPrice | Rpc::FeaturesRecs | Rpc::FeaturesRecsItems => {
+                let answer = FeatureServiceClient::new(channel)
+                    .get_online_features(pipeline_read(self, key))
                     .await?
                     .into_inner();
                 return Ok(counted(&answer));
@@ -350,6 +429,59 @@ fn features_request(key: u64, n: u64, columnar: bool) -> GetOnlineFeaturesReques
     }
 }
 
+/// The online read of a Price or Recommend call (`FeaturesPrice`, `FeaturesRecs`,
+/// `FeaturesRecsItems`) for key `key` (keys start at 1).
+fn pipeline_read(rpc: Rpc, key: u64) -> GetOnlineFeaturesRequest {
+    let ints = |ids: &mut dyn Iterator<Item = u64>| ValueList {
+        values: ids
+            .map(|id| Value {
+                kind: Some(value::Kind::IntValue(id as i64)),
+            })
+            .collect(),
+    };
+    let features = |names: &[&str]| {
+        get_online_features_request::Selection::Features(FeatureList {
+            features: names.iter().map(|n| n.to_string()).collect(),
+        })
+    };
+    let (selection, entities, request_context) = match rpc {
+        Rpc::FeaturesPrice => (
+            get_online_features_request::Selection::FeatureService(PRICE_SERVICE.into()),
+            ("item_id", ints(&mut std::iter::once(3_000_000 + key))),
+            HashMap::from([(
+                "price".to_string(),
+                ValueList {
+                    values: vec![Value {
+                        kind: Some(value::Kind::FloatValue(10.0)),
+                    }],
+                },
+            )]),
+        ),
+        Rpc::FeaturesRecs => (
+            features(&["recs_user_input:*", "user_taste:purchased_items_30d"]),
+            ("user_id", ints(&mut std::iter::once(1_000_000 + key))),
+            HashMap::new(),
+        ),
+        _ => (
+            features(&["item_features:stock_level", "item_features:is_active"]),
+            (
+                "item_id",
+                ints(
+                    &mut (0..RECS_CANDIDATES as u64)
+                        .map(|i| 3_000_001 + (key.saturating_sub(1) + i) % SAMPLE_ITEMS),
+                ),
+            ),
+            HashMap::new(),
+        ),
+    };
+    GetOnlineFeaturesRequest {
+        selection: Some(selection),
+        entities: HashMap::from([(entities.0.to_string(), entities.1)]),
+        request_context,
+        columnar: rpc == Rpc::FeaturesRecsItems,
+    }
+}
+
 /// `width` FP32 features in [0, 1), varied by the key so that calls differ.
 pub fn features(width: u64, key: u64) -> Vec<f32> {
     (0..width)
@@ -431,6 +563,15 @@ impl Target {
 /// How many different requests the model RPCs send: the same 256 row sets `--with-raw`
 /// gives the model (`raw.rs`), each encoded once.
 const POOL: u64 = 256;
+
+/// The feature service the pricing pipeline reads (`pipelines/pricing.toml`).
+const PRICE_SERVICE: &str = "pricing_v1";
+/// The candidates a Recommend call retrieves and checks live (`pipelines/recommendations.toml`).
+pub const RECS_CANDIDATES: usize = 200;
+/// The candidate prices a Price call evaluates (`pipelines/pricing.toml`).
+pub const PRICE_CANDIDATES: usize = 50;
+/// Items in the sample catalogue (`features/data`, ids 3,000,001 to 3,000,500).
+pub const SAMPLE_ITEMS: u64 = 500;
 
 /// The `POOL` requests of a model RPC, encoded.
 fn pool(model: &str, input: &str, width: u64, batch: usize) -> Vec<Encoded> {

@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use ferrite_search::catalog::{CatalogIndex, Expected, ItemFilter, read_meta};
 use ferrite_server::Config;
 
-use super::raw::{RawReport, timed};
+use super::raw::{RawReport, timed, two_legs};
 
 /// What the raw searches are.
 pub struct Plan<'a> {
@@ -67,29 +67,16 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         index.search(queries.row(i), plan.top_k, &filter)?;
     }
     ensure!(!plan.keys.is_empty(), "no keys to take the queries by");
-    // Bounded by the count and by the duration, like the run.
-    let bounded = |rate: f64| plan.calls.min((rate * plan.duration_s).floor().max(1.0) as u64);
-    let mut legs = vec![(plan.calls, None)];
-    legs.extend(plan.rate.map(|rate| (bounded(rate), Some(rate))));
     let mut reports = Vec::new();
-    for (calls, rate) in legs {
-        let (histogram, elapsed) = timed(calls, rate, plan.duration_s, |i| {
+    for (calls, rate) in two_legs(plan.calls, plan.rate, plan.duration_s) {
+        let timed = timed(calls, rate, plan.duration_s, |i| {
             let key = plan.keys[i % plan.keys.len()];
             let query = queries.row((key % queries.rows as u64) as usize);
             std::hint::black_box(index.search(query, plan.top_k, &filter)?);
             Ok(())
         })?;
-        let calls = histogram.len();
-        reports.push(RawReport {
-            model: format!("faiss {}", meta.factory),
-            trees: false,
-            batch: 1,
-            rate,
-            calls,
-            calls_per_s: calls as f64 / elapsed,
-            rows_per_s: calls as f64 / elapsed,
-            latency_us: super::percentiles(&histogram),
-        });
+        let model = format!("faiss {}", meta.factory);
+        reports.push(RawReport::of(model, (false, false), 1, rate, timed));
     }
     Ok(reports)
 }
