@@ -3,7 +3,8 @@
 # online store + a Python gRPC glue service + MLServer running the same ONNX model), both
 # answering ferrite.v1.ScoringService/ScoreFraud for the sample's transactions and driven by
 # `ferrite bench --rpc score-fraud` in one run:
-#   1. at each of RATES, the two sides alternated ROUNDS times (open loop, same concurrency);
+#   1. at each of RATES, the two sides alternated ROUNDS times (open loop, same concurrency),
+#      each round also Ferrite's floor (its health check) and the call's online read;
 #   2. the peer at rising rates (PEER_LADDER) until a leg fails (errors, skipped calls or
 #      p99 > 50 ms), each sustained rate also run on Ferrite;
 #   3. Ferrite alone at rising rates (FERRITE_LADDER) until a leg fails.
@@ -116,28 +117,37 @@ echo "$parity" >&2
   --keys "$KEYS" --concurrency 8 --requests 1200 >/dev/null
 
 leg_no=0
-# One leg: side (ferrite|peer), rate. Writes $OUT/legs/NNN-side-rate.json; returns 1 if the leg
-# was not sustained (summarize.py check).
+# One leg: side, rate. Writes $OUT/legs/NNN-side-rate.json; returns 1 if the leg was not
+# sustained (summarize.py check). Sides: ferrite, peer; floor (Ferrite's health check) and
+# read-features-fraud (the call's online read), at the same rate on Ferrite's processes.
 leg() {
-  local side=$1 rate=$2 addr pidlist
-  if [ "$side" = ferrite ]; then addr=$FERRITE_ADDR pidlist=$FERRITE_PIDS; else addr=$PEER_ADDR pidlist=$PEER_PIDS; fi
+  local side=$1 rate=$2 addr pidlist rpc=score-fraud
+  case $side in
+    floor) rpc=health ;;
+    read-*) rpc=${side#read-} ;;
+  esac
+  if [ "$side" = peer ]; then addr=$PEER_ADDR pidlist=$PEER_PIDS; else addr=$FERRITE_ADDR pidlist=$FERRITE_PIDS; fi
   leg_no=$((leg_no + 1))
   local json seconds=$(((MIN_CALLS + rate - 1) / rate))
   [ "$seconds" -ge "$LEG_S" ] || seconds=$LEG_S
   [ "$seconds" -le 30 ] || seconds=30
   json=$(printf '%s/legs/%03d-%s-%s.json' "$OUT" "$leg_no" "$side" "$rate")
   echo "==> $side at $rate/s for $seconds s" >&2
-  on_client_cpus "$bin" bench --addr "$addr" --rpc score-fraud --transactions "$DATA/transactions.parquet" \
+  on_client_cpus "$bin" bench --addr "$addr" --rpc "$rpc" --transactions "$DATA/transactions.parquet" \
     --keys "$KEYS" --rate "$rate" --concurrency "$CONCURRENCY" --requests $((rate * seconds)) \
     --duration-s "$seconds" --warmup 100 --client-threads 1 --server-pid "$pidlist" --json "$json" |
     grep -E '^(run|  +server CPU|host|  error)' >&2 || true
   "$py" "$peer/summarize.py" check "$json" --p99-us "$P99_LIMIT_US"
 }
 
+# At the shared rates, also what no server can do without on this host at that rate: the
+# empty call and the call's online read (Redis's work included).
 for rate in $RATES; do
   for _ in $(seq 1 "$ROUNDS"); do
     leg ferrite "$rate" || true
     leg peer "$rate" || true
+    leg floor "$rate" || true
+    leg read-features-fraud "$rate" || true
   done
 done
 for rate in $PEER_LADDER; do
