@@ -415,20 +415,7 @@ async fn feature_reads_report_the_share_of_values_present() {
     a.rpc = Rpc::Health;
     assert_eq!(bench::run(&a).await.unwrap().run.present_pct, None);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args([
-            "materialize",
-            "--quiet",
-            "--start",
-            "2020-01-01",
-            "--end",
-            "2030-01-01",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    materialize_sample(&config);
     let filled = start_server_on(dir.path().join("online")).await;
     a.addr = filled.grpc_addr();
     // features-fraud: the fraud pipeline's read of each sample transaction (user, merchant and
@@ -456,20 +443,7 @@ async fn feature_reads_report_the_share_of_values_present() {
 async fn pipeline_calls_are_reported_beside_their_reads_and_raw_work() {
     let dir = tempfile::tempdir().unwrap();
     let config = feature_config(dir.path(), "");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args([
-            "materialize",
-            "--quiet",
-            "--start",
-            "2020-01-01",
-            "--end",
-            "2030-01-01",
-            "--config",
-        ])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    materialize_sample(&config);
     let server = start_server_on(dir.path().join("online")).await;
     let mut a = args(server.grpc_addr());
     a.keys = 500;
@@ -705,6 +679,24 @@ async fn nothing_listening_is_a_clear_error() {
 
 /// A config in `dir` for the shipped feature definitions and an embedded store in `dir`,
 /// after the `extra` TOML.
+/// `ferrite materialize` of all the sample data (2020–2030) into the store `config` names.
+fn materialize_sample(config: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "materialize",
+            "--quiet",
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2030-01-01",
+            "--config",
+        ])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn feature_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     let config = dir.join("ferrite.toml");
     std::fs::write(
