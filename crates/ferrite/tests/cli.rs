@@ -435,6 +435,14 @@ async fn feature_reads_report_the_share_of_values_present() {
     }
 }
 
+/// `ferrite bench` of `a`, every call answered by the pipeline's models (no fallback).
+async fn answered_by_models(a: &BenchArgs) -> bench::Report {
+    let report = bench::run(a).await.unwrap();
+    let run = &report.run;
+    assert_eq!((run.ok, run.fallbacks), (a.requests, 0), "{}", report.to_text());
+    report
+}
+
 /// The pipeline RPCs beside the work no server can avoid: each online read a Price or
 /// Recommend call makes finds the sample's values, and `--with-raw` runs each model of the
 /// call at the rows one call gives it (and Recommend's search of its candidates), back to back
@@ -468,13 +476,7 @@ async fn pipeline_calls_are_reported_beside_their_reads_and_raw_work() {
             .collect()
     };
     a.rpc = Rpc::Price;
-    let report = bench::run(&a).await.unwrap();
-    assert_eq!(
-        (report.run.ok, report.run.fallbacks),
-        (40, 0),
-        "{}",
-        report.to_text()
-    );
+    let report = answered_by_models(&a).await;
     let demand = |rate| ("pricing_demand".to_string(), 50, rate, 40, true);
     assert_eq!(legs(&report), [demand(None), demand(Some(200.0))]);
     let text = report.to_text();
@@ -487,13 +489,7 @@ async fn pipeline_calls_are_reported_beside_their_reads_and_raw_work() {
 
     a.rpc = Rpc::Recommend;
     a.with_floor = true;
-    let report = bench::run(&a).await.unwrap();
-    assert_eq!(
-        (report.run.ok, report.run.fallbacks),
-        (40, 0),
-        "{}",
-        report.to_text()
-    );
+    let report = answered_by_models(&a).await;
     let leg = |model: &str, rows, rate| (model.to_string(), rows, rate, 40, true);
     assert_eq!(
         legs(&report),
