@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 OUT="${1:-$(mktemp -d -t ferrite-fraud-floor.XXXXXX)}"
-mkdir -p "$OUT/no-experiments"
+mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RATE="${RATE:-500}"
 REQUESTS="${REQUESTS:-5000}"
@@ -25,10 +25,7 @@ ROUNDS="${ROUNDS:-3}"
 source scripts/bench_lib.sh
 release_bin
 
-# The shipped config with no experiments (an empty directory) and no exposure log.
-shipped_config "$OUT/ferrite.toml" \
-  -e "s|^directory = \"$PWD/experiments\".*|directory = \"$OUT/no-experiments\"|" \
-  -e "s|^exposures_dir = .*|exposures_dir = \"\"|"
+shipped_config_no_experiments "$OUT/ferrite.toml"
 "$bin" materialize-incremental --config "$OUT/ferrite.toml" >"$OUT/materialize.log" 2>&1
 serve "$OUT/ferrite.toml"
 trap 'stop' EXIT

@@ -28,6 +28,17 @@ shipped_config() {
     "$@" ferrite.toml >"$to"
 }
 
+# shipped_config with no experiments (an empty directory, OUT/no-experiments) and no exposure
+# log, so that every call runs the same pipeline; further `-e EXPR` as for shipped_config.
+shipped_config_no_experiments() {
+  local to=$1
+  shift
+  mkdir -p "$OUT/no-experiments"
+  shipped_config "$to" \
+    -e "s|^directory = \"$PWD/experiments\".*|directory = \"$OUT/no-experiments\"|" \
+    -e "s|^exposures_dir = .*|exposures_dir = \"\"|" "$@"
+}
+
 # Sets bin: FERRITE_BIN when given (a binary already built), else the release build, built
 # here first.
 release_bin() {

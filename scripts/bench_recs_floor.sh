@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 OUT="${1:-$(mktemp -d -t ferrite-recs-floor.XXXXXX)}"
-mkdir -p "$OUT/no-experiments"
+mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RECS_RATE="${RECS_RATE:-500}"
 PRICE_RATE="${PRICE_RATE:-1000}"
@@ -38,10 +38,7 @@ if [ "$STORE" = redis ]; then
   store=(-e "s|^online_store = \"embedded\"|online_store = \"redis\"|"
     -e "s|^redis_url = \"redis://127.0.0.1:6379/0\"|redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\"|")
 fi
-# The shipped config with no experiments (an empty directory) and no exposure log.
-shipped_config "$OUT/ferrite.toml" \
-  -e "s|^directory = \"$PWD/experiments\".*|directory = \"$OUT/no-experiments\"|" \
-  -e "s|^exposures_dir = .*|exposures_dir = \"\"|" "${store[@]}"
+shipped_config_no_experiments "$OUT/ferrite.toml" "${store[@]}"
 "$bin" materialize --quiet --config "$OUT/ferrite.toml" --start 2020-01-01 --end 2028-01-01
 serve "$OUT/ferrite.toml"
 pids=("$server")

@@ -600,8 +600,8 @@ async fn alternated(
             floor_us: percentiles(&f.tally.histogram),
             run_us: percentiles(&r.tally.histogram),
             cpu: host::CpuTimes::shares_since(before),
-            floor_cpu_us: f.cpu_us_per_call(),
-            run_cpu_us: r.cpu_us_per_call(),
+            floor_cpu_us: f.server_cpu().map(|c| c.us_per_call),
+            run_cpu_us: r.server_cpu().map(|c| c.us_per_call),
         });
         floor = Some(match floor {
             Some(all) => all.merge(f),
@@ -663,6 +663,11 @@ struct Tally {
 }
 
 impl Tally {
+    /// Calls answered, ok or with an error.
+    fn answered(&self) -> u64 {
+        self.ok + self.errors.values().sum::<u64>()
+    }
+
     fn new() -> Self {
         // 1 µs to 60 s at 3 significant figures.
         let histogram = Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
@@ -738,12 +743,11 @@ struct Leg {
 }
 
 impl Leg {
-    /// The servers' CPU time per answered call (ok or error), in µs.
-    fn cpu_us_per_call(&self) -> Option<f64> {
-        let calls = self.tally.ok + self.tally.errors.values().sum::<u64>();
+    /// The servers' CPU time over the leg, per answered call (ok or error).
+    fn server_cpu(&self) -> Option<ServerCpu> {
         self.server_cpu
-            .as_ref()
-            .map(|p| ServerCpu::new(p.clone(), calls, self.elapsed_s).us_per_call)
+            .clone()
+            .map(|p| ServerCpu::new(p, self.tally.answered(), self.elapsed_s))
     }
 
     fn merge(mut self, other: Leg) -> Leg {
@@ -758,11 +762,9 @@ impl Leg {
     }
 
     fn report(self, args: &BenchArgs, rpc: Rpc) -> RunReport {
+        let server_cpu = self.server_cpu();
         let tally = self.tally;
         let errors: u64 = tally.errors.values().sum();
-        let server_cpu = self
-            .server_cpu
-            .map(|p| ServerCpu::new(p, tally.ok + errors, self.elapsed_s));
         RunReport {
             rpc: rpc.name().to_string(),
             mode: if args.rate.is_some() { "open" } else { "closed" }.to_string(),
@@ -776,7 +778,7 @@ impl Leg {
             fallbacks: tally.fallbacks,
             present_pct: (tally.values > 0).then(|| 100.0 * tally.present as f64 / tally.values as f64),
             skipped: self.skipped,
-            rps: (tally.ok + errors) as f64 / self.elapsed_s,
+            rps: tally.answered() as f64 / self.elapsed_s,
             duration_s: self.elapsed_s,
             latency_us: percentiles(&tally.histogram),
             errors_by_code: tally.errors,
@@ -860,7 +862,7 @@ async fn closed_loop(
     for w in workers {
         total.merge(w.await?);
     }
-    let sent = total.ok + total.errors.values().sum::<u64>() + total.cut;
+    let sent = total.answered() + total.cut;
     Ok((total, sent, 0))
 }
 

@@ -119,18 +119,21 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
         .with_context(|| format!("cannot load {model:?} from {} for --with-raw", models.display()))?;
     let backend = loaded.version("")?.backend.clone();
     let mut reports = Vec::new();
-    let mut legs = if only_batch {
-        vec![(batch, calls, None)]
+    // (rows, calls, rate) of each leg.
+    let legs: Vec<(usize, u64, Option<f64>)> = if only_batch {
+        // A pipeline's stage: its rows, back to back and on the run's schedule.
+        two_legs(calls, rate, duration_s)
+            .into_iter()
+            .map(|(calls, rate)| (batch, calls, rate))
+            .collect()
     } else {
-        vec![(1usize, calls, None), (64, (calls / 64).max(100), None)]
+        let mut legs = vec![(1, calls, None), (64, (calls / 64).max(100), None)];
+        if batch != 1 && batch != 64 {
+            legs.push((batch, (calls / batch as u64).max(100), None));
+        }
+        legs.extend(rate.map(|rate| (1, paced_calls(calls, rate, duration_s), Some(rate))));
+        legs
     };
-    if !only_batch && batch != 1 && batch != 64 {
-        legs.push((batch, (calls / batch as u64).max(100), None));
-    }
-    let paced = rate.map(|rate| (paced_calls(calls, rate, duration_s), rate));
-    if let Some((calls, rate)) = paced {
-        legs.push((if only_batch { batch } else { 1 }, calls, Some(rate)));
-    }
     let report = |trees: bool, batch: usize, rate: Option<f64>, timed| {
         RawReport::of(model.to_string(), (trees, only_batch), batch, rate, timed)
     };
