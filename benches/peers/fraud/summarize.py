@@ -5,9 +5,9 @@
                                                           # the summary table and the ratios
 
 A leg file is named NNN-SIDE-RATE.json (SIDE: ferrite or peer; floor and read-RPC: Ferrite's
-health check and the online reads of the call, at the same rate, on Ferrite's processes). A leg is *sustained* when no
-call failed, none was skipped (the open loop never hit its in-flight cap) and its p99 is
-within the limit; `check` says so for one leg, which is how the script's rate ladders stop.
+health check and the online reads of the call, at the same rate, on Ferrite's processes). A
+leg is *sustained* when no call failed, none was skipped (the open loop never hit its
+in-flight cap) and its p99 is within the limit; `check` says so for one leg, which is how the script's rate ladders stop.
 """
 
 from __future__ import annotations
@@ -109,11 +109,11 @@ def table(legs_dir: Path, p99_us: float, cpu_goal: float = 40, fraud_goals: bool
             print(f"CPU per call at {rate}/s: Ferrite {f:.1f} µs, peer {p:.1f} µs: 1/{p / f:.1f} (goal <= 1/{cpu_goal:g})")
     for rate in shared:
         floor, p = groups.get(("floor", rate)), groups[("peer", rate)].cpu_us_per_call()
-        if floor is None or floor.cpu_us_per_call() is None or not p:
-            continue
         # What any server pays at this rate before it runs a model: the empty call, plus each
         # online read's cost above it (Redis's work included).
-        base = floor.cpu_us_per_call()
+        base = floor.cpu_us_per_call() if floor else None
+        if base is None or not p:
+            continue
         reads = {s[len("read-"):]: g.cpu_us_per_call() - base for (s, r), g in groups.items()
                  if r == rate and s.startswith("read-") and g.cpu_us_per_call() is not None}
         total = base + sum(reads.values())
