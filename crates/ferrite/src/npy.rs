@@ -25,6 +25,33 @@ pub fn read_f32_matrix(path: &Path) -> anyhow::Result<Matrix> {
     parse(&bytes).with_context(|| format!("{} is not a float32 [n, d] .npy file", path.display()))
 }
 
+/// `matrix` as the bytes of a `.npy` file (format 1.0, `<f4`, C order): what
+/// `read_f32_matrix` reads back.
+pub fn f32_matrix_bytes(matrix: &Matrix) -> Vec<u8> {
+    let header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        matrix.rows, matrix.dim
+    );
+    with_header(&header, &matrix.values)
+}
+
+/// Format 1.0: the magic, `header` padded so that the data starts at a multiple of 64 bytes,
+/// then `values` little-endian.
+fn with_header(header: &str, values: &[f32]) -> Vec<u8> {
+    let mut h = header.to_string();
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 fn parse(bytes: &[u8]) -> anyhow::Result<Matrix> {
     ensure!(bytes.len() >= 10 && &bytes[..6] == b"\x93NUMPY", "no .npy magic");
     let (header_len, start) = match bytes[6] {
@@ -82,24 +109,20 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Matrix> {
 mod tests {
     use super::*;
 
-    fn npy(header: &str, values: &[f32]) -> Vec<u8> {
-        let mut h = header.to_string();
-        while !(10 + h.len() + 1).is_multiple_of(64) {
-            h.push(' ');
-        }
-        h.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        out.extend_from_slice(h.as_bytes());
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out
+    #[test]
+    fn a_written_matrix_reads_back() {
+        let m = Matrix {
+            rows: 2,
+            dim: 2,
+            values: vec![0.5, -1.0, 2.0, 3.5],
+        };
+        let back = parse(&f32_matrix_bytes(&m)).unwrap();
+        assert_eq!((back.rows, back.dim, back.values), (2, 2, m.values));
     }
 
     #[test]
     fn a_float32_matrix_is_read_row_by_row() {
-        let bytes = npy(
+        let bytes = with_header(
             "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }",
             &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
         );
@@ -110,17 +133,17 @@ mod tests {
 
     #[test]
     fn other_dtypes_shapes_and_truncated_data_are_refused() {
-        let f8 = npy(
+        let f8 = with_header(
             "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1), }",
             &[1.0, 2.0],
         );
         assert!(parse(&f8).unwrap_err().to_string().contains("float32"));
-        let one_d = npy(
+        let one_d = with_header(
             "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
             &[1.0; 3],
         );
         assert!(parse(&one_d).unwrap_err().to_string().contains("two dimensions"));
-        let short = npy(
+        let short = with_header(
             "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }",
             &[1.0; 3],
         );

@@ -1217,22 +1217,12 @@ async fn the_floor_server_answers_the_health_check_and_stops_on_sigterm() {
 
 /// A float32 `.npy` file of `rows` (NumPy's format 1.0: magic, header, little-endian data).
 fn write_npy(path: &std::path::Path, rows: &[Vec<f32>]) {
-    let dim = rows.first().map_or(0, Vec::len);
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {dim}), }}",
-        rows.len()
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for v in rows.iter().flatten() {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
+    let matrix = ferrite::npy::Matrix {
+        rows: rows.len(),
+        dim: rows.first().map_or(0, Vec::len),
+        values: rows.concat(),
+    };
+    std::fs::write(path, ferrite::npy::f32_matrix_bytes(&matrix)).unwrap();
 }
 
 /// `visual-search-embedding --with-raw`: the server's index is loaded in the load generator
