@@ -11,6 +11,7 @@
 //! turns its rows into [`catalog::CatalogRow`]s).
 
 pub mod catalog;
+pub mod cpu;
 pub mod preprocess;
 
 use faiss::index::SearchWithParams;

@@ -149,6 +149,8 @@ fn time_arg(s: &str) -> anyhow::Result<i64> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before anything can reach FAISS: an unsupported CPU would otherwise die of SIGILL.
+    ferrite_search::cpu::check().map_err(anyhow::Error::msg)?;
     if matches!(cli.command, Command::TrainingSet { .. }) {
         use_huge_pages();
     }
