@@ -468,6 +468,9 @@ async fn pipeline_calls_are_reported_beside_their_reads_and_raw_work() {
     a.with_raw = true;
     a.rate = Some(200.0);
     a.requests = 40;
+    // Open loop: as many calls may be in flight as there are calls, so a stall of the host
+    // (a dev build's Recommend took 26 ms once) cannot make the generator skip one.
+    a.concurrency = 40;
     let legs = |report: &bench::Report| -> Vec<(String, usize, Option<f64>, u64, bool)> {
         report
             .raw
@@ -1302,7 +1305,8 @@ async fn the_raw_search_runs_back_to_back_and_at_the_runs_rate() {
     a.with_raw = true;
     a.server_config = Some(config_path);
     a.rate = Some(200.0);
-    a.concurrency = 4;
+    // As many in flight as the run sends: none skipped, however slow the machine.
+    a.concurrency = 60;
     a.requests = 60;
     let report = bench::run(&a).await.unwrap();
     assert_eq!(
