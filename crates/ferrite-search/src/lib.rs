@@ -6,7 +6,8 @@
 //! factory string with item metadata, filters planned per query, live updates, atomic
 //! swaps, live recall, and the on-disk format the CLI builds), the `VectorIndex` trait with
 //! its exact FAISS implementation, and `PositionIndex` (filtered exact search by position,
-//! used by recommendations). It does not own the embedding model (ferrite-models), the
+//! used by recommendations), and [`cpu::check`] (whether this CPU has the instructions FAISS
+//! was compiled for). It does not own the embedding model (ferrite-models), the
 //! wire types or status codes (ferrite-server), nor reading `catalog.parquet` (the CLI
 //! turns its rows into [`catalog::CatalogRow`]s).
 
