@@ -5,7 +5,7 @@
 //! limits checked before decoding), the catalog index ([`catalog`]: a FAISS index from a
 //! factory string with item metadata, filters planned per query, live updates, atomic
 //! swaps, live recall, and the on-disk format the CLI builds), the `VectorIndex` trait with
-//! its exact FAISS implementation, and `PositionIndex` (filtered exact search by position,
+//! its exact FAISS implementation, `PositionIndex` (filtered exact search by position,
 //! used by recommendations), and [`cpu::check`] (whether this CPU has the instructions FAISS
 //! was compiled for). It does not own the embedding model (ferrite-models), the
 //! wire types or status codes (ferrite-server), nor reading `catalog.parquet` (the CLI
