@@ -209,14 +209,14 @@ pub fn pipeline(
         let index = ferrite_search::PositionIndex::new(search.dim, unit(search.items))?;
         let queries = unit(256);
         let keep = |_: usize| true;
+        let model = format!("faiss Flat top-{} of {}", search.k, search.items);
         for (calls, rate) in two_legs(calls, rate, duration_s) {
             let timed = timed(calls, rate, duration_s, |i| {
                 let q = &queries[(i % 256) * search.dim..(i % 256 + 1) * search.dim];
                 std::hint::black_box(index.search(q, search.k, Some(&keep))?);
                 Ok(())
             })?;
-            let model = format!("faiss Flat top-{} of {}", search.k, search.items);
-            reports.push(RawReport::of(model, (false, true), 1, rate, timed));
+            reports.push(RawReport::of(model.clone(), (false, true), 1, rate, timed));
         }
     }
     Ok(reports)

@@ -68,6 +68,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
     }
     ensure!(!plan.keys.is_empty(), "no keys to take the queries by");
     let mut reports = Vec::new();
+    let model = format!("faiss {}", meta.factory);
     for (calls, rate) in two_legs(plan.calls, plan.rate, plan.duration_s) {
         let timed = timed(calls, rate, plan.duration_s, |i| {
             let key = plan.keys[i % plan.keys.len()];
@@ -75,8 +76,7 @@ pub fn measure(plan: &Plan<'_>) -> anyhow::Result<Vec<RawReport>> {
             std::hint::black_box(index.search(query, plan.top_k, &filter)?);
             Ok(())
         })?;
-        let model = format!("faiss {}", meta.factory);
-        reports.push(RawReport::of(model, (false, false), 1, rate, timed));
+        reports.push(RawReport::of(model.clone(), (false, false), 1, rate, timed));
     }
     Ok(reports)
 }
