@@ -418,6 +418,15 @@ def run_sigterm(args):
     stream_sent = time.monotonic()
     while True:
         now = time.monotonic()
+        if not finishing.answers.empty():
+            # The stream's request finished while the unary calls were still young (it may
+            # run between them): take its answer and put another on the stream.
+            try:
+                finishing.receive(1)
+            except RuntimeError as e:
+                fail(f"the stream's slow request failed before the signal: {e}")
+            finishing.send(slow)
+            stream_sent = now
         with lock:
             oldest = min(in_flight.values(), default=None)
         if now - stream_sent >= args.in_flight_s and oldest is not None and now - oldest >= args.in_flight_s:
