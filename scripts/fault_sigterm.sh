@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault: SIGTERM while calls are in flight. Three clients keep image-embedder ModelInfer calls
-# (a batch of 4 images, 2.4 MB, 0.3–0.4 s each here in release builds) running, and two ModelStreamInfer
+# (a batch of 4 images, 2.4 MB, 0.3–0.4 s each here, debug build) running, and two ModelStreamInfer
 # streams are open, one with a slow request on it; the client then sends SIGTERM to the server.
 # Checks: unary calls in flight at the signal (for 0.2 s or more) finish OK; the stream's request
 # is answered (or refused UNAVAILABLE by the server if it had not taken it yet) and the stream
